@@ -1,0 +1,123 @@
+//! Builds the Rust plugins in `plugins/rust` for wasm32-wasip2 and gathers each component with
+//! its manifest into `$OUT_DIR/plugins/<group>/<name>.{wasm,toml}`: `examples/` (embedded in the
+//! binary as `busbar serve`'s default plugins), `testing/` and `hostile/` (used by the tests).
+//!
+//! The plugins are a Cargo workspace of their own, built by a nested `cargo build` into
+//! `target/plugins` (a target directory of their own, so that it never waits on this build's
+//! lock).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
+    let plugins = root.join("plugins/rust");
+    let out = PathBuf::from(env("OUT_DIR")).join("plugins");
+    for watched in ["plugins/rust", "plugin-sdk", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir).join("plugins"),
+        None => root.join("target/plugins"),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(&plugins)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(&target_dir);
+    // The outer build's settings are not the plugins' settings.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        build.env_remove(var);
+    }
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("CARGO_PROFILE_") || k.starts_with("CARGO_CFG_")) {
+            build.env_remove(key);
+        }
+    }
+    let status = build.status().expect("running cargo to build the plugins");
+    if !status.success() {
+        panic!(
+            "building the Rust plugins in {} failed (is the wasm32-wasip2 target installed? \
+             `rustup target add wasm32-wasip2`)",
+            plugins.display()
+        );
+    }
+
+    let built = target_dir.join("wasm32-wasip2/release");
+    let _ = std::fs::remove_dir_all(&out);
+    for group in ["examples", "testing", "hostile"] {
+        let group_out = out.join(group);
+        std::fs::create_dir_all(&group_out).expect("creating the plugin output directory");
+        let mut crates: Vec<PathBuf> = std::fs::read_dir(plugins.join(group))
+            .expect("reading a plugin group")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("Cargo.toml").exists())
+            .collect();
+        crates.sort();
+        for dir in crates {
+            let name = dir.file_name().and_then(|n| n.to_str()).expect("plugin directory name").to_string();
+            let wasm = built.join(format!("{}.wasm", name.replace('-', "_")));
+            copy(&wasm, &group_out.join(format!("{name}.wasm")));
+            let manifest = dir.join("plugin.toml");
+            if manifest.exists() {
+                copy(&manifest, &group_out.join(format!("{name}.toml")));
+            }
+        }
+    }
+    write_examples_module(&out);
+}
+
+/// `$OUT_DIR/examples.rs`: the example plugins as `(name, component, manifest)`, for
+/// `include!` by the library.
+fn write_examples_module(out: &Path) {
+    let dir = out.join("examples");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("reading the examples output")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_string))
+        .collect();
+    names.sort();
+    let mut code = String::from("&[\n");
+    for name in names {
+        let wasm = dir.join(format!("{name}.wasm"));
+        let toml = dir.join(format!("{name}.toml"));
+        let manifest = if toml.exists() {
+            format!("include_str!({:?})", toml.display().to_string())
+        } else {
+            "\"\"".to_string()
+        };
+        code.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?}), {manifest}),\n",
+            wasm.display().to_string()
+        ));
+    }
+    code.push_str("]\n");
+    std::fs::write(out.parent().expect("out has a parent").join("examples.rs"), code)
+        .expect("writing examples.rs");
+}
+
+fn copy(from: &Path, to: &Path) {
+    if let Err(e) = std::fs::copy(from, to) {
+        panic!("copying {} to {}: {e}", from.display(), to.display());
+    }
+}
+
+fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("cargo sets {key}"))
+}

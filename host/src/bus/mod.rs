@@ -1,0 +1,484 @@
+//! The bus: ordered, synchronous dispatch of events to listeners.
+//!
+//! This module owns `Bus`, the `Listener` trait and the registry of listeners. For each event,
+//! listeners subscribed to its type (exactly or by `prefix:*`) run first, in registration order,
+//! then catch-all (`*`) listeners in registration order. A failing listener (error, trap,
+//! timeout, panic) never stops the ones after it. Actions a listener returns are applied in
+//! order as soon as it returns: messages go to the Broadcaster, follow-up events are queued and
+//! dispatched after the current event has been through every listener, before `publish`
+//! returns, under a depth limit.
+//!
+//! The bus knows nothing of wasmtime, axum or redis: WASM plugins and native Rust listeners
+//! reach it through the same `Listener` trait, and frames leave through `Broadcaster`.
+
+mod outcome;
+mod stats;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+pub use outcome::{EventReport, EventStatus, ListenerError, ListenerReport, Outcome, PublishReport};
+pub use stats::{LatencySnapshot, ListenerStats, StatsSnapshot};
+
+use crate::action::{Action, FollowUp};
+use crate::broadcast::{self, Broadcaster, Frame};
+use crate::event::{self, Event};
+
+/// Something that handles events. Implemented by WASM plugins and by native Rust code alike.
+///
+/// `handle` may be called from many threads at once. A panic inside it is caught and reported
+/// as a trap.
+pub trait Listener: Send + Sync + 'static {
+    fn handle(&self, event: &Event) -> Result<Vec<Action>, ListenerError>;
+}
+
+impl<F> Listener for F
+where
+    F: Fn(&Event) -> Result<Vec<Action>, ListenerError> + Send + Sync + 'static,
+{
+    fn handle(&self, event: &Event) -> Result<Vec<Action>, ListenerError> {
+        self(event)
+    }
+}
+
+/// One thing a listener subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subscription {
+    /// Exactly this event type.
+    Exact(String),
+    /// Every type starting with this prefix (written `prefix*`, usually `resource:*`).
+    Prefix(String),
+    /// Every event (`*`): a catch-all listener.
+    All,
+}
+
+impl Subscription {
+    /// Parses `issue:created`, `issue:*` or `*`.
+    pub fn parse(pattern: &str) -> Result<Subscription, BusError> {
+        let invalid = |why: &str| BusError::InvalidSubscription(pattern.to_string(), why.to_string());
+        if pattern == "*" {
+            return Ok(Subscription::All);
+        }
+        if pattern.is_empty() {
+            return Err(invalid("empty"));
+        }
+        match pattern.strip_suffix('*') {
+            Some(prefix) if prefix.contains('*') => Err(invalid("`*` only at the end")),
+            Some(prefix) => {
+                event::check_type(prefix).map_err(|e| invalid(&e.to_string()))?;
+                Ok(Subscription::Prefix(prefix.to_string()))
+            }
+            None => {
+                event::check_type(pattern).map_err(|e| invalid(&e.to_string()))?;
+                Ok(Subscription::Exact(pattern.to_string()))
+            }
+        }
+    }
+
+    /// Parses a list of patterns; the list must not be empty.
+    pub fn parse_all<S: AsRef<str>>(patterns: &[S]) -> Result<Vec<Subscription>, BusError> {
+        if patterns.is_empty() {
+            return Err(BusError::InvalidSubscription(String::new(), "no subscriptions".into()));
+        }
+        patterns.iter().map(|p| Subscription::parse(p.as_ref())).collect()
+    }
+
+    fn matches_specifically(&self, event_type: &str) -> bool {
+        match self {
+            Subscription::Exact(t) => t == event_type,
+            Subscription::Prefix(p) => event_type.starts_with(p.as_str()),
+            Subscription::All => false,
+        }
+    }
+}
+
+impl fmt::Display for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subscription::Exact(t) => f.write_str(t),
+            Subscription::Prefix(p) => write!(f, "{p}*"),
+            Subscription::All => f.write_str("*"),
+        }
+    }
+}
+
+impl Serialize for Subscription {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Errors from changing the registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid subscription `{0}`: {1}")]
+    InvalidSubscription(String, String),
+    #[error("a listener named `{0}` is already registered")]
+    DuplicateName(String),
+    #[error("no listener named `{0}`")]
+    UnknownListener(String),
+    #[error("invalid listener name `{0}`: {1}")]
+    InvalidName(String, String),
+}
+
+/// A listener with its name, subscriptions and optional position.
+pub struct Registration {
+    pub name: String,
+    pub subscriptions: Vec<Subscription>,
+    /// Lower runs first; listeners without an order run after those with one. Ties keep
+    /// registration order.
+    pub order: Option<i64>,
+    pub listener: Arc<dyn Listener>,
+}
+
+impl Registration {
+    pub fn new(name: impl Into<String>, subscriptions: Vec<Subscription>, listener: Arc<dyn Listener>) -> Registration {
+        Registration { name: name.into(), subscriptions, order: None, listener }
+    }
+
+    pub fn with_order(mut self, order: Option<i64>) -> Registration {
+        self.order = order;
+        self
+    }
+}
+
+/// What the registry says about one listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerInfo {
+    pub name: String,
+    /// Position in dispatch order (0 runs first among the listeners an event matches).
+    pub position: usize,
+    pub order: Option<i64>,
+    pub subscriptions: Vec<Subscription>,
+    pub stats: StatsSnapshot,
+}
+
+struct Entry {
+    name: String,
+    subscriptions: Vec<Subscription>,
+    order: Option<i64>,
+    seq: u64,
+    listener: Arc<dyn Listener>,
+    stats: Arc<ListenerStats>,
+}
+
+impl Entry {
+    fn sort_key(&self) -> (i64, u64) {
+        (self.order.unwrap_or(i64::MAX), self.seq)
+    }
+}
+
+/// An immutable snapshot of the listeners, in dispatch order. Replaced whole on every change,
+/// so publishes read it without locks and calls in flight finish on the snapshot they started.
+#[derive(Default)]
+struct Registry {
+    entries: Vec<Arc<Entry>>,
+    next_seq: u64,
+}
+
+impl Registry {
+    /// Listeners for `event_type`: specific ones first, then catch-alls, each in order.
+    fn matching<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
+        let specific = |e: &&Arc<Entry>| e.subscriptions.iter().any(|s| s.matches_specifically(event_type));
+        let catch_all = move |e: &&Arc<Entry>| !specific(e) && e.subscriptions.contains(&Subscription::All);
+        self.entries.iter().filter(specific).chain(self.entries.iter().filter(catch_all))
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.entries.iter().position(|e| e.name == name)
+    }
+
+    fn with(&self, entries: Vec<Arc<Entry>>, next_seq: u64) -> Registry {
+        let mut entries = entries;
+        entries.sort_by_key(|e| e.sort_key());
+        Registry { entries, next_seq: next_seq.max(self.next_seq) }
+    }
+}
+
+/// Limits on follow-up events, so that a listener loop ends with a clear outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusLimits {
+    /// Deepest follow-up dispatched: the published event is depth 0.
+    pub max_depth: u32,
+    /// Most follow-up events dispatched by one `publish`.
+    pub max_follow_ups: usize,
+}
+
+impl Default for BusLimits {
+    fn default() -> BusLimits {
+        BusLimits { max_depth: 8, max_follow_ups: 256 }
+    }
+}
+
+/// The event bus.
+pub struct Bus {
+    registry: ArcSwap<Registry>,
+    /// Serializes registry changes only; publishes never take it.
+    writer: Mutex<()>,
+    broadcaster: Arc<dyn Broadcaster>,
+    limits: BusLimits,
+}
+
+impl Bus {
+    pub fn new(broadcaster: Arc<dyn Broadcaster>) -> Bus {
+        Bus::with_limits(broadcaster, BusLimits::default())
+    }
+
+    pub fn with_limits(broadcaster: Arc<dyn Broadcaster>, limits: BusLimits) -> Bus {
+        Bus {
+            registry: ArcSwap::from_pointee(Registry::default()),
+            writer: Mutex::new(()),
+            broadcaster,
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> BusLimits {
+        self.limits
+    }
+
+    /// Registers a listener for `patterns` (`issue:created`, `task:*`, `*`) at the end.
+    pub fn subscribe<S: AsRef<str>>(
+        &self,
+        name: &str,
+        patterns: &[S],
+        listener: impl Listener,
+    ) -> Result<(), BusError> {
+        let subscriptions = Subscription::parse_all(patterns)?;
+        self.register(Registration::new(name, subscriptions, Arc::new(listener)))
+    }
+
+    /// Adds a listener. Names are unique.
+    pub fn register(&self, registration: Registration) -> Result<(), BusError> {
+        check_name(&registration.name)?;
+        let _writer = self.writer.lock();
+        let current = self.registry.load_full();
+        if current.position(&registration.name).is_some() {
+            return Err(BusError::DuplicateName(registration.name));
+        }
+        let mut entries = current.entries.clone();
+        entries.push(Arc::new(Entry {
+            name: registration.name,
+            subscriptions: registration.subscriptions,
+            order: registration.order,
+            seq: current.next_seq,
+            listener: registration.listener,
+            stats: Arc::default(),
+        }));
+        self.registry.store(Arc::new(current.with(entries, current.next_seq + 1)));
+        Ok(())
+    }
+
+    /// Swaps the listener registered under `registration.name` for a new one, at the same
+    /// position and keeping its counters. Calls already running finish on the old listener;
+    /// events dispatched after this returns see the new one.
+    pub fn replace(&self, registration: Registration) -> Result<(), BusError> {
+        let _writer = self.writer.lock();
+        let current = self.registry.load_full();
+        let index = current
+            .position(&registration.name)
+            .ok_or_else(|| BusError::UnknownListener(registration.name.clone()))?;
+        let old = &current.entries[index];
+        let mut entries = current.entries.clone();
+        entries[index] = Arc::new(Entry {
+            name: registration.name,
+            subscriptions: registration.subscriptions,
+            order: registration.order.or(old.order),
+            seq: old.seq,
+            listener: registration.listener,
+            stats: old.stats.clone(),
+        });
+        self.registry.store(Arc::new(current.with(entries, current.next_seq)));
+        Ok(())
+    }
+
+    /// Removes a listener; returns whether it was registered.
+    pub fn unregister(&self, name: &str) -> bool {
+        let _writer = self.writer.lock();
+        let current = self.registry.load_full();
+        let Some(index) = current.position(name) else { return false };
+        let mut entries = current.entries.clone();
+        entries.remove(index);
+        self.registry.store(Arc::new(current.with(entries, current.next_seq)));
+        true
+    }
+
+    /// The registered listeners, in dispatch order.
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        self.registry
+            .load()
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(position, e)| ListenerInfo {
+                name: e.name.clone(),
+                position,
+                order: e.order,
+                subscriptions: e.subscriptions.clone(),
+                stats: e.stats.snapshot(),
+            })
+            .collect()
+    }
+
+    /// Dispatches `event` to every matching listener, then its follow-ups, and reports what
+    /// each listener did. Returns when all of it is done.
+    pub fn publish(&self, event: Event) -> PublishReport {
+        let mut queue = VecDeque::from([(event, 0u32, None)]);
+        let mut events = Vec::new();
+        let mut follow_ups = 0usize;
+        while let Some((event, depth, parent_id)) = queue.pop_front() {
+            let mut report = EventReport {
+                event_id: event.id.clone(),
+                event_type: event.event_type.clone(),
+                depth,
+                parent_id,
+                status: EventStatus::Dispatched,
+                listeners: Vec::new(),
+            };
+            if depth > 0 {
+                if depth > self.limits.max_depth {
+                    report.status = EventStatus::DepthLimitExceeded;
+                } else if follow_ups >= self.limits.max_follow_ups {
+                    report.status = EventStatus::FollowUpLimitExceeded;
+                } else {
+                    follow_ups += 1;
+                }
+                if report.status != EventStatus::Dispatched {
+                    tracing::warn!(
+                        event_id = %event.id,
+                        event_type = %event.event_type,
+                        depth,
+                        status = ?report.status,
+                        "follow-up event not dispatched",
+                    );
+                    events.push(report);
+                    continue;
+                }
+            }
+            let mut children = 0usize;
+            let registry = self.registry.load();
+            for entry in registry.matching(&event.event_type) {
+                let (outcome, took, actions) = self.call(entry, &event);
+                entry.stats.record(&outcome, took);
+                if !outcome.is_ok() {
+                    log_failure(&entry.name, &event, &outcome);
+                }
+                for action in actions {
+                    match action {
+                        Action::Send(message) => {
+                            let frame = Frame {
+                                event_type: message.event_type,
+                                payload: message.payload,
+                                actor_id: event.actor_id.clone(),
+                                actor_type: event.actor_type.clone(),
+                                event_id: event.id.clone(),
+                            };
+                            broadcast::deliver(self.broadcaster.as_ref(), message.target, frame);
+                        }
+                        Action::Publish(follow_up) => {
+                            children += 1;
+                            let child = follow_up_event(&event, children, follow_up);
+                            queue.push_back((child, depth + 1, Some(event.id.clone())));
+                        }
+                    }
+                }
+                report.listeners.push(ListenerReport {
+                    listener: entry.name.clone(),
+                    outcome,
+                    duration_us: took.as_micros() as u64,
+                });
+            }
+            events.push(report);
+        }
+        PublishReport { events }
+    }
+
+    /// Runs one listener, catching panics and checking what it returned.
+    fn call(&self, entry: &Entry, event: &Event) -> (Outcome, Duration, Vec<Action>) {
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| entry.listener.handle(event)));
+        let took = started.elapsed();
+        let result = match result {
+            Ok(result) => result.and_then(|actions| check_actions(&actions).map(|()| actions)),
+            Err(panic) => Err(ListenerError::Trap(format!("panic: {}", panic_message(&panic)))),
+        };
+        match result {
+            Ok(actions) => (Outcome::Ok { actions: actions.len() }, took, actions),
+            Err(error) => (Outcome::from(error), took, Vec::new()),
+        }
+    }
+}
+
+/// Every action of a call is checked before any is applied: all of them or none.
+fn check_actions(actions: &[Action]) -> Result<(), ListenerError> {
+    for (i, action) in actions.iter().enumerate() {
+        let event_type = match action {
+            Action::Send(m) => &m.event_type,
+            Action::Publish(f) => &f.event_type,
+        };
+        event::check_type(event_type)
+            .map_err(|e| ListenerError::InvalidOutput(format!("action {i}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn follow_up_event(parent: &Event, n: usize, f: FollowUp) -> Event {
+    Event {
+        id: format!("{}.{n}", parent.id),
+        event_type: f.event_type,
+        workspace_id: f.workspace_id,
+        actor_type: f.actor_type,
+        actor_id: f.actor_id,
+        payload: f.payload,
+        task_id: f.task_id,
+        chat_session_id: f.chat_session_id,
+        published_at_ms: event::now_ms(),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), BusError> {
+    let invalid = |why: &str| BusError::InvalidName(name.to_string(), why.to_string());
+    if name.is_empty() || name.len() > 64 {
+        return Err(invalid("must be 1 to 64 characters"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(invalid("only ASCII letters, digits, `-`, `_` and `.` are allowed"));
+    }
+    Ok(())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+fn log_failure(listener: &str, event: &Event, outcome: &Outcome) {
+    let message = match outcome {
+        Outcome::Ok { .. } => return,
+        Outcome::Error { message }
+        | Outcome::Trap { message }
+        | Outcome::Timeout { message }
+        | Outcome::OutOfMemory { message }
+        | Outcome::Quarantined { message }
+        | Outcome::InvalidOutput { message } => message,
+    };
+    tracing::warn!(
+        listener,
+        event_id = %event.id,
+        event_type = %event.event_type,
+        outcome = outcome.kind(),
+        "listener failed: {message}"
+    );
+}

@@ -1,0 +1,130 @@
+//! What happened when the bus ran a listener, and what a publish reports back.
+//!
+//! This module owns `ListenerError` (how a listener fails), `Outcome` (one per listener call)
+//! and `PublishReport` (one per `publish`, covering the event and its follow-ups). It holds data
+//! only; the bus produces these values and the API and CLI print them.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How a listener call can fail. Every variant is contained: the listeners after it still run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenerError {
+    /// The listener returned an error (a WASM plugin's `err(..)`).
+    #[error("{0}")]
+    Failed(String),
+    /// A WASM trap (panic, abort, stack overflow...) or a native panic.
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The call ran past its deadline and was interrupted.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The call tried to grow memory past the listener's cap.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// The listener is cooling off after repeated failures and was not called.
+    #[error("quarantined: {0}")]
+    Quarantined(String),
+    /// The call returned something the host refuses (too many actions or bytes, bad JSON).
+    #[error("invalid output: {0}")]
+    InvalidOutput(String),
+}
+
+/// The outcome of one listener call, as reported by `publish`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok { actions: usize },
+    Error { message: String },
+    Trap { message: String },
+    Timeout { message: String },
+    OutOfMemory { message: String },
+    Quarantined { message: String },
+    InvalidOutput { message: String },
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok { .. })
+    }
+
+    /// The outcome's name as it appears in JSON (`ok`, `trap`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Error { .. } => "error",
+            Outcome::Trap { .. } => "trap",
+            Outcome::Timeout { .. } => "timeout",
+            Outcome::OutOfMemory { .. } => "out_of_memory",
+            Outcome::Quarantined { .. } => "quarantined",
+            Outcome::InvalidOutput { .. } => "invalid_output",
+        }
+    }
+}
+
+impl From<ListenerError> for Outcome {
+    fn from(error: ListenerError) -> Outcome {
+        let message = error.to_string();
+        match error {
+            ListenerError::Failed(message) => Outcome::Error { message },
+            ListenerError::Trap(_) => Outcome::Trap { message },
+            ListenerError::Timeout(_) => Outcome::Timeout { message },
+            ListenerError::OutOfMemory(_) => Outcome::OutOfMemory { message },
+            ListenerError::Quarantined(_) => Outcome::Quarantined { message },
+            ListenerError::InvalidOutput(_) => Outcome::InvalidOutput { message },
+        }
+    }
+}
+
+/// One listener's part in dispatching one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerReport {
+    pub listener: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub duration_us: u64,
+}
+
+/// Whether an event was dispatched, or why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    Dispatched,
+    /// A follow-up deeper than the bus's depth limit; its listeners were not run.
+    DepthLimitExceeded,
+    /// A follow-up past the cap on events per publish; its listeners were not run.
+    FollowUpLimitExceeded,
+}
+
+/// What happened to one event: the published one, or one of its follow-ups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventReport {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// 0 for the published event, 1 for its follow-ups, and so on.
+    pub depth: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    pub status: EventStatus,
+    pub listeners: Vec<ListenerReport>,
+}
+
+/// Everything one `publish` did, in dispatch order: the event first, then its follow-ups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishReport {
+    pub events: Vec<EventReport>,
+}
+
+impl PublishReport {
+    /// The published event's own report.
+    pub fn root(&self) -> &EventReport {
+        &self.events[0]
+    }
+
+    /// Every listener report of every event, in order.
+    pub fn listener_reports(&self) -> impl Iterator<Item = &ListenerReport> {
+        self.events.iter().flat_map(|e| e.listeners.iter())
+    }
+}

@@ -1,0 +1,156 @@
+//! Per-listener counters and a latency histogram, updated on every call without locks.
+//!
+//! This module owns `ListenerStats` and its serializable `StatsSnapshot`. It must stay cheap
+//! (a few relaxed atomic adds per call) because it sits on the event path.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::outcome::Outcome;
+
+/// Buckets of the latency histogram: bucket `i` counts calls that took under `2^i` µs.
+const BUCKETS: usize = 32;
+
+/// Counters for one listener. Survive a plugin's replacement by a new version.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    calls: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    traps: AtomicU64,
+    timeouts: AtomicU64,
+    out_of_memory: AtomicU64,
+    quarantined: AtomicU64,
+    invalid_output: AtomicU64,
+    actions: AtomicU64,
+    total_us: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+}
+
+/// A point-in-time copy of `ListenerStats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    pub calls: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub traps: u64,
+    pub timeouts: u64,
+    pub out_of_memory: u64,
+    pub quarantined: u64,
+    pub invalid_output: u64,
+    pub actions: u64,
+    pub latency: LatencySnapshot,
+}
+
+/// Latency in microseconds; quantiles are bucket upper bounds (within a factor of two).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LatencySnapshot {
+    pub mean_us: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_bucket_us: u64,
+    /// `(upper bound in µs, calls)` for every non-empty bucket.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl ListenerStats {
+    pub fn record(&self, outcome: &Outcome, took: Duration) {
+        self.calls.fetch_add(1, Relaxed);
+        let counter = match outcome {
+            Outcome::Ok { actions } => {
+                self.actions.fetch_add(*actions as u64, Relaxed);
+                &self.ok
+            }
+            Outcome::Error { .. } => &self.errors,
+            Outcome::Trap { .. } => &self.traps,
+            Outcome::Timeout { .. } => &self.timeouts,
+            Outcome::OutOfMemory { .. } => &self.out_of_memory,
+            Outcome::Quarantined { .. } => &self.quarantined,
+            Outcome::InvalidOutput { .. } => &self.invalid_output,
+        };
+        counter.fetch_add(1, Relaxed);
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.total_us.fetch_add(us, Relaxed);
+        self.latency[bucket(us)].fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let calls = self.calls.load(Relaxed);
+        let counts: Vec<u64> = self.latency.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let quantile = |q: f64| -> u64 {
+            let rank = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return upper_bound(i);
+                }
+            }
+            0
+        };
+        StatsSnapshot {
+            calls,
+            ok: self.ok.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            traps: self.traps.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            out_of_memory: self.out_of_memory.load(Relaxed),
+            quarantined: self.quarantined.load(Relaxed),
+            invalid_output: self.invalid_output.load(Relaxed),
+            actions: self.actions.load(Relaxed),
+            latency: LatencySnapshot {
+                mean_us: self.total_us.load(Relaxed).checked_div(calls).unwrap_or(0),
+                p50_us: if total == 0 { 0 } else { quantile(0.50) },
+                p99_us: if total == 0 { 0 } else { quantile(0.99) },
+                max_bucket_us: counts.iter().rposition(|n| *n > 0).map_or(0, upper_bound),
+                buckets: counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(i, n)| (upper_bound(i), *n))
+                    .collect(),
+            },
+        }
+    }
+}
+
+fn bucket(us: u64) -> usize {
+    // 0 µs -> bucket 0 (< 1 µs); 1 µs -> bucket 1 (< 2 µs); 2..3 -> 2 (< 4 µs) ...
+    ((u64::BITS - us.leading_zeros()) as usize).min(BUCKETS - 1)
+}
+
+fn upper_bound(bucket: usize) -> u64 {
+    1u64 << bucket
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_powers_of_two() {
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket(1), 1);
+        assert_eq!(bucket(3), 2);
+        assert_eq!(bucket(4), 3);
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn snapshot_counts_outcomes_and_quantiles() {
+        let stats = ListenerStats::default();
+        for _ in 0..99 {
+            stats.record(&Outcome::Ok { actions: 2 }, Duration::from_micros(3));
+        }
+        stats.record(&Outcome::Timeout { message: "t".into() }, Duration::from_millis(100));
+        let s = stats.snapshot();
+        assert_eq!((s.calls, s.ok, s.timeouts, s.actions), (100, 99, 1, 198));
+        assert_eq!(s.latency.p50_us, 4);
+        assert_eq!(s.latency.p99_us, 4);
+        assert_eq!(s.latency.max_bucket_us, 131072);
+        assert_eq!(s.latency.mean_us, (99 * 3 + 100_000) / 100);
+    }
+}

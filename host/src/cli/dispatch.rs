@@ -1,0 +1,98 @@
+//! `busbar dispatch`: a plugin author's local loop. Reads events as JSON lines, runs each one
+//! through the bus with the plugins given, and prints one JSON line per Broadcaster call and per
+//! listener outcome, grouped by event in dispatch order (the event, then its follow-ups).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use busbar::broadcast::Recorder;
+use busbar::bus::{Bus, EventStatus};
+use busbar::event::Event;
+use clap::Args;
+use serde_json::json;
+
+use super::RuntimeArgs;
+
+#[derive(Args)]
+pub struct DispatchArgs {
+    /// Directory of plugins (`name.wasm` with an optional `name.toml` beside it); the built-in
+    /// examples when absent.
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+    /// File of events, one JSON object per line; standard input when absent.
+    #[arg(long)]
+    event: Option<PathBuf>,
+    /// Include each listener's duration in microseconds.
+    #[arg(long)]
+    timings: bool,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
+    let runtime = args.runtime.runtime()?;
+    let recorder = Arc::new(Recorder::new());
+    let bus = Bus::new(recorder.clone());
+    for plugin in super::load_plugins(&runtime, args.plugins.as_ref())? {
+        busbar::plugins::register(&bus, plugin)?;
+    }
+    let input: Box<dyn BufRead> = match &args.event {
+        Some(path) => Box::new(BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        )),
+        None => Box::new(BufReader::new(std::io::stdin())),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut bad_lines = 0;
+    for (index, line) in input.lines().enumerate() {
+        let line = line.context("reading events")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = match Event::from_json(&line) {
+            Ok(event) => event,
+            Err(error) => {
+                bad_lines += 1;
+                writeln!(out, "{}", json!({"kind": "invalid_event", "line": index + 1, "error": error.to_string()}))?;
+                continue;
+            }
+        };
+        let report = bus.publish(event);
+        let deliveries = recorder.take();
+        for event in &report.events {
+            for delivery in deliveries.iter().filter(|d| d.frame.event_id == event.event_id) {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"kind": "broadcast", "event_id": event.event_id, "target": delivery.target, "frame": delivery.frame})
+                )?;
+            }
+            if event.status != EventStatus::Dispatched {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"kind": "not_dispatched", "event_id": event.event_id, "type": event.event_type,
+                           "depth": event.depth, "status": event.status})
+                )?;
+            }
+            for listener in &event.listeners {
+                let mut line = json!({"kind": "outcome", "event_id": event.event_id, "type": event.event_type,
+                                      "listener": listener.listener});
+                let outcome = serde_json::to_value(&listener.outcome)?;
+                if let (Some(line), Some(outcome)) = (line.as_object_mut(), outcome.as_object()) {
+                    line.extend(outcome.clone());
+                    if args.timings {
+                        line.insert("duration_us".into(), listener.duration_us.into());
+                    }
+                }
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(if bad_lines == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

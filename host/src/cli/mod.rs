@@ -1,0 +1,105 @@
+//! The command line: `busbar dispatch`, `busbar plugin check`, and what they share (logging,
+//! the plugin runtime's settings, where plugins come from).
+//!
+//! This module is the binary's only entry point. It uses `anyhow` and prints errors with their
+//! context; everything it runs lives in the library.
+
+mod check;
+mod dispatch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use busbar::plugins::{Plugin, Runtime, RuntimeConfig};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "busbar", version, about = "A WebAssembly-extensible event bus with realtime fan-out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run events (JSON lines) through the plugins and print every outcome and broadcast.
+    Dispatch(dispatch::DispatchArgs),
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a component against the contract and print its subscriptions.
+    Check(check::CheckArgs),
+}
+
+/// Settings of the plugin runtime, shared by every command that loads plugins.
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Directory for compiled components (default: $XDG_CACHE_HOME/busbar or ~/.cache/busbar).
+    #[arg(long, env = "BUSBAR_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile every component on load instead of using the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl RuntimeArgs {
+    pub fn runtime(&self) -> anyhow::Result<Runtime> {
+        let cache_dir = if self.no_cache { None } else { self.cache_dir.clone().or_else(default_cache_dir) };
+        Runtime::new(RuntimeConfig { cache_dir, ..RuntimeConfig::default() })
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("busbar"))
+}
+
+/// The plugins in `dir`, or the built-in examples. A component that fails to load is reported
+/// and skipped.
+pub fn load_plugins(runtime: &Runtime, dir: Option<&PathBuf>) -> anyhow::Result<Vec<Plugin>> {
+    match dir {
+        Some(dir) => {
+            let (plugins, failures) = busbar::plugins::load_dir(runtime, dir)
+                .with_context(|| format!("reading plugin directory {}", dir.display()))?;
+            for failure in &failures {
+                eprintln!("busbar: skipped {}: {}", failure.path.display(), failure.error);
+            }
+            Ok(plugins)
+        }
+        None => busbar::examples::load(runtime).context("loading the built-in example plugins"),
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BUSBAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dispatch(args) => {
+            init_logging("warn");
+            dispatch::run(args)
+        }
+        Command::Plugin(PluginCommand::Check(args)) => {
+            init_logging("warn");
+            check::run(args)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("busbar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

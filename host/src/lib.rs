@@ -1,0 +1,44 @@
+//! busbar: a WebAssembly-extensible event bus with realtime fan-out.
+//!
+//! Applications publish events on the [`bus::Bus`]; listener plugins (WebAssembly components,
+//! see [`plugins`]) and native Rust listeners run synchronously, in registration order, for
+//! each one; the messages they return leave through a [`broadcast::Broadcaster`].
+//!
+//! An event's journey, by module: [`event`] (what was published) → [`bus`] (who runs, in which
+//! order, with which outcome) → [`plugins`] (the sandboxed call) → [`action`] (what the listener
+//! asked for) → [`broadcast`] (who receives it).
+
+pub mod action;
+pub mod broadcast;
+pub mod bus;
+pub mod event;
+pub mod plugins;
+
+pub use action::{Action, Scope, ScopeKind, Target};
+pub use broadcast::{Broadcaster, Frame, Recorder};
+pub use bus::{Bus, Listener, ListenerError, Outcome, PublishReport};
+pub use event::Event;
+
+/// The example plugins from `plugins/rust/examples`, compiled into busbar: what `busbar serve`
+/// and `busbar dispatch` load when no plugin directory is given.
+pub mod examples {
+    /// `(name, component bytes, manifest text)`, sorted by name.
+    pub const PLUGINS: &[(&str, &[u8], &str)] = include!(concat!(env!("OUT_DIR"), "/examples.rs"));
+
+    /// Loads the example plugins into `runtime`, sorted by manifest order, then name.
+    pub fn load(runtime: &crate::plugins::Runtime) -> Result<Vec<crate::plugins::Plugin>, crate::plugins::LoadError> {
+        let mut plugins = Vec::new();
+        for (name, wasm, manifest) in PLUGINS {
+            let origin = format!("examples/{name}.toml");
+            let manifest = crate::plugins::Manifest::parse(manifest, name, &origin, std::path::Path::new("."))?;
+            plugins.push(runtime.load(wasm, manifest)?);
+        }
+        plugins.sort_by_key(|p| (p.manifest().order.unwrap_or(i64::MAX), p.name().to_string()));
+        Ok(plugins)
+    }
+}
+
+/// Where the build put every Rust plugin (`examples/`, `testing/`, `hostile/`), each as
+/// `name.wasm` beside `name.toml`. For busbar's own tests and benchmarks.
+#[doc(hidden)]
+pub const BUILT_PLUGINS_DIR: &str = concat!(env!("OUT_DIR"), "/plugins");

@@ -1,0 +1,294 @@
+//! The plugin runtime: one wasmtime `Engine` for every plugin, and the load path.
+//!
+//! This module owns `Runtime` (engine, linker, epoch ticker, compile cache, kv stores) and the
+//! lifecycle phases up to a ready `Plugin`:
+//! - *check*: the bytes are a component (not a core module, not garbage);
+//! - *compile*: once per content hash, or loaded from the on-disk cache;
+//! - *link*: the component's imports are checked against WASI p2 and `busbar:plugin@0.1.0`,
+//!   its exports against the `listener` world; the result is an `InstancePre`;
+//! - *probe*: one instance is made and `subscriptions()` is called, so a component that traps at
+//!   start-up is refused here, never at dispatch.
+//!
+//! Calls (instantiate per pool slot, call, replace after a trap) are in `plugin`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::cache::{CacheUse, CompileCache, content_hash};
+use super::host::{self, CONTRACT, PluginContext, PluginState, bindings};
+use super::kv::KvStores;
+use super::manifest::{Manifest, ManifestError};
+use super::plugin::Plugin;
+
+/// Granularity of deadlines: the engine's epoch advances once per tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How the runtime is set up.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Use wasmtime's pooling allocator (faster instantiation, large virtual reservation).
+    /// Falls back to on-demand allocation when the reservation is refused.
+    pub pooling: bool,
+    /// Instance slots in the pool: the most instances alive at once, all plugins together.
+    pub instance_slots: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig { cache_dir: None, pooling: true, instance_slots: 1000 }
+    }
+}
+
+/// Why a component was refused. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm,
+    #[error(
+        "a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("not a valid component: {0}")]
+    Invalid(String),
+    #[error("built against contract {found}, but this host speaks {CONTRACT}")]
+    ContractVersion { found: String },
+    #[error("does not export `{0}`: it must implement the `listener` world of {CONTRACT}")]
+    MissingExport(&'static str),
+    #[error("does not match the `listener` world of {CONTRACT}: {0}")]
+    WrongExports(String),
+    #[error("imports something this host does not provide: {0}")]
+    UnsupportedImport(String),
+    #[error("failed at start-up: {0}")]
+    Startup(String),
+    #[error("invalid subscriptions: {0}")]
+    Subscriptions(String),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// What `busbar plugin check` reports about a valid component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentInfo {
+    pub hash: String,
+    pub size: usize,
+    pub contract: &'static str,
+    pub subscriptions: Vec<String>,
+    pub imports: Vec<String>,
+}
+
+/// The shared engine and everything every plugin is loaded against.
+pub struct Runtime {
+    engine: Engine,
+    linker: wasmtime::component::Linker<PluginState>,
+    cache: CompileCache,
+    kv: KvStores,
+    pooling: bool,
+    /// Stops the epoch thread when the runtime is dropped.
+    _ticker: Ticker,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let (engine, pooling) = if config.pooling {
+            match Engine::new(&engine_config(Some(config.instance_slots))) {
+                Ok(engine) => (engine, true),
+                Err(e) => {
+                    tracing::warn!("pooling allocator unavailable, allocating on demand: {e}");
+                    (Engine::new(&engine_config(None)).map_err(to_anyhow)?, false)
+                }
+            }
+        } else {
+            (Engine::new(&engine_config(None)).map_err(to_anyhow)?, false)
+        };
+        let linker = host::linker(&engine).map_err(to_anyhow)?;
+        let cache = match config.cache_dir {
+            Some(dir) => CompileCache::in_dir(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot use cache directory {}: {e}", dir.display()))?,
+            None => CompileCache::disabled(),
+        };
+        let ticker = Ticker::start(engine.clone());
+        Ok(Runtime { engine, linker, cache, kv: KvStores::default(), pooling, _ticker: ticker })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn uses_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    pub fn kv(&self) -> &KvStores {
+        &self.kv
+    }
+
+    /// Loads a component file with the manifest beside it (`name.toml`), if any.
+    pub fn load_file(&self, wasm: &Path) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(wasm).map_err(|source| LoadError::Io { path: wasm.display().to_string(), source })?;
+        let stem = wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+        let manifest_path = wasm.with_extension("toml");
+        let manifest = if manifest_path.exists() {
+            Manifest::from_file(&manifest_path, stem)?
+        } else {
+            let name = stem.replace('_', "-");
+            super::manifest::check_plugin_name(&name).map_err(|problem| ManifestError::Invalid {
+                path: wasm.display().to_string(),
+                key: "name",
+                problem,
+            })?;
+            Manifest::named(name)
+        };
+        self.load(&bytes, manifest)
+    }
+
+    /// Checks, compiles (or loads from the cache), links and probes a component.
+    pub fn load(&self, bytes: &[u8], manifest: Manifest) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        let (pre, hash, cache_use) = self.link(bytes)?;
+        let kv = self.kv.store(&manifest.name);
+        let ctx = Arc::new(PluginContext::new(&manifest, kv));
+        let plugin = Plugin::new(self.engine.clone(), pre, manifest, hash, ctx)?;
+        tracing::info!(
+            plugin = plugin.name(),
+            hash = &plugin.hash()[..12],
+            cached = cache_use == CacheUse::Hit,
+            took_ms = started.elapsed().as_millis() as u64,
+            subscriptions = ?plugin.subscriptions().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "plugin loaded"
+        );
+        Ok(plugin)
+    }
+
+    /// Validates a component without keeping it: what `busbar plugin check` prints.
+    pub fn check(&self, bytes: &[u8]) -> Result<ComponentInfo, LoadError> {
+        let (pre, hash, _) = self.link(bytes)?;
+        let component = pre.instance_pre().component();
+        let imports = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let manifest = Manifest::named("check");
+        let ctx = Arc::new(PluginContext::new(&manifest, Arc::default()));
+        let plugin = Plugin::new(self.engine.clone(), pre, manifest, hash.clone(), ctx)?;
+        Ok(ComponentInfo {
+            hash,
+            size: bytes.len(),
+            contract: CONTRACT,
+            subscriptions: plugin.subscriptions().iter().map(ToString::to_string).collect(),
+            imports,
+        })
+    }
+
+    fn link(&self, bytes: &[u8]) -> Result<(bindings::ListenerPre<PluginState>, String, CacheUse), LoadError> {
+        sniff(bytes)?;
+        let hash = content_hash(bytes);
+        let (component, cache_use) = self
+            .cache
+            .load(&self.engine, bytes, &hash)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if let Some(rest) = name.strip_prefix("busbar:plugin/") {
+                let version = rest.split_once('@').map_or("", |(_, v)| v);
+                if format!("busbar:plugin@{version}") != CONTRACT {
+                    return Err(LoadError::ContractVersion { found: format!("busbar:plugin@{version}") });
+                }
+            }
+        }
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        for required in ["handle", "subscriptions"] {
+            if !exports.iter().any(|name| name == required) {
+                return Err(LoadError::MissingExport(required));
+            }
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
+        let pre = bindings::ListenerPre::new(instance_pre).map_err(|e| LoadError::WrongExports(format!("{e:#}")))?;
+        Ok((pre, hash, cache_use))
+    }
+}
+
+/// Tells components from core modules and from anything else by their header.
+fn sniff(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    // Core modules have version 1 and layer 0; components have layer 1.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+fn engine_config(pool_slots: Option<u32>) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    if let Some(slots) = pool_slots {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots);
+        pool.total_core_instances(slots.saturating_mul(8));
+        pool.total_memories(slots);
+        pool.total_tables(slots.saturating_mul(4));
+        pool.max_memory_size((super::manifest::MAX_MEMORY_MIB as usize) << 20);
+        // JS and Python components have large function tables and instance state.
+        pool.table_elements(200_000);
+        pool.max_tables_per_module(4);
+        pool.max_memories_per_module(2);
+        pool.max_core_instance_size(16 << 20);
+        pool.max_component_instance_size(16 << 20);
+        // Keep the first pages of each memory resident between instantiations.
+        pool.linear_memory_keep_resident(64 << 10);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+fn to_anyhow(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+/// A thread that advances the engine's epoch every tick, so deadlines can interrupt guests.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("busbar-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        Ticker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Routes `task:*` events to the task scope and `chat:*` events to the chat scope, using the
+//! routing hints on the event (`task-id`, `chat-session-id`) rather than re-parsing payloads.
+//!
+//! Shows: prefix subscriptions and scope targets. Events without the hint are left alone.
+
+use busbar_plugin_sdk::{Action, Error, Event, Plugin, Target, export, log};
+
+struct ScopeRouter;
+
+impl Plugin for ScopeRouter {
+    fn subscriptions() -> Vec<String> {
+        vec!["task:*".into(), "chat:*".into()]
+    }
+
+    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+        let target = if event.event_type.starts_with("task:") {
+            event.task_id.as_deref().map(Target::task)
+        } else {
+            event.chat_session_id.as_deref().map(Target::chat)
+        };
+        match target {
+            Some(target) => Ok(vec![event.forward(target)]),
+            None => {
+                log::debug(format!("{} {} has no scope id", event.event_type, event.id));
+                Ok(vec![])
+            }
+        }
+    }
+}
+
+export!(ScopeRouter);
