@@ -157,6 +157,26 @@ impl Event {
         })
     }
 
+    /// Like [`Event::forward`], but with the top-level `keys` removed from an object payload.
+    /// The payload is forwarded unchanged (byte for byte) when none of the keys is present.
+    pub fn forward_without(&self, target: Target, keys: &[&str]) -> Result<Action, Error> {
+        if keys.is_empty() {
+            return Ok(self.forward(target));
+        }
+        let mut payload = match self.payload_as::<serde_json::Value>()? {
+            serde_json::Value::Object(map) => map,
+            _ => return Ok(self.forward(target)),
+        };
+        let before = payload.len();
+        for key in keys {
+            payload.remove(*key);
+        }
+        if payload.len() == before {
+            return Ok(self.forward(target));
+        }
+        Action::send_json(target, self.event_type.clone(), &payload)
+    }
+
     /// A follow-up event of type `event_type` in this event's workspace, by the same actor,
     /// with the same task and chat hints.
     pub fn follow_up<T: Serialize + ?Sized>(

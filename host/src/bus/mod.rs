@@ -69,8 +69,10 @@ impl Subscription {
         if pattern.is_empty() {
             return Err(invalid("empty"));
         }
+        if pattern.find('*').is_some_and(|at| at != pattern.len() - 1) {
+            return Err(invalid("`*` only at the end"));
+        }
         match pattern.strip_suffix('*') {
-            Some(prefix) if prefix.contains('*') => Err(invalid("`*` only at the end")),
             Some(prefix) => {
                 event::check_type(prefix).map_err(|e| invalid(&e.to_string()))?;
                 Ok(Subscription::Prefix(prefix.to_string()))

@@ -44,6 +44,7 @@ pub struct Plugin {
     max_idle: usize,
     health: Health,
     instantiations: AtomicU64,
+    from_cache: bool,
 }
 
 /// Consecutive failures and quarantine state, updated without locks.
@@ -77,6 +78,8 @@ pub struct PluginInfo {
     pub instantiations: u64,
     pub idle_instances: usize,
     pub quarantines: u64,
+    /// Whether the compiled component came from the on-disk cache.
+    pub from_cache: bool,
     pub kv_bytes: usize,
     pub limits: super::manifest::Limits,
 }
@@ -104,6 +107,7 @@ impl Plugin {
             max_idle,
             health: Health::default(),
             instantiations: AtomicU64::new(0),
+            from_cache: false,
             manifest,
         };
         let mut warm = plugin.instantiate().map_err(|e| LoadError::Startup(e.to_string()))?;
@@ -117,6 +121,10 @@ impl Plugin {
             Subscription::parse_all(&patterns).map_err(|e| LoadError::Subscriptions(e.to_string()))?;
         plugin.idle.get_mut().push(warm);
         Ok(plugin)
+    }
+
+    pub(super) fn set_from_cache(&mut self, from_cache: bool) {
+        self.from_cache = from_cache;
     }
 
     pub fn name(&self) -> &str {
@@ -158,6 +166,7 @@ impl Plugin {
             instantiations: self.instantiations.load(Relaxed),
             idle_instances: self.idle.lock().len(),
             quarantines: self.health.total_quarantines.load(Relaxed),
+            from_cache: self.from_cache,
             kv_bytes: self.ctx.kv.bytes(),
             limits: self.manifest.limits.clone(),
         }
@@ -306,6 +315,12 @@ impl Plugin {
             out.push(action);
         }
         Ok(out)
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.manifest.name).field("hash", &self.hash).finish_non_exhaustive()
     }
 }
 

@@ -156,7 +156,8 @@ impl Runtime {
         let (pre, hash, cache_use) = self.link(bytes)?;
         let kv = self.kv.store(&manifest.name);
         let ctx = Arc::new(PluginContext::new(&manifest, kv));
-        let plugin = Plugin::new(self.engine.clone(), pre, manifest, hash, ctx)?;
+        let mut plugin = Plugin::new(self.engine.clone(), pre, manifest, hash, ctx)?;
+        plugin.set_from_cache(cache_use == CacheUse::Hit);
         tracing::info!(
             plugin = plugin.name(),
             hash = &plugin.hash()[..12],
@@ -205,16 +206,16 @@ impl Runtime {
                 }
             }
         }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
         let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         for required in ["handle", "subscriptions"] {
             if !exports.iter().any(|name| name == required) {
                 return Err(LoadError::MissingExport(required));
             }
         }
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
         let pre = bindings::ListenerPre::new(instance_pre).map_err(|e| LoadError::WrongExports(format!("{e:#}")))?;
         Ok((pre, hash, cache_use))
     }

@@ -1,7 +1,8 @@
 //! Routes `task:*` events to the task scope and `chat:*` events to the chat scope, using the
 //! routing hints on the event (`task-id`, `chat-session-id`) rather than re-parsing payloads.
 //!
-//! Shows: prefix subscriptions and scope targets. Events without the hint are left alone.
+//! Shows: prefix subscriptions and scope targets. Events without the hint are left alone, and
+//! keys meant for the server only (`error` of `task:failed`) never leave it.
 
 use busbar_plugin_sdk::{Action, Error, Event, Plugin, Target, export, log};
 
@@ -19,7 +20,7 @@ impl Plugin for ScopeRouter {
             event.chat_session_id.as_deref().map(Target::chat)
         };
         match target {
-            Some(target) => Ok(vec![event.forward(target)]),
+            Some(target) => Ok(vec![event.forward_without(target, internal_keys(&event.event_type))?]),
             None => {
                 log::debug(format!("{} {} has no scope id", event.event_type, event.id));
                 Ok(vec![])
@@ -29,3 +30,11 @@ impl Plugin for ScopeRouter {
 }
 
 export!(ScopeRouter);
+
+/// Keys that are for the server only and must not reach clients.
+fn internal_keys(event_type: &str) -> &'static [&'static str] {
+    match event_type {
+        "task:failed" => &["error"],
+        _ => &[],
+    }
+}

@@ -6,7 +6,7 @@
 //! nothing needs stripping, and a `skip` config list of patterns left to other plugins.
 
 use busbar_plugin_sdk::{Action, Error, Event, Plugin, Target, config, export};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 struct Forwarder;
 
@@ -93,17 +93,5 @@ fn internal_keys(event_type: &str) -> &'static [&'static str] {
 
 /// The event as a message for `target`, with internal keys stripped.
 fn outbound(event: &Event, target: Target) -> Result<Action, Error> {
-    let strip = internal_keys(&event.event_type);
-    if strip.is_empty() {
-        return Ok(event.forward(target));
-    }
-    let mut payload: Map<String, Value> = match event.payload_as::<Value>()? {
-        Value::Object(map) => map,
-        // Nothing to strip from a non-object: forward it as it came.
-        _ => return Ok(event.forward(target)),
-    };
-    for key in strip {
-        payload.remove(*key);
-    }
-    Action::send_json(target, event.event_type.clone(), &payload)
+    event.forward_without(target, internal_keys(&event.event_type))
 }

@@ -2,8 +2,8 @@
 //! everyone, tagged with its `tag` config value, so a test can see which listener ran, in which
 //! order, and with exactly which fields. Subscriptions come from the manifest.
 //!
-//! On request (payload `{"echo": {...}}`) it also returns an error, publishes a follow-up, or
-//! uses its key-value store, so the bus's semantics can be checked through a real component.
+//! On request (payload `{"echo": {...}}`) it also returns an error, panics, publishes a
+//! follow-up, or uses its key-value store, so the bus's semantics can be checked through a real component.
 
 use busbar_plugin_sdk::{Action, Error, Event, Plugin, Target, config, export, kv};
 use serde_json::{Value, json};
@@ -19,6 +19,9 @@ impl Plugin for Echo {
             if request["only"].as_str().is_none_or(|only| only == tag) {
                 return Err(Error::new(message));
             }
+        }
+        if request["panic"] == Value::Bool(true) {
+            panic!("echo asked to panic");
         }
         let mut actions = vec![Action::send_json(
             Target::Everyone,

@@ -1,0 +1,8 @@
+//! busbar's end-to-end tests: one test binary, one module per subsystem. Everything goes through
+//! real parts: components compiled from `plugins/`, the real bus, the real `busbar` binary.
+
+mod bus;
+mod cli;
+mod hostile;
+mod runtime;
+mod support;
