@@ -3,7 +3,7 @@
 //! It owns the bindings generated from the contract in `wit/` and gives plugin authors typed
 //! helpers on top, so that a plugin is one [`Plugin`] impl plus one [`export!`]:
 //!
-//! ```ignore
+//! ```no_run
 //! use busbar_plugin_sdk::{export, Action, Error, Event, Plugin, Target};
 //!
 //! struct Echo;

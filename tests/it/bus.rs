@@ -24,10 +24,10 @@ fn recorder_listener(kind: Kind, bus: &Bus, tag: &str, subscriptions: &[&str]) {
             let tag_owned = tag.to_string();
             let listener = move |event: &Event| -> Result<Vec<Action>, ListenerError> {
                 let request: Value = serde_json::from_str(event.payload()).unwrap_or(Value::Null);
-                if let Some(message) = request["echo"]["fail"].as_str() {
-                    if request["echo"]["only"].as_str().is_none_or(|only| only == tag_owned) {
-                        panic!("{message}");
-                    }
+                if let Some(message) = request["echo"]["fail"].as_str()
+                    && request["echo"]["only"].as_str().is_none_or(|only| only == tag_owned)
+                {
+                    panic!("{message}");
                 }
                 let frame = json!({
                     "tag": tag_owned, "id": event.id, "type": event.event_type,

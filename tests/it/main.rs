@@ -6,3 +6,4 @@ mod cli;
 mod hostile;
 mod runtime;
 mod support;
+mod tidy;
