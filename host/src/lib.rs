@@ -9,10 +9,14 @@
 //! asked for) → [`broadcast`] (who receives it).
 
 pub mod action;
+pub mod api;
 pub mod broadcast;
 pub mod bus;
+pub mod config;
 pub mod event;
+pub mod hub;
 pub mod plugins;
+pub mod server;
 
 pub use action::{Action, Scope, ScopeKind, Target};
 pub use broadcast::{Broadcaster, Frame, Recorder};

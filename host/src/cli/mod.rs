@@ -6,6 +6,10 @@
 
 mod check;
 mod dispatch;
+mod publish;
+mod serve;
+mod tail;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +27,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server: HTTP API, plugins, realtime hub.
+    Serve(serve::ServeArgs),
+    /// Post events to a running server.
+    Publish(publish::PublishArgs),
+    /// Connect to a running server as a realtime client and print the frames.
+    Tail(tail::TailArgs),
+    /// Mint a connection token (development and tests).
+    Token(token::TokenArgs),
     /// Run events (JSON lines) through the plugins and print every outcome and broadcast.
     Dispatch(dispatch::DispatchArgs),
     /// Work with plugin components.
@@ -55,10 +67,7 @@ impl RuntimeArgs {
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("busbar"))
+    busbar::config::default_cache_dir(&|key| std::env::var(key).ok())
 }
 
 /// The plugins in `dir`, or the built-in examples. A component that fails to load is reported
@@ -86,6 +95,19 @@ fn init_logging(default: &str) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging("info");
+            serve::run(args)
+        }
+        Command::Publish(args) => {
+            init_logging("warn");
+            publish::run(args)
+        }
+        Command::Tail(args) => {
+            init_logging("warn");
+            tail::run(args)
+        }
+        Command::Token(args) => token::run(args),
         Command::Dispatch(args) => {
             init_logging("warn");
             dispatch::run(args)

@@ -11,6 +11,7 @@ mod host;
 mod kv;
 mod manifest;
 mod plugin;
+mod registry;
 mod runtime;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use host::CONTRACT;
 pub use kv::{KvStore, KvStores};
 pub use manifest::{Capabilities, Limits, Manifest, ManifestError, check_plugin_name};
 pub use plugin::{Plugin, PluginInfo, PluginStatus};
+pub use registry::{Failure, InstallError, Installed, PluginView, Registry};
 pub use runtime::{ComponentInfo, LoadError, Runtime, RuntimeConfig};
 
 use crate::bus::{Bus, BusError, Registration};

@@ -1,0 +1,92 @@
+//! Who may call the admin and publish routes.
+//!
+//! Admin routes (plugins, `/health/realtime`, `/metrics`) need the configured admin bearer
+//! token; without one configured they answer direct loopback callers only (no forwarding
+//! headers) and hide from everyone else with a 404. `POST /v1/events` also accepts the publish
+//! token. Tokens are compared in constant time.
+
+use std::net::SocketAddr;
+
+use axum::http::{HeaderMap, header};
+
+use super::error::ApiError;
+
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub admin_token: Option<String>,
+    pub publish_token: Option<String>,
+}
+
+const FORWARDING_HEADERS: [&str; 5] = ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "forwarded"];
+
+impl Access {
+    pub fn admin(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
+        self.check(headers, peer, &[self.admin_token.as_deref()])
+    }
+
+    pub fn publish(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
+        self.check(headers, peer, &[self.admin_token.as_deref(), self.publish_token.as_deref()])
+    }
+
+    fn check(&self, headers: &HeaderMap, peer: SocketAddr, accepted: &[Option<&str>]) -> Result<(), ApiError> {
+        let configured: Vec<&str> = accepted.iter().flatten().copied().collect();
+        if configured.is_empty() {
+            let forwarded = FORWARDING_HEADERS.iter().any(|h| headers.contains_key(*h));
+            return if peer.ip().is_loopback() && !forwarded { Ok(()) } else { Err(ApiError::Hidden) };
+        }
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        if configured.iter().any(|token| constant_time_eq(token.as_bytes(), presented.as_bytes())) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(ip: &str) -> SocketAddr {
+        format!("{ip}:5000").parse().unwrap()
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn without_a_token_only_direct_loopback_callers_get_in() {
+        let access = Access::default();
+        assert!(access.admin(&HeaderMap::new(), peer("127.0.0.1")).is_ok());
+        assert!(access.admin(&HeaderMap::new(), peer("[::1]")).is_ok());
+        assert!(matches!(access.admin(&HeaderMap::new(), peer("10.0.0.1")), Err(ApiError::Hidden)));
+        let mut forwarded = HeaderMap::new();
+        forwarded.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        assert!(matches!(access.admin(&forwarded, peer("127.0.0.1")), Err(ApiError::Hidden)));
+    }
+
+    #[test]
+    fn with_a_token_everyone_needs_it() {
+        let access = Access { admin_token: Some("admin-token-0123456".into()), publish_token: Some("publish-token-01234".into()) };
+        assert!(matches!(access.admin(&HeaderMap::new(), peer("127.0.0.1")), Err(ApiError::Unauthorized)));
+        assert!(access.admin(&bearer("admin-token-0123456"), peer("10.0.0.1")).is_ok());
+        assert!(matches!(access.admin(&bearer("publish-token-01234"), peer("10.0.0.1")), Err(ApiError::Unauthorized)));
+        assert!(access.publish(&bearer("publish-token-01234"), peer("10.0.0.1")).is_ok());
+        assert!(access.publish(&bearer("admin-token-0123456"), peer("10.0.0.1")).is_ok());
+        assert!(matches!(access.publish(&bearer("wrong"), peer("127.0.0.1")), Err(ApiError::Unauthorized)));
+    }
+}

@@ -1,0 +1,101 @@
+//! `/health` (liveness), `/health/realtime` (JSON counters) and `/metrics` (Prometheus text).
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn realtime(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    state.access.admin(&headers, peer)?;
+    let mut body = serde_json::to_value(state.hub.snapshot()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["plugins"] = serde_json::to_value(state.registry.list()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)))
+}
+
+pub async fn metrics(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    state.access.admin(&headers, peer)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus(&state)))
+}
+
+fn prometheus(state: &AppState) -> String {
+    let hub = state.hub.snapshot();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP busbar_{name} {help}\n# TYPE busbar_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "busbar_{name}{labels} {value}");
+        }
+    };
+    let plain = |v: u64| vec![(String::new(), v as f64)];
+    metric("connects_total", "counter", "WebSocket connections accepted.", plain(hub.connects_total));
+    metric("disconnects_total", "counter", "WebSocket connections closed.", plain(hub.disconnects_total));
+    metric("active_connections", "gauge", "WebSocket connections open.", vec![(String::new(), hub.active_connections as f64)]);
+    metric("slow_evictions_total", "counter", "Connections evicted for not keeping up.", plain(hub.slow_evictions_total));
+    metric("messages_sent_total", "counter", "Frames queued to connections.", plain(hub.messages_sent_total));
+    metric("messages_dropped_total", "counter", "Frames dropped (evicted or closed connections).", plain(hub.messages_dropped_total));
+    metric("inbound_too_large_total", "counter", "Inbound frames over the size limit.", plain(hub.inbound_too_large_total));
+    let by = |label: &str, map: Vec<(String, u64)>| map.into_iter().map(|(k, v)| (format!("{{{label}=\"{}\"}}", escape(&k)), v as f64)).collect();
+    metric("events_sent_total", "counter", "Broadcasts by event type.", by("type", hub.events_sent_by_type.into_iter().collect()));
+    let scoped = |map: std::collections::BTreeMap<crate::action::ScopeKind, u64>| map.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    metric("subscribes_total", "counter", "Subscribes accepted by scope kind.", by("scope", scoped(hub.subscribes_total)));
+    metric("unsubscribes_total", "counter", "Unsubscribes by scope kind.", by("scope", scoped(hub.unsubscribes_total)));
+    metric("subscribe_denied_total", "counter", "Subscribes denied by scope kind.", by("scope", scoped(hub.subscribe_denied_total)));
+    metric("active_scope_rooms", "gauge", "Rooms with at least one connection, by scope kind.", by("scope", scoped(hub.active_scope_rooms)));
+    metric(
+        "auth_failures_total",
+        "counter",
+        "Refused WebSocket authentications by reason.",
+        by("reason", hub.auth_failures_total.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+    );
+    let plugins = state.registry.list();
+    let mut calls = Vec::new();
+    let mut latency = Vec::new();
+    let mut up = Vec::new();
+    for view in &plugins {
+        let name = escape(&view.name);
+        up.push((format!("{{plugin=\"{name}\",status=\"{}\"}}", view.status), 1.0));
+        if let Some(listener) = &view.listener {
+            let s = &listener.stats;
+            for (outcome, n) in [
+                ("ok", s.ok),
+                ("error", s.errors),
+                ("trap", s.traps),
+                ("timeout", s.timeouts),
+                ("out_of_memory", s.out_of_memory),
+                ("quarantined", s.quarantined),
+                ("invalid_output", s.invalid_output),
+            ] {
+                calls.push((format!("{{plugin=\"{name}\",outcome=\"{outcome}\"}}"), n as f64));
+            }
+            latency.push((format!("{{plugin=\"{name}\",quantile=\"0.5\"}}"), s.latency.p50_us as f64));
+            latency.push((format!("{{plugin=\"{name}\",quantile=\"0.99\"}}"), s.latency.p99_us as f64));
+        }
+    }
+    metric("plugin_info", "gauge", "Installed plugins and their status.", up);
+    metric("plugin_calls_total", "counter", "Listener calls by plugin and outcome.", calls);
+    metric("plugin_latency_microseconds", "gauge", "Call latency quantiles (bucket upper bounds).", latency);
+    out
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

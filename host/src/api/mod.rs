@@ -1,0 +1,64 @@
+//! The host HTTP API (`/v1`), the health and metrics routes, and the WebSocket endpoint.
+//!
+//! This module owns the router and its state. Handlers are thin: they check access, parse, and
+//! call the bus, the plugin registry or the hub; errors become responses only in `error`. It is
+//! the only module that uses axum's routing (the hub's session uses its WebSocket types).
+
+mod access;
+mod error;
+mod events;
+mod health;
+mod plugins;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+pub use access::Access;
+pub use error::ApiError;
+
+use crate::bus::Bus;
+use crate::hub::Hub;
+use crate::plugins::Registry;
+
+/// The OpenAPI document of this API, checked in at `docs/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub bus: Arc<Bus>,
+    pub hub: Arc<Hub>,
+    pub registry: Arc<Registry>,
+    pub access: Arc<Access>,
+    pub allowed_origins: Arc<Vec<String>>,
+    pub max_events_body: usize,
+    pub max_upload: usize,
+    /// Cancelled when the server shuts down; open sessions close with 1001.
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: AppState) -> Router {
+    let events = post(events::publish).layer(DefaultBodyLimit::max(state.max_events_body));
+    let plugin = get(plugins::get)
+        .put(plugins::put)
+        .delete(plugins::delete)
+        .layer(DefaultBodyLimit::max(state.max_upload));
+    Router::new()
+        .route("/v1/events", events)
+        .route("/v1/plugins", get(plugins::list))
+        .route("/v1/plugins/{name}", plugin)
+        .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/health", get(health::live))
+        .route("/health/realtime", get(health::realtime))
+        .route("/metrics", get(health::metrics))
+        .route("/ws", get(ws::upgrade))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

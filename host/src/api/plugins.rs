@@ -1,0 +1,124 @@
+//! `/v1/plugins`: list, inspect, upload (validate, then activate) and delete plugins.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, Multipart, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::plugins::{InstallError, Installed, Manifest, PluginView, check_plugin_name};
+
+pub async fn list(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.access.admin(&headers, peer)?;
+    Ok(Json(json!({ "plugins": state.registry.list() })))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<PluginView>, ApiError> {
+    state.access.admin(&headers, peer)?;
+    state.registry.get(&name).map(Json).ok_or_else(|| ApiError::NotFound(format!("no plugin named `{name}`")))
+}
+
+/// Upload a component: the raw bytes (`application/wasm`), or `multipart/form-data` with a
+/// `component` part and an optional `manifest` part (TOML).
+pub async fn put(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<(StatusCode, Json<PluginView>), ApiError> {
+    state.access.admin(request.headers(), peer)?;
+    check_plugin_name(&name).map_err(|p| ApiError::BadRequest(format!("plugin name {p}")))?;
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_large = |max: usize| ApiError::TooLarge(format!("upload larger than {max} bytes"));
+    let (component, manifest_text) = if is_multipart {
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let (mut component, mut manifest) = (None, None);
+        while let Some(field) = multipart.next_field().await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large(state.max_upload) } else { ApiError::BadRequest(e.body_text()) }
+        })? {
+            let field_name = field.name().unwrap_or_default().to_string();
+            let data = field.bytes().await.map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large(state.max_upload) } else { ApiError::BadRequest(e.body_text()) }
+            })?;
+            match field_name.as_str() {
+                "component" => component = Some(data),
+                "manifest" => {
+                    manifest = Some(String::from_utf8(data.to_vec()).map_err(|_| ApiError::BadRequest("manifest is not UTF-8".into()))?)
+                }
+                other => return Err(ApiError::BadRequest(format!("unexpected form field `{other}`; expected `component` and `manifest`"))),
+            }
+        }
+        (component.ok_or_else(|| ApiError::BadRequest("missing form field `component`".into()))?, manifest)
+    } else {
+        let body = Bytes::from_request(request, &state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large(state.max_upload) } else { ApiError::BadRequest(e.body_text()) }
+        })?;
+        (body, None)
+    };
+    if component.is_empty() {
+        return Err(ApiError::BadRequest("empty component".into()));
+    }
+    let manifest = match manifest_text {
+        Some(text) => {
+            let origin = format!("manifest of `{name}`");
+            let manifest = Manifest::parse(&text, &name, &origin, std::path::Path::new("."))
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            if manifest.name != name {
+                return Err(ApiError::BadRequest(format!("manifest names `{}` but the path names `{name}`", manifest.name)));
+            }
+            if !manifest.capabilities.read_dirs.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "`capabilities.read-dirs` cannot be granted over HTTP; install the plugin from the plugin directory".into(),
+                ));
+            }
+            Some(manifest)
+        }
+        None => None,
+    };
+    let registry = state.registry.clone();
+    let install_name = name.clone();
+    let installed = tokio::task::spawn_blocking(move || registry.install(&install_name, &component, manifest))
+        .await
+        .map_err(|e| ApiError::Internal(format!("install task failed: {e}")))?;
+    let status = match installed {
+        Ok(Installed::Created) => StatusCode::CREATED,
+        Ok(Installed::Replaced) => StatusCode::OK,
+        Err(InstallError::Load(e)) => return Err(ApiError::Unprocessable(e.to_string())),
+        Err(InstallError::Bus(e)) => return Err(ApiError::Conflict(e.to_string())),
+    };
+    let view = state.registry.get(&name).ok_or_else(|| ApiError::Internal("installed plugin vanished".into()))?;
+    Ok((status, Json(view)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.access.admin(&headers, peer)?;
+    if state.registry.remove(&name) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no plugin named `{name}`")))
+    }
+}

@@ -1,0 +1,105 @@
+//! `GET /ws`: checks before the upgrade (workspace, origin, no token in the URL, an
+//! `Authorization` header if present), then hands the socket to the hub's session.
+
+use std::collections::HashMap;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::hub::AuthError;
+use crate::hub::session::{self, Auth};
+
+/// Query parameters that would carry a token, which must never be in a URL (they end up in
+/// proxy and server logs).
+const TOKEN_PARAMS: [&str; 4] = ["token", "access_token", "jwt", "auth"];
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if TOKEN_PARAMS.iter().any(|p| params.contains_key(*p)) {
+        state.hub.metrics().auth_failure("token_in_url");
+        return Err(ApiError::BadRequest(
+            "tokens in the URL are refused: send an `auth` frame or an Authorization header".into(),
+        ));
+    }
+    let workspace_id = params
+        .get("workspace_id")
+        .filter(|w| !w.is_empty())
+        .cloned()
+        .ok_or_else(|| ApiError::BadRequest("query parameter `workspace_id` is required".into()))?;
+    if !origin_allowed(&headers, &state.allowed_origins) {
+        state.hub.metrics().auth_failure("origin");
+        return Err(ApiError::Forbidden("origin not allowed".into()));
+    }
+    let auth = match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        Some(value) => {
+            let token = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
+            match state.hub.verifier().identify(token, &workspace_id) {
+                Ok(identity) => Auth::Identified(identity),
+                Err(e) => {
+                    state.hub.metrics().auth_failure(e.code());
+                    return Err(match e {
+                        AuthError::Workspace(_) => ApiError::Forbidden(e.to_string()),
+                        _ => ApiError::Unauthorized,
+                    });
+                }
+            }
+        }
+        None => Auth::Pending { workspace_id },
+    };
+    let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = state.hub.config().max_inbound_bytes;
+    let hub = state.hub.clone();
+    let shutdown = state.shutdown.clone();
+    Ok(ws
+        .read_buffer_size(4 << 10)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| session::serve(hub, socket, auth, shutdown))
+        .into_response())
+}
+
+/// No `Origin` (native clients) and same-origin requests are allowed; anything else must be on
+/// the allow-list.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, host.parse().unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, o.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://app.example.com".to_string()];
+        assert!(origin_allowed(&headers(None, "busbar:8080"), &allowed));
+        assert!(origin_allowed(&headers(Some("https://app.example.com"), "busbar:8080"), &allowed));
+        assert!(origin_allowed(&headers(Some("https://APP.example.com"), "busbar:8080"), &allowed));
+        assert!(origin_allowed(&headers(Some("http://busbar:8080"), "busbar:8080"), &allowed));
+        assert!(!origin_allowed(&headers(Some("https://evil.example.com"), "busbar:8080"), &allowed));
+        assert!(!origin_allowed(&headers(Some("https://app.example.com.evil"), "busbar:8080"), &allowed));
+        assert!(!origin_allowed(&headers(Some("null"), "busbar:8080"), &[]));
+    }
+}

@@ -1,0 +1,85 @@
+//! `busbar serve`: the server. Defaults that just work: 127.0.0.1:8080, the built-in example
+//! plugins, the in-memory hub, and a development JWT secret (with a warning).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use busbar::config::{Config, DEV_JWT_SECRET, Overrides};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Config file (default: $BUSBAR_CONFIG, else ./busbar.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory of plugins (`name.wasm` + optional `name.toml`); default: the built-in examples.
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+    /// Directory for compiled components.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Compile every component on start instead of using the cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        config_file: args.config,
+        listen: args.listen,
+        plugins_dir: args.plugins,
+        cache_dir: args.cache_dir,
+        no_cache: args.no_cache,
+    };
+    let config = Config::load(&overrides).context("invalid configuration")?;
+    if config.dev_secret {
+        tracing::warn!(
+            "no JWT secret configured: using the public development secret {DEV_JWT_SECRET:?}; \
+             mint tokens with `busbar token`. Set BUSBAR_JWT_SECRET for anything but local development."
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("busbar").build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let app = busbar::server::build(&config, shutdown.clone())?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        let plugins: Vec<String> = app.registry.list().into_iter().map(|p| format!("{} ({})", p.name, p.status)).collect();
+        tracing::info!(%address, plugins = %plugins.join(", "), "busbar listening");
+        eprintln!("busbar listening on http://{address} (WebSocket: ws://{address}/ws)");
+        tokio::spawn(signal_shutdown(shutdown));
+        busbar::server::run(listener, app).await.context("server failed")?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    shutdown.cancel();
+}

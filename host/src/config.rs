@@ -1,0 +1,306 @@
+//! Server configuration: read once at start from a file, the environment and flags, validated
+//! with errors that name the key, then handed out as typed values.
+//!
+//! Two steps, as in ripgrep: `RawConfig` is what serde reads from `busbar.toml` (unknown keys are
+//! errors); `Config` is the typed, validated result. Priority: flags, then environment
+//! (`BUSBAR_*`), then the file, then defaults. This is the only module that reads environment
+//! variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::hub::HubConfig;
+
+/// The development secret used when none is configured. Anyone can mint tokens with it, so
+/// busbar refuses to use it on anything but a loopback address.
+pub const DEV_JWT_SECRET: &str = "busbar-development-secret-do-not-use-in-production";
+
+/// Default address of `busbar serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Directory of plugins; `None` loads the built-in examples.
+    pub plugins_dir: Option<PathBuf>,
+    /// Compiled-component cache; `None` compiles on every start.
+    pub cache_dir: Option<PathBuf>,
+    pub jwt_secret: Vec<u8>,
+    /// True when `jwt_secret` is the development secret.
+    pub dev_secret: bool,
+    /// Bearer token for admin routes; without one they answer loopback callers only.
+    pub admin_token: Option<String>,
+    /// Bearer token for `POST /v1/events` (the admin token works too).
+    pub publish_token: Option<String>,
+    /// Origins allowed to open WebSockets, besides same-origin and origin-less clients.
+    pub allowed_origins: Vec<String>,
+    pub hub: HubConfig,
+    /// Largest `POST /v1/events` body.
+    pub max_events_body: usize,
+    /// Largest plugin upload.
+    pub max_upload: usize,
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    pub no_cache: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("`{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), problem: problem.into() }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    listen: Option<String>,
+    plugins: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    hub: RawHub,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAuth {
+    jwt_secret: Option<String>,
+    admin_token: Option<String>,
+    publish_token: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHub {
+    max_queue_kib: Option<u64>,
+    max_queue_age_ms: Option<u64>,
+    max_scopes: Option<u64>,
+    subscribe_rate: Option<f64>,
+    subscribe_burst: Option<f64>,
+    auth_timeout_ms: Option<u64>,
+    ping_interval_secs: Option<u64>,
+    read_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLimits {
+    max_events_body_kib: Option<u64>,
+    max_upload_mib: Option<u64>,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment and the given overrides.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::load_with(overrides, |key| std::env::var(key).ok())
+    }
+
+    /// Reads the configuration with `env` standing in for the environment (for tests).
+    pub fn load_with(overrides: &Overrides, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let file = overrides
+            .config_file
+            .clone()
+            .or_else(|| env("BUSBAR_CONFIG").map(PathBuf::from))
+            .or_else(|| Path::new("busbar.toml").exists().then(|| PathBuf::from("busbar.toml")));
+        let raw = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::File { path: path.display().to_string(), message: e.to_string() })?;
+                toml::from_str::<RawConfig>(&text)
+                    .map_err(|e| ConfigError::File { path: path.display().to_string(), message: e.message().to_string() })?
+            }
+            None => RawConfig::default(),
+        };
+        let base = file.as_deref().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        let relative = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or_else(|| env("BUSBAR_LISTEN"))
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| invalid("listen", format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
+
+        let plugins_dir = overrides
+            .plugins_dir
+            .clone()
+            .or_else(|| env("BUSBAR_PLUGINS").map(PathBuf::from))
+            .or(raw.plugins.map(relative));
+        if let Some(dir) = &plugins_dir
+            && !dir.is_dir()
+        {
+            return Err(invalid("plugins", format!("{} is not a directory", dir.display())));
+        }
+        let cache_dir = if overrides.no_cache {
+            None
+        } else {
+            overrides
+                .cache_dir
+                .clone()
+                .or_else(|| env("BUSBAR_CACHE_DIR").map(PathBuf::from))
+                .or(raw.cache_dir.map(relative))
+                .or_else(|| default_cache_dir(&env))
+        };
+
+        let secret = env("BUSBAR_JWT_SECRET").or(raw.auth.jwt_secret);
+        let (jwt_secret, dev_secret) = match secret {
+            Some(s) if s.len() < 32 => return Err(invalid("auth.jwt-secret", "must be at least 32 bytes")),
+            Some(s) => (s.into_bytes(), false),
+            None => (DEV_JWT_SECRET.as_bytes().to_vec(), true),
+        };
+        if dev_secret && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "auth.jwt-secret",
+                format!("required when listening on {listen}: the development secret is public (set BUSBAR_JWT_SECRET)"),
+            ));
+        }
+        let admin_token = env("BUSBAR_ADMIN_TOKEN").or(raw.auth.admin_token);
+        let publish_token = env("BUSBAR_PUBLISH_TOKEN").or(raw.auth.publish_token);
+        for (key, token) in [("auth.admin-token", &admin_token), ("auth.publish-token", &publish_token)] {
+            if token.as_ref().is_some_and(|t| t.len() < 16) {
+                return Err(invalid(key, "must be at least 16 characters"));
+            }
+        }
+        let allowed_origins = env("BUSBAR_ALLOWED_ORIGINS")
+            .map(|list| list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .or(raw.auth.allowed_origins)
+            .unwrap_or_default();
+
+        let d = HubConfig::default();
+        let h = raw.hub;
+        let ranged = |key: &str, value: Option<u64>, min: u64, max: u64, default: u64| match value {
+            None => Ok(default),
+            Some(v) if (min..=max).contains(&v) => Ok(v),
+            Some(v) => Err(invalid(key, format!("is {v}; it must be between {min} and {max}"))),
+        };
+        let rate = |key: &str, value: Option<f64>, default: f64| match value {
+            None => Ok(default),
+            Some(v) if v.is_finite() && v > 0.0 && v <= 10_000.0 => Ok(v),
+            Some(v) => Err(invalid(key, format!("is {v}; it must be above 0 and at most 10000"))),
+        };
+        let hub = HubConfig {
+            max_queue_bytes: (ranged("hub.max-queue-kib", h.max_queue_kib, 1, 1 << 20, (d.max_queue_bytes >> 10) as u64)? << 10) as usize,
+            max_queue_age: Duration::from_millis(ranged("hub.max-queue-age-ms", h.max_queue_age_ms, 1, 600_000, d.max_queue_age.as_millis() as u64)?),
+            max_scopes: ranged("hub.max-scopes", h.max_scopes, 2, 10_000, d.max_scopes as u64)? as usize,
+            subscribe_rate: rate("hub.subscribe-rate", h.subscribe_rate, d.subscribe_rate)?,
+            subscribe_burst: rate("hub.subscribe-burst", h.subscribe_burst, d.subscribe_burst)?,
+            auth_timeout: Duration::from_millis(ranged("hub.auth-timeout-ms", h.auth_timeout_ms, 1, 600_000, d.auth_timeout.as_millis() as u64)?),
+            ping_interval: Duration::from_secs(ranged("hub.ping-interval-secs", h.ping_interval_secs, 1, 3600, d.ping_interval.as_secs())?),
+            read_timeout: Duration::from_secs(ranged("hub.read-timeout-secs", h.read_timeout_secs, 1, 3600, d.read_timeout.as_secs())?),
+            ..d
+        };
+        if hub.read_timeout <= hub.ping_interval {
+            return Err(invalid("hub.read-timeout-secs", "must be longer than hub.ping-interval-secs"));
+        }
+        let max_events_body = (ranged("limits.max-events-body-kib", raw.limits.max_events_body_kib, 1, 64 << 10, 1024)? << 10) as usize;
+        let max_upload = (ranged("limits.max-upload-mib", raw.limits.max_upload_mib, 1, 1024, 64)? << 20) as usize;
+
+        Ok(Config {
+            listen,
+            plugins_dir,
+            cache_dir,
+            jwt_secret,
+            dev_secret,
+            admin_token,
+            publish_token,
+            allowed_origins,
+            hub,
+            max_events_body,
+            max_upload,
+        })
+    }
+}
+
+/// `$XDG_CACHE_HOME/busbar`, else `~/.cache/busbar`.
+pub fn default_cache_dir(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = env("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("busbar"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)], overrides: Overrides) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut overrides = overrides;
+        if let Some(text) = file {
+            let path = dir.path().join("busbar.toml");
+            std::fs::write(&path, text).unwrap();
+            overrides.config_file = Some(path);
+        }
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_with(&overrides, |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_just_work_on_loopback() {
+        let c = load(None, &[], Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.dev_secret);
+        assert!(c.plugins_dir.is_none());
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file() {
+        let file = "listen = '127.0.0.1:1000'\n[hub]\nmax-scopes = 10\n";
+        let c = load(Some(file), &[], Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 1000);
+        assert_eq!(c.hub.max_scopes, 10);
+        let c = load(Some(file), &[("BUSBAR_LISTEN", "127.0.0.1:2000")], Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 2000);
+        let flags = Overrides { listen: Some("127.0.0.1:3000".into()), ..Overrides::default() };
+        let c = load(Some(file), &[("BUSBAR_LISTEN", "127.0.0.1:2000")], flags).unwrap();
+        assert_eq!(c.listen.port(), 3000);
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let secret = ("BUSBAR_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+        let cases: Vec<(Option<&str>, Vec<(&str, &str)>, &str)> = vec![
+            (Some("lisen = 'x'"), vec![], "unknown field `lisen`"),
+            (None, vec![("BUSBAR_LISTEN", "nowhere")], "`listen`: `nowhere` is not an address"),
+            (None, vec![("BUSBAR_LISTEN", "0.0.0.0:8080")], "`auth.jwt-secret`: required when listening on 0.0.0.0:8080"),
+            (None, vec![("BUSBAR_JWT_SECRET", "short")], "`auth.jwt-secret`: must be at least 32 bytes"),
+            (Some("[hub]\nmax-scopes = 1"), vec![], "`hub.max-scopes`: is 1; it must be between 2 and 10000"),
+            (Some("[hub]\nsubscribe-rate = -1.0"), vec![], "`hub.subscribe-rate`: is -1"),
+            (Some("[hub]\nread-timeout-secs = 5\nping-interval-secs = 10"), vec![], "must be longer than"),
+            (None, vec![secret, ("BUSBAR_ADMIN_TOKEN", "short")], "`auth.admin-token`: must be at least 16"),
+            (None, vec![("BUSBAR_PLUGINS", "/definitely/not/here")], "`plugins`: /definitely/not/here is not a directory"),
+        ];
+        for (file, env, expected) in cases {
+            let err = load(file, &env, Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{file:?} {env:?}: {err}");
+        }
+        let ok = load(None, &[secret, ("BUSBAR_LISTEN", "0.0.0.0:8080")], Overrides::default()).unwrap();
+        assert!(!ok.dev_secret);
+    }
+}

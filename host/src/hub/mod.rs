@@ -1,0 +1,472 @@
+//! The realtime hub: rooms of WebSocket connections, keyed by scope, and fan-out into them.
+//!
+//! This module owns `Hub`, which implements `Broadcaster`. A connection belongs to one workspace
+//! and one user and is in both rooms from the start; it may also join task and chat rooms its
+//! token grants. Each frame is encoded once per broadcast, with its scope and the scope's next
+//! sequence number, and the same bytes are pushed into every recipient's bounded `Outbox`. A
+//! connection whose outbox overflows is evicted (close 4008); removal is idempotent.
+//!
+//! Invariants: fan-out never waits on a socket; frames of one scope are pushed in `seq` order
+//! (the room's lock covers numbering and pushing); the hub knows nothing of HTTP routing (that
+//! is `api`) and nothing of the bus (it only receives frames).
+
+pub mod auth;
+mod metrics;
+mod outbox;
+pub mod session;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{AuthError, Claims, ClaimsAuthorizer, Grants, Identity, ScopeAuthorizer, TokenVerifier};
+pub use metrics::{HubMetrics, HubSnapshot};
+pub use outbox::{Close, Push};
+
+use crate::action::{Scope, ScopeKind};
+use crate::broadcast::{Broadcaster, Frame};
+use crate::event::Json;
+use outbox::Outbox;
+
+/// Limits and timings of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Bytes waiting in one connection's outbox before it is evicted.
+    pub max_queue_bytes: usize,
+    /// Age of the oldest waiting frame before the connection is evicted.
+    pub max_queue_age: Duration,
+    /// Scopes one connection may be in, its own workspace and user included.
+    pub max_scopes: usize,
+    /// Subscribes per second a connection may make, sustained.
+    pub subscribe_rate: f64,
+    /// Subscribes a connection may make in a burst.
+    pub subscribe_burst: f64,
+    /// Time a connection has to send its `auth` frame.
+    pub auth_timeout: Duration,
+    /// Interval of server WebSocket pings.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub read_timeout: Duration,
+    /// Longest wait for a `ScopeAuthorizer` answer.
+    pub authorize_timeout: Duration,
+    /// Largest inbound message; bigger ones close the connection with 1009.
+    pub max_inbound_bytes: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> HubConfig {
+        HubConfig {
+            max_queue_bytes: 1 << 20,
+            max_queue_age: Duration::from_secs(5),
+            max_scopes: 64,
+            subscribe_rate: 20.0,
+            subscribe_burst: 40.0,
+            auth_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            read_timeout: Duration::from_secs(60),
+            authorize_timeout: Duration::from_secs(2),
+            max_inbound_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Why a subscribe or unsubscribe was refused. `code()` is what the client sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("invalid payload")]
+    InvalidPayload,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("unknown scope")]
+    UnknownScope,
+    #[error("authorization lookup failed")]
+    LookupFailed,
+    #[error("too many scopes")]
+    TooManyScopes,
+    #[error("too many subscribes")]
+    RateLimited,
+}
+
+impl SubscribeError {
+    pub fn code(self) -> &'static str {
+        match self {
+            SubscribeError::InvalidPayload => "invalid payload",
+            SubscribeError::Forbidden => "forbidden",
+            SubscribeError::UnknownScope => "unknown_scope",
+            SubscribeError::LookupFailed => "lookup_failed",
+            SubscribeError::TooManyScopes => "too_many_scopes",
+            SubscribeError::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// One WebSocket connection, as the hub sees it.
+pub struct Conn {
+    pub id: u64,
+    pub identity: Identity,
+    outbox: Outbox,
+    scopes: Mutex<BTreeSet<Scope>>,
+    bucket: Mutex<TokenBucket>,
+    /// Cancelled when the connection is closed for any reason.
+    pub gone: CancellationToken,
+}
+
+impl Conn {
+    /// Queues a control frame (ack, pong, error) for this connection only.
+    pub fn send_control(&self, frame: String) -> Push {
+        self.outbox.push(Utf8Bytes::from(frame))
+    }
+
+    pub fn scopes(&self) -> Vec<Scope> {
+        self.scopes.lock().iter().cloned().collect()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+}
+
+struct TokenBucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Room {
+    seq: u64,
+    members: Vec<Arc<Conn>>,
+}
+
+const SHARDS: usize = 16;
+
+/// The hub. Shared by the HTTP layer (connections) and the bus (frames, as a `Broadcaster`).
+pub struct Hub {
+    config: HubConfig,
+    verifier: TokenVerifier,
+    authorizer: Arc<dyn ScopeAuthorizer>,
+    rooms: Box<[RwLock<HashMap<Scope, Arc<Mutex<Room>>>>]>,
+    conns: RwLock<HashMap<u64, Arc<Conn>>>,
+    /// Numbers and orders broadcasts to everyone.
+    everyone_seq: Mutex<u64>,
+    next_id: AtomicU64,
+    metrics: HubMetrics,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, verifier: TokenVerifier, authorizer: Arc<dyn ScopeAuthorizer>) -> Hub {
+        Hub {
+            config,
+            verifier,
+            authorizer,
+            rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            conns: RwLock::new(HashMap::new()),
+            everyone_seq: Mutex::new(0),
+            next_id: AtomicU64::new(1),
+            metrics: HubMetrics::default(),
+            hasher: Default::default(),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.metrics
+    }
+
+    pub fn snapshot(&self) -> HubSnapshot {
+        let mut rooms = BTreeMap::new();
+        for shard in self.rooms.iter() {
+            for scope in shard.read().keys() {
+                *rooms.entry(scope.kind).or_insert(0) += 1;
+            }
+        }
+        self.metrics.snapshot(rooms)
+    }
+
+    /// Connections currently open.
+    pub fn connection_count(&self) -> usize {
+        self.conns.read().len()
+    }
+
+    fn shard(&self, scope: &Scope) -> &RwLock<HashMap<Scope, Arc<Mutex<Room>>>> {
+        let mut hasher = self.hasher.build_hasher();
+        scope.hash(&mut hasher);
+        &self.rooms[hasher.finish() as usize % SHARDS]
+    }
+
+    /// Registers an authenticated connection and puts it in its workspace and user rooms.
+    pub fn connect(&self, identity: Identity) -> Arc<Conn> {
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Relaxed),
+            outbox: Outbox::new(self.config.max_queue_bytes, self.config.max_queue_age),
+            scopes: Mutex::new(BTreeSet::new()),
+            bucket: Mutex::new(TokenBucket { tokens: self.config.subscribe_burst, at: Instant::now() }),
+            gone: CancellationToken::new(),
+            identity,
+        });
+        self.conns.write().insert(conn.id, conn.clone());
+        for scope in [
+            Scope::new(ScopeKind::Workspace, conn.identity.workspace_id.clone()),
+            Scope::new(ScopeKind::User, conn.identity.user_id.clone()),
+        ] {
+            self.join(&conn, scope);
+        }
+        self.metrics.connects.fetch_add(1, Relaxed);
+        self.metrics.active_connections.fetch_add(1, Relaxed);
+        conn
+    }
+
+    /// Closes a connection and removes it from every room. Safe to call any number of times,
+    /// from any task: only the first call does anything.
+    pub fn disconnect(&self, conn: &Arc<Conn>, close: Close) {
+        let Some(dropped) = conn.outbox.close(close) else { return };
+        conn.gone.cancel();
+        if dropped > 0 {
+            self.metrics.messages_dropped.fetch_add(dropped as u64, Relaxed);
+        }
+        let scopes = std::mem::take(&mut *conn.scopes.lock());
+        for scope in scopes {
+            self.leave_room(conn, &scope);
+        }
+        if self.conns.write().remove(&conn.id).is_some() {
+            self.metrics.disconnects.fetch_add(1, Relaxed);
+            self.metrics.active_connections.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Closes every connection with 1001 (going away).
+    pub fn shutdown(&self) {
+        let conns: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
+        for conn in conns {
+            self.disconnect(&conn, Close::GOING_AWAY);
+        }
+    }
+
+    fn join(&self, conn: &Arc<Conn>, scope: Scope) -> bool {
+        let mut scopes = conn.scopes.lock();
+        // Checked under the scopes lock: `disconnect` cancels before it takes the scopes, so a
+        // connection being closed can never be left behind in a room.
+        if conn.gone.is_cancelled() {
+            return false;
+        }
+        if !scopes.insert(scope.clone()) {
+            return true;
+        }
+        let mut shard = self.shard(&scope).write();
+        let room = shard.entry(scope).or_default();
+        room.lock().members.push(conn.clone());
+        true
+    }
+
+    fn leave_room(&self, conn: &Conn, scope: &Scope) {
+        let mut shard = self.shard(scope).write();
+        if let Some(room) = shard.get(scope) {
+            let empty = {
+                let mut room = room.lock();
+                room.members.retain(|m| m.id != conn.id);
+                room.members.is_empty()
+            };
+            if empty {
+                shard.remove(scope);
+            }
+        }
+    }
+
+    /// Subscribes a connection to a scope, if it may: its own workspace and user always (an
+    /// idempotent ack), task and chat scopes when the authorizer allows, within the caps.
+    pub async fn subscribe(&self, conn: &Arc<Conn>, scope: Scope) -> Result<(), SubscribeError> {
+        let result = self.check_subscribe(conn, &scope).await;
+        match result {
+            Ok(()) => {
+                self.join(conn, scope.clone());
+                self.metrics.subscribe(scope.kind);
+            }
+            Err(SubscribeError::Forbidden | SubscribeError::LookupFailed) => self.metrics.denial(scope.kind),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn check_subscribe(&self, conn: &Arc<Conn>, scope: &Scope) -> Result<(), SubscribeError> {
+        if scope.id.is_empty() || scope.id.len() > crate::event::MAX_NAME_LEN {
+            return Err(SubscribeError::InvalidPayload);
+        }
+        let who = &conn.identity;
+        match scope.kind {
+            ScopeKind::Workspace if scope.id == who.workspace_id => return Ok(()),
+            ScopeKind::User if scope.id == who.user_id => return Ok(()),
+            ScopeKind::Workspace | ScopeKind::User => return Err(SubscribeError::Forbidden),
+            ScopeKind::Task | ScopeKind::Chat => {}
+        }
+        if conn.scopes.lock().contains(scope) {
+            return Ok(());
+        }
+        self.take_token(conn)?;
+        if conn.scopes.lock().len() >= self.config.max_scopes {
+            return Err(SubscribeError::TooManyScopes);
+        }
+        match tokio::time::timeout(self.config.authorize_timeout, self.authorizer.authorize(who, scope)).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(SubscribeError::Forbidden),
+            Ok(Err(e)) => {
+                tracing::warn!(scope = %scope, user = %who.user_id, "scope authorization failed: {e}");
+                Err(SubscribeError::LookupFailed)
+            }
+            Err(_) => {
+                tracing::warn!(scope = %scope, user = %who.user_id, "scope authorization timed out");
+                Err(SubscribeError::LookupFailed)
+            }
+        }
+    }
+
+    fn take_token(&self, conn: &Conn) -> Result<(), SubscribeError> {
+        let mut bucket = conn.bucket.lock();
+        let now = Instant::now();
+        let refill = now.duration_since(bucket.at).as_secs_f64() * self.config.subscribe_rate;
+        bucket.tokens = (bucket.tokens + refill).min(self.config.subscribe_burst);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            return Err(SubscribeError::RateLimited);
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Leaves a task or chat scope. Leaving one's own workspace or user room is acknowledged
+    /// but does nothing: those rooms last as long as the connection.
+    pub fn unsubscribe(&self, conn: &Arc<Conn>, scope: &Scope) -> Result<(), SubscribeError> {
+        if scope.id.is_empty() {
+            return Err(SubscribeError::InvalidPayload);
+        }
+        let own = match scope.kind {
+            ScopeKind::Workspace => scope.id == conn.identity.workspace_id,
+            ScopeKind::User => scope.id == conn.identity.user_id,
+            ScopeKind::Task | ScopeKind::Chat => false,
+        };
+        if !own && conn.scopes.lock().remove(scope) {
+            self.leave_room(conn, scope);
+        }
+        self.metrics.unsubscribe(scope.kind);
+        Ok(())
+    }
+
+    /// Pushes one frame to every member of `scope` (minus those in `exclude_workspace`), in
+    /// that scope's order.
+    fn fan_out(&self, scope: Scope, exclude_workspace: Option<&str>, frame: &Frame) {
+        self.metrics.event(&frame.event_type);
+        self.metrics.frames_broadcast.fetch_add(1, Relaxed);
+        let room = self.shard(&scope).read().get(&scope).cloned();
+        let Some(room) = room else { return };
+        let mut slow = Vec::new();
+        {
+            let mut room = room.lock();
+            room.seq += 1;
+            let bytes = encode(frame, scope.kind.as_str(), &scope.id, room.seq);
+            for member in &room.members {
+                if exclude_workspace.is_some_and(|w| w == member.identity.workspace_id) {
+                    continue;
+                }
+                self.push(member, &bytes, &mut slow);
+            }
+        }
+        self.evict(slow);
+    }
+
+    fn push(&self, conn: &Arc<Conn>, bytes: &Utf8Bytes, slow: &mut Vec<Arc<Conn>>) {
+        match conn.outbox.push(bytes.clone()) {
+            Push::Queued => {
+                self.metrics.messages_sent.fetch_add(1, Relaxed);
+            }
+            Push::Overflow => {
+                self.metrics.messages_dropped.fetch_add(1, Relaxed);
+                slow.push(conn.clone());
+            }
+            Push::Closed => {}
+        }
+    }
+
+    fn evict(&self, slow: Vec<Arc<Conn>>) {
+        for conn in slow {
+            if conn.outbox.closed().is_none() {
+                tracing::info!(conn = conn.id, user = %conn.identity.user_id, "evicting slow connection");
+                self.metrics.evictions.fetch_add(1, Relaxed);
+                self.disconnect(&conn, Close::SLOW);
+            }
+        }
+    }
+}
+
+/// Encodes an event frame once, for every recipient.
+fn encode(frame: &Frame, scope: &str, scope_id: &str, seq: u64) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        payload: &'a Json,
+        actor_id: &'a str,
+        actor_type: &'a str,
+        event_id: &'a str,
+        scope: &'a str,
+        scope_id: &'a str,
+        seq: u64,
+    }
+    let wire = Wire {
+        event_type: &frame.event_type,
+        payload: &frame.payload,
+        actor_id: &frame.actor_id,
+        actor_type: &frame.actor_type,
+        event_id: &frame.event_id,
+        scope,
+        scope_id,
+        seq,
+    };
+    Utf8Bytes::from(serde_json::to_string(&wire).expect("frames serialize"))
+}
+
+impl Broadcaster for Hub {
+    fn broadcast_to_workspace(&self, workspace_id: &str, frame: Frame) {
+        self.fan_out(Scope::new(ScopeKind::Workspace, workspace_id), None, &frame);
+    }
+
+    fn send_to_user(&self, user_id: &str, exclude_workspace: Option<&str>, frame: Frame) {
+        self.fan_out(Scope::new(ScopeKind::User, user_id), exclude_workspace, &frame);
+    }
+
+    fn broadcast_to_scope(&self, scope: &Scope, frame: Frame) {
+        self.fan_out(scope.clone(), None, &frame);
+    }
+
+    fn broadcast(&self, frame: Frame) {
+        self.metrics.event(&frame.event_type);
+        self.metrics.frames_broadcast.fetch_add(1, Relaxed);
+        let conns: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
+        let mut slow = Vec::new();
+        {
+            let mut seq = self.everyone_seq.lock();
+            *seq += 1;
+            let bytes = encode(&frame, "everyone", "", *seq);
+            for conn in &conns {
+                self.push(conn, &bytes, &mut slow);
+            }
+        }
+        self.evict(slow);
+    }
+}

@@ -1,0 +1,252 @@
+//! One WebSocket connection's protocol: authentication, then frames in and out.
+//!
+//! This module owns the session loop. It is generic over the socket (`Stream` + `Sink` of
+//! axum WebSocket messages), so the protocol can be driven by a real socket or by channels. The
+//! reader handles `auth`, `subscribe`, `unsubscribe` and `ping` frames; the writer drains the
+//! connection's outbox and sends server pings. Every error frame carries a `type`. The session
+//! never touches rooms directly: it asks the `Hub`.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::Next;
+use super::{AuthError, Close, Conn, Hub, Identity, SubscribeError};
+use crate::action::{Scope, ScopeKind};
+
+/// How a connection arrives: already authenticated (a header at upgrade), or expected to send
+/// an `auth` frame for `workspace_id`.
+pub enum Auth {
+    Identified(Identity),
+    Pending { workspace_id: String },
+}
+
+/// An inbound frame: `{"type": ..., "payload": ...}`.
+#[derive(Deserialize)]
+struct Inbound {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: Value,
+}
+
+/// Serves one connection until it closes.
+pub async fn serve<S>(hub: Arc<Hub>, socket: S, auth: Auth, shutdown: CancellationToken)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + 'static,
+{
+    let (mut sink, mut stream) = socket.split();
+    let identity = match auth {
+        Auth::Identified(identity) => identity,
+        Auth::Pending { workspace_id } => match authenticate(&hub, &mut stream, &workspace_id).await {
+            Ok(identity) => identity,
+            Err((close, code, message)) => {
+                hub.metrics().auth_failure(code);
+                let _ = sink.send(text(error_frame(code, &message))).await;
+                let _ = sink.send(close_message(close)).await;
+                return;
+            }
+        },
+    };
+    let conn = hub.connect(identity);
+    conn.send_control(json!({"type": "auth_ack"}).to_string());
+    tracing::debug!(conn = conn.id, user = %conn.identity.user_id, workspace = %conn.identity.workspace_id, "connected");
+    let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink));
+    let close = tokio::select! {
+        close = read_loop(&hub, &conn, &mut stream) => close,
+        _ = shutdown.cancelled() => Close::GOING_AWAY,
+    };
+    hub.disconnect(&conn, close);
+    let _ = writer.await;
+    tracing::debug!(conn = conn.id, code = close.code, "disconnected");
+}
+
+async fn authenticate<R>(hub: &Hub, stream: &mut R, workspace_id: &str) -> Result<Identity, (Close, &'static str, String)>
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + hub.config().auth_timeout;
+    loop {
+        let message = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Err((Close::AUTH_TIMEOUT, "auth_timeout", "no auth frame in time".into())),
+            Ok(None) => return Err((Close::NORMAL, "closed", "closed before authenticating".into())),
+            Ok(Some(Err(e))) => {
+                if is_too_big(&e) {
+                    hub.metrics().inbound_too_large.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err((Close::TOO_BIG, "message_too_big", "frame larger than the limit".into()));
+                }
+                return Err((Close::NORMAL, "read_error", e.to_string()));
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        let body = match message {
+            Message::Text(body) => body,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return Err((Close::NORMAL, "closed", "closed before authenticating".into())),
+            Message::Binary(_) => return Err((Close::BAD_REQUEST, "bad_request", "expected an auth frame first".into())),
+        };
+        let frame: Inbound = serde_json::from_str(&body)
+            .map_err(|_| (Close::BAD_REQUEST, "bad_request", "expected an auth frame first".to_string()))?;
+        if frame.kind != "auth" {
+            return Err((Close::BAD_REQUEST, "bad_request", "expected an auth frame first".into()));
+        }
+        let token = frame.payload["token"]
+            .as_str()
+            .ok_or_else(|| (Close::BAD_REQUEST, "bad_request", "auth frame without payload.token".to_string()))?;
+        return hub.verifier().identify(token, workspace_id).map_err(|e| {
+            let close = match e {
+                AuthError::Expired => Close::TOKEN_EXPIRED,
+                AuthError::Workspace(_) => Close::FORBIDDEN,
+                AuthError::Invalid(_) | AuthError::TooLarge => Close::INVALID_TOKEN,
+            };
+            (close, e.code(), e.to_string())
+        });
+    }
+}
+
+async fn read_loop<R>(hub: &Hub, conn: &Arc<Conn>, stream: &mut R) -> Close
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    loop {
+        let next = tokio::select! {
+            _ = conn.gone.cancelled() => return conn.outbox().closed().unwrap_or(Close::NORMAL),
+            next = tokio::time::timeout(hub.config().read_timeout, stream.next()) => next,
+        };
+        let message = match next {
+            Err(_) => return Close::NO_PONG,
+            Ok(None) => return Close::NORMAL,
+            Ok(Some(Err(e))) => {
+                if is_too_big(&e) {
+                    hub.metrics().inbound_too_large.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Close::TOO_BIG;
+                }
+                return Close::NORMAL;
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        match message {
+            Message::Text(body) => handle(hub, conn, &body).await,
+            Message::Close(_) => return Close::NORMAL,
+            // Pings are answered by the WebSocket layer; any frame counts as liveness.
+            Message::Ping(_) | Message::Pong(_) | Message::Binary(_) => {}
+        }
+    }
+}
+
+async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) {
+    // Unknown types and invalid JSON are ignored, for forward compatibility.
+    let Ok(frame) = serde_json::from_str::<Inbound>(body) else { return };
+    match frame.kind.as_str() {
+        "ping" => {
+            conn.send_control(json!({"type": "pong"}).to_string());
+        }
+        "auth" => {
+            conn.send_control(json!({"type": "auth_ack"}).to_string());
+        }
+        "subscribe" | "unsubscribe" => {
+            let (raw_scope, raw_id) = (
+                frame.payload["scope"].as_str().unwrap_or_default().to_string(),
+                frame.payload["id"].as_str().unwrap_or_default().to_string(),
+            );
+            let result = match parse_scope(&raw_scope, &raw_id) {
+                Err(e) => Err(e),
+                Ok(scope) if frame.kind == "subscribe" => hub.subscribe(conn, scope).await,
+                Ok(scope) => hub.unsubscribe(conn, &scope),
+            };
+            let reply = match result {
+                Ok(()) => json!({"type": format!("{}_ack", frame.kind), "payload": {"scope": raw_scope, "id": raw_id}}),
+                Err(e) => json!({"type": format!("{}_error", frame.kind),
+                                 "payload": {"scope": raw_scope, "id": raw_id, "error": e.code()}}),
+            };
+            conn.send_control(reply.to_string());
+        }
+        _ => {}
+    }
+}
+
+fn parse_scope(kind: &str, id: &str) -> Result<Scope, SubscribeError> {
+    if kind.is_empty() || id.is_empty() {
+        return Err(SubscribeError::InvalidPayload);
+    }
+    let kind: ScopeKind = kind.parse().map_err(|_| SubscribeError::UnknownScope)?;
+    Ok(Scope::new(kind, id))
+}
+
+async fn write_loop<W>(hub: Arc<Hub>, conn: Arc<Conn>, mut sink: W)
+where
+    W: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut ping = tokio::time::interval(hub.config().ping_interval);
+    ping.tick().await;
+    loop {
+        let next = tokio::select! {
+            next = conn.outbox().next() => next,
+            _ = ping.tick() => Next::Frames(Vec::new()),
+        };
+        match next {
+            Next::Frames(frames) if frames.is_empty() => {
+                if send_all(&conn, &mut sink, vec![Message::Ping(Default::default())]).await.is_err() {
+                    break;
+                }
+            }
+            Next::Frames(frames) => {
+                let messages = frames.into_iter().map(Message::Text).collect();
+                if send_all(&conn, &mut sink, messages).await.is_err() {
+                    break;
+                }
+            }
+            Next::Close(close) => {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.send(close_message(close))).await;
+                break;
+            }
+        }
+    }
+    hub.disconnect(&conn, Close::NORMAL);
+}
+
+/// Writes a batch with one flush. Gives up as soon as the connection is closed elsewhere (an
+/// eviction must not wait for a client that stopped reading).
+async fn send_all<W>(conn: &Conn, sink: &mut W, messages: Vec<Message>) -> Result<(), ()>
+where
+    W: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let write = async {
+        for message in messages {
+            sink.feed(message).await?;
+        }
+        sink.flush().await
+    };
+    tokio::select! {
+        result = write => result.map_err(|_| ()),
+        _ = conn.gone.cancelled() => Err(()),
+    }
+}
+
+fn is_too_big(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn text(frame: String) -> Message {
+    Message::Text(frame.into())
+}
+
+fn error_frame(code: &str, message: &str) -> String {
+    json!({"type": "error", "payload": {"code": code, "message": message}}).to_string()
+}
+
+fn close_message(close: Close) -> Message {
+    Message::Close(Some(CloseFrame { code: close.code, reason: close.reason.into() }))
+}

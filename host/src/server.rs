@@ -1,0 +1,93 @@
+//! `busbar serve` as a library function: build the parts from a `Config`, then serve on an
+//! already-bound listener until a shutdown token is cancelled.
+//!
+//! This module owns the wiring (runtime -> registry -> bus -> hub) and the shutdown order: stop
+//! accepting, let in-flight requests (publishes) finish, close WebSockets with 1001. Tests bind
+//! port 0 and cancel the token; the binary binds the configured address and cancels on SIGTERM or
+//! SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, Access, AppState};
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::hub::{ClaimsAuthorizer, Hub, TokenVerifier};
+use crate::plugins::{self, Registry, Runtime, RuntimeConfig};
+
+/// The running parts of a server.
+#[derive(Clone)]
+pub struct App {
+    pub bus: Arc<Bus>,
+    pub hub: Arc<Hub>,
+    pub registry: Arc<Registry>,
+    pub state: AppState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("plugin runtime: {0}")]
+    Runtime(String),
+    #[error("plugin directory {path}: {source}")]
+    PluginDir { path: String, source: std::io::Error },
+    #[error("example plugins: {0}")]
+    Examples(String),
+}
+
+/// Builds the runtime, hub, bus and registry, and loads the plugins. A plugin that fails to load
+/// is logged and listed as failed; the others still load.
+pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartError> {
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: config.cache_dir.clone(), ..RuntimeConfig::default() })
+        .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
+    let runtime = Arc::new(runtime);
+    let hub = Arc::new(Hub::new(config.hub.clone(), TokenVerifier::new(&config.jwt_secret), Arc::new(ClaimsAuthorizer)));
+    let bus = Arc::new(Bus::new(hub.clone()));
+    let registry = Arc::new(Registry::new(runtime.clone(), bus.clone()));
+    let loaded = match &config.plugins_dir {
+        Some(dir) => {
+            let (loaded, failures) = plugins::load_dir(&runtime, dir)
+                .map_err(|source| StartError::PluginDir { path: dir.display().to_string(), source })?;
+            for failure in failures {
+                let name = failure.path.file_stem().and_then(|s| s.to_str()).unwrap_or("unknown").replace('_', "-");
+                registry.record_failure(&name, &failure.error.to_string());
+            }
+            loaded
+        }
+        None => crate::examples::load(&runtime).map_err(|e| StartError::Examples(e.to_string()))?,
+    };
+    for plugin in loaded {
+        let name = plugin.name().to_string();
+        if let Err(e) = registry.activate(plugin) {
+            registry.record_failure(&name, &e.to_string());
+        }
+    }
+    let state = AppState {
+        bus: bus.clone(),
+        hub: hub.clone(),
+        registry: registry.clone(),
+        access: Arc::new(Access { admin_token: config.admin_token.clone(), publish_token: config.publish_token.clone() }),
+        allowed_origins: Arc::new(config.allowed_origins.clone()),
+        max_events_body: config.max_events_body,
+        max_upload: config.max_upload,
+        shutdown,
+    };
+    Ok(App { bus, hub, registry, state })
+}
+
+/// Serves until `state.shutdown` is cancelled, then shuts down gracefully.
+pub async fn run(listener: TcpListener, app: App) -> std::io::Result<()> {
+    let shutdown = app.state.shutdown.clone();
+    let hub = app.hub.clone();
+    let router = api::router(app.state);
+    let closing = async move {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: closing connections");
+        hub.shutdown();
+    };
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(closing)
+        .await
+}
