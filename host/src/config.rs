@@ -42,6 +42,8 @@ pub struct Config {
     pub max_events_body: usize,
     /// Largest plugin upload.
     pub max_upload: usize,
+    /// Instance slots of the plugin runtime's pool (all plugins together).
+    pub instance_slots: u32,
 }
 
 /// Values given on the command line; they win over everything else.
@@ -72,6 +74,7 @@ struct RawConfig {
     listen: Option<String>,
     plugins: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
+    instance_slots: Option<u64>,
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
@@ -217,6 +220,7 @@ impl Config {
         }
         let max_events_body = (ranged("limits.max-events-body-kib", raw.limits.max_events_body_kib, 1, 64 << 10, 1024)? << 10) as usize;
         let max_upload = (ranged("limits.max-upload-mib", raw.limits.max_upload_mib, 1, 1024, 64)? << 20) as usize;
+        let instance_slots = ranged("instance-slots", raw.instance_slots, 8, 100_000, 1000)? as u32;
 
         Ok(Config {
             listen,
@@ -230,6 +234,7 @@ impl Config {
             hub,
             max_events_body,
             max_upload,
+            instance_slots,
         })
     }
 }

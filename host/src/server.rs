@@ -40,7 +40,11 @@ pub enum StartError {
 /// Builds the runtime, hub, bus and registry, and loads the plugins. A plugin that fails to load
 /// is logged and listed as failed; the others still load.
 pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartError> {
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: config.cache_dir.clone(), ..RuntimeConfig::default() })
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: config.cache_dir.clone(),
+        instance_slots: config.instance_slots,
+        ..RuntimeConfig::default()
+    })
         .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let runtime = Arc::new(runtime);
     let hub = Arc::new(Hub::new(config.hub.clone(), TokenVerifier::new(&config.jwt_secret), Arc::new(ClaimsAuthorizer)));

@@ -5,5 +5,6 @@ mod bus;
 mod cli;
 mod hostile;
 mod runtime;
+mod server;
 mod support;
 mod tidy;

@@ -55,7 +55,10 @@ pub async fn upgrade(
         None => Auth::Pending { workspace_id },
     };
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = state.hub.config().max_inbound_bytes;
+    // The socket layer stops reading at twice the limit (a hard memory bound); the session
+    // enforces the limit itself, after reading the whole message, so that the close frame
+    // (1009) reaches the client instead of a connection reset.
+    let limit = state.hub.config().max_inbound_bytes * 2;
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
     Ok(ws

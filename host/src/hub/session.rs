@@ -49,6 +49,7 @@ where
                 hub.metrics().auth_failure(code);
                 let _ = sink.send(text(error_frame(code, &message))).await;
                 let _ = sink.send(close_message(close)).await;
+                linger(&mut stream).await;
                 return;
             }
         },
@@ -63,7 +64,23 @@ where
     };
     hub.disconnect(&conn, close);
     let _ = writer.await;
+    linger(&mut stream).await;
     tracing::debug!(conn = conn.id, code = close.code, "disconnected");
+}
+
+/// After the close frame is sent, reads (and discards) what the client still sends for up to a
+/// second, so that unread bytes (the rest of an oversized message) do not turn the close into a
+/// connection reset that loses the close frame.
+async fn linger<R>(stream: &mut R)
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        if matches!(message, Message::Close(_)) {
+            break;
+        }
+    }
 }
 
 async fn authenticate<R>(hub: &Hub, stream: &mut R, workspace_id: &str) -> Result<Identity, (Close, &'static str, String)>
@@ -84,6 +101,10 @@ where
             }
             Ok(Some(Ok(message))) => message,
         };
+        if message_len(&message) > hub.config().max_inbound_bytes {
+            hub.metrics().inbound_too_large.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err((Close::TOO_BIG, "message_too_big", "frame larger than the limit".into()));
+        }
         let body = match message {
             Message::Text(body) => body,
             Message::Ping(_) | Message::Pong(_) => continue,
@@ -130,6 +151,10 @@ where
             }
             Ok(Some(Ok(message))) => message,
         };
+        if message_len(&message) > hub.config().max_inbound_bytes {
+            hub.metrics().inbound_too_large.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Close::TOO_BIG;
+        }
         match message {
             Message::Text(body) => handle(hub, conn, &body).await,
             Message::Close(_) => return Close::NORMAL,
@@ -237,6 +262,14 @@ fn is_too_big(error: &axum::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+fn message_len(message: &Message) -> usize {
+    match message {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
 }
 
 fn text(frame: String) -> Message {

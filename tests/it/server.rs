@@ -1,0 +1,680 @@
+//! `busbar serve` end to end: a real server on port 0, real WebSocket clients, real HTTP. Events
+//! posted over HTTP pass through the example plugins and reach exactly the right clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use busbar::config::{Config, DEV_JWT_SECRET, Overrides};
+use busbar::hub::{Claims, Grants, auth};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub app: busbar::server::App,
+    handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start(configure: impl FnOnce(&mut Config)) -> TestServer {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("busbar-test-cache")),
+            ..Overrides::default()
+        };
+        let mut config = Config::load_with(&overrides, |_| None).expect("test config");
+        config.instance_slots = 64;
+        configure(&mut config);
+        let shutdown = CancellationToken::new();
+        let app = busbar::server::build(&config, shutdown.clone()).expect("building the server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = tokio::spawn(busbar::server::run(listener, app.clone()));
+        TestServer { addr, shutdown, app, handle }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn publish(&self, events: Value) -> reqwest::Response {
+        reqwest::Client::new().post(self.url("/v1/events")).json(&events).send().await.unwrap()
+    }
+
+    /// Publishes and checks every listener succeeded.
+    pub async fn publish_ok(&self, events: Value) -> Value {
+        let response = self.publish(events).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    pub async fn realtime(&self) -> Value {
+        reqwest::get(self.url("/health/realtime")).await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+    }
+}
+
+pub fn token(user: &str, workspaces: &[&str], grants: &[(&str, &str, &str)]) -> String {
+    let mut claims = Claims {
+        sub: user.into(),
+        exp: busbar::event::now_ms() / 1000 + 600,
+        workspaces: workspaces.iter().map(|w| w.to_string()).collect(),
+        grants: Default::default(),
+    };
+    for (workspace, kind, id) in grants {
+        let entry: &mut Grants = claims.grants.entry(workspace.to_string()).or_default();
+        match *kind {
+            "task" => entry.task.push(id.to_string()),
+            _ => entry.chat.push(id.to_string()),
+        }
+    }
+    auth::mint(DEV_JWT_SECRET.as_bytes(), &claims)
+}
+
+pub struct Client {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Connects and authenticates with an `auth` frame.
+    pub async fn connect(server: &TestServer, workspace: &str, token: &str) -> Client {
+        let mut client = Client::open(server, workspace).await;
+        client.send(json!({"type": "auth", "payload": {"token": token}})).await;
+        assert_eq!(client.next().await["type"], "auth_ack");
+        client
+    }
+
+    /// Opens a socket without authenticating.
+    pub async fn open(server: &TestServer, workspace: &str) -> Client {
+        let url = format!("ws://{}/ws?workspace_id={workspace}", server.addr);
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("connecting");
+        Client { socket }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.socket.send(Message::text(frame.to_string())).await.unwrap();
+    }
+
+    /// The next text frame, as JSON.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+                .await
+                .expect("a frame within 10 s")
+                .expect("the connection is open")
+                .expect("a valid frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Close(frame) => panic!("closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Every frame up to (not including) the `daemon:barrier` broadcast.
+    pub async fn until_barrier(&mut self) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next().await;
+            if frame["type"] == "daemon:barrier" {
+                return frames;
+            }
+            frames.push(frame);
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.socket.next()).await.expect("closed within 10 s") {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    eprintln!("connection ended without a close frame: {e}");
+                    return None;
+                }
+                None => return None,
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, scope: &str, id: &str) -> Value {
+        self.send(json!({"type": "subscribe", "payload": {"scope": scope, "id": id}})).await;
+        self.next().await
+    }
+}
+
+/// Sends a `daemon:barrier` to everyone: the workspace-forwarder broadcasts workspace-less
+/// `daemon:*` events, so every client sees it after everything published before it.
+async fn barrier(server: &TestServer) {
+    server.publish_ok(json!({"type": "daemon:barrier"})).await;
+}
+
+fn types(frames: &[Value]) -> Vec<String> {
+    frames.iter().map(|f| f["type"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_exactly_the_right_clients() {
+    let server = TestServer::start(|_| {}).await;
+    let grants = [("ws-1", "task", "task-1"), ("ws-1", "chat", "chat-1")];
+    let mut alice = Client::connect(&server, "ws-1", &token("alice", &["ws-1"], &grants)).await;
+    let mut bob = Client::connect(&server, "ws-1", &token("bob", &["ws-1"], &[])).await;
+    let mut carol = Client::connect(&server, "ws-2", &token("carol", &["ws-2"], &[])).await;
+    let mut dave_ws1 = Client::connect(&server, "ws-1", &token("dave", &["ws-1", "ws-2"], &[])).await;
+    let mut dave_ws2 = Client::connect(&server, "ws-2", &token("dave", &["ws-1", "ws-2"], &[])).await;
+    assert_eq!(alice.subscribe("task", "task-1").await["type"], "subscribe_ack");
+    assert_eq!(alice.subscribe("chat", "chat-1").await["type"], "subscribe_ack");
+
+    server
+        .publish_ok(json!([
+            {"type": "issue:created", "workspace_id": "ws-1", "actor_type": "member", "actor_id": "alice", "payload": {"n": 1}},
+            {"type": "issue:created", "workspace_id": "ws-2", "payload": {"n": 2}},
+            {"type": "member:added", "workspace_id": "ws-1", "payload": {"member": {"user_id": "dave"}}},
+            {"type": "inbox:new", "workspace_id": "ws-1", "payload": {"item": {"recipient_id": "bob"}}},
+            {"type": "task:message", "workspace_id": "ws-1", "task_id": "task-1", "payload": {"seq": 1}},
+            {"type": "chat:message", "workspace_id": "ws-1", "chat_session_id": "chat-1", "payload": {"content": "private"}},
+            {"type": "issue:updated", "workspace_id": "ws-1", "payload": {"n": 3}},
+        ]))
+        .await;
+    barrier(&server).await;
+
+    let alice_frames = alice.until_barrier().await;
+    assert_eq!(
+        types(&alice_frames),
+        ["issue:created", "member:added", "task:message", "task:message", "chat:message", "issue:updated"]
+    );
+    // The task event arrives once per scope it was sent to: the task scope and the workspace.
+    let task_scopes: Vec<&str> = alice_frames.iter().filter(|f| f["type"] == "task:message").map(|f| f["scope"].as_str().unwrap()).collect();
+    assert_eq!(task_scopes, ["task", "workspace"]);
+    // Workspace frames are numbered 1, 2, 3... in order.
+    let seqs: Vec<u64> = alice_frames.iter().filter(|f| f["scope"] == "workspace").map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let first = &alice_frames[0];
+    assert_eq!(first["payload"], json!({"n": 1}));
+    assert_eq!((first["actor_id"].as_str(), first["actor_type"].as_str()), (Some("alice"), Some("member")));
+    assert!(first["event_id"].as_str().is_some_and(|id| !id.is_empty()));
+
+    // Bob: the workspace's public events and his own inbox; no chat, no task scope.
+    assert_eq!(types(&bob.until_barrier().await), ["issue:created", "member:added", "inbox:new", "task:message", "issue:updated"]);
+    // Carol, in another workspace, sees only that workspace.
+    let carol_frames = carol.until_barrier().await;
+    assert_eq!(types(&carol_frames), ["issue:created"]);
+    assert_eq!(carol_frames[0]["payload"], json!({"n": 2}));
+    // Dave in ws-1 gets member:added once (workspace room; the user copy excludes ws-1)...
+    assert_eq!(types(&dave_ws1.until_barrier().await), ["issue:created", "member:added", "task:message", "issue:updated"]);
+    // ...and his ws-2 connection gets it through his user room.
+    let dave2 = dave_ws2.until_barrier().await;
+    assert_eq!(types(&dave2), ["issue:created", "member:added"]);
+    assert_eq!(dave2[1]["scope"], "user");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_are_refused() {
+    let server = TestServer::start(|_| {}).await;
+    let expired = auth::mint(
+        DEV_JWT_SECRET.as_bytes(),
+        &Claims { sub: "u".into(), exp: 1_000, workspaces: vec!["ws-1".into()], grants: Default::default() },
+    );
+    let wrong_alg = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &json!({"sub": "u", "exp": busbar::event::now_ms() / 1000 + 60, "workspaces": ["ws-1"]}),
+        &jsonwebtoken::EncodingKey::from_secret(DEV_JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let other_secret = auth::mint(
+        b"not-the-server-secret-at-all-0123456789",
+        &Claims { sub: "u".into(), exp: busbar::event::now_ms() / 1000 + 60, workspaces: vec!["ws-1".into()], grants: Default::default() },
+    );
+    for (token, code, close) in [
+        ("garbage".to_string(), "invalid_token", 4500),
+        (expired.clone(), "token_expired", 4501),
+        (wrong_alg, "invalid_token", 4500),
+        (other_secret, "invalid_token", 4500),
+        (token("u", &["ws-9"], &[]), "forbidden_workspace", 4503),
+    ] {
+        let mut client = Client::open(&server, "ws-1").await;
+        client.send(json!({"type": "auth", "payload": {"token": token}})).await;
+        let error = client.next().await;
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["payload"]["code"], code, "{error}");
+        assert_eq!(client.close_code().await, Some(close));
+    }
+    // A first frame that is not `auth`.
+    let mut client = Client::open(&server, "ws-1").await;
+    client.send(json!({"type": "subscribe", "payload": {"scope": "task", "id": "t"}})).await;
+    assert_eq!(client.next().await["payload"]["code"], "bad_request");
+    assert_eq!(client.close_code().await, Some(4502));
+
+    // Header authentication is checked before the upgrade.
+    for (token, status) in [(expired.as_str(), 401), (&*token("u", &["ws-9"], &[]), 403)] {
+        let mut request = format!("ws://{}/ws?workspace_id=ws-1", server.addr).into_client_request().unwrap();
+        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let err = tokio_tungstenite::connect_async(request).await.unwrap_err();
+        assert!(err.to_string().contains(&status.to_string()), "{err}");
+    }
+    // A good header token connects without an auth frame.
+    let mut request = format!("ws://{}/ws?workspace_id=ws-1", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", token("u", &["ws-1"], &[])).parse().unwrap());
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut client = Client { socket };
+    assert_eq!(client.next().await["type"], "auth_ack");
+
+    // Tokens in the URL are refused, even valid ones.
+    let url = format!("ws://{}/ws?workspace_id=ws-1&token={}", server.addr, token("u", &["ws-1"], &[]));
+    let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+    // A workspace is required.
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await.unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+    // Origins not on the allow-list are refused.
+    let mut request = format!("ws://{}/ws?workspace_id=ws-1", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("origin", "https://evil.example.com".parse().unwrap());
+    let err = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+
+    let metrics = server.realtime().await;
+    assert_eq!(metrics["auth_failures_total"]["token_expired"], 2);
+    assert_eq!(metrics["auth_failures_total"]["token_in_url"], 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_are_authorised_and_capped() {
+    let server = TestServer::start(|c| {
+        c.hub.max_scopes = 4;
+        c.hub.subscribe_burst = 100.0;
+    })
+    .await;
+    let grants = [("ws-1", "task", "t-*"), ("ws-2", "chat", "c-1")];
+    let mut client = Client::connect(&server, "ws-1", &token("alice", &["ws-1", "ws-2"], &grants)).await;
+    let reply = |kind: &str, id: &str, error: Option<&str>| {
+        let mut v = json!({"type": if error.is_some() { "subscribe_error" } else { "subscribe_ack" }, "payload": {"scope": kind, "id": id}});
+        if let Some(e) = error {
+            v["payload"]["error"] = json!(e);
+        }
+        v
+    };
+    assert_eq!(client.subscribe("task", "t-1").await, reply("task", "t-1", None));
+    assert_eq!(client.subscribe("task", "x-1").await, reply("task", "x-1", Some("forbidden")));
+    // The chat grant is for ws-2: a task or chat belongs to one workspace.
+    assert_eq!(client.subscribe("chat", "c-1").await, reply("chat", "c-1", Some("forbidden")));
+    assert_eq!(client.subscribe("workspace", "ws-1").await, reply("workspace", "ws-1", None));
+    assert_eq!(client.subscribe("workspace", "ws-2").await, reply("workspace", "ws-2", Some("forbidden")));
+    assert_eq!(client.subscribe("user", "bob").await, reply("user", "bob", Some("forbidden")));
+    assert_eq!(client.subscribe("galaxy", "g").await, reply("galaxy", "g", Some("unknown_scope")));
+    assert_eq!(client.subscribe("task", "").await, reply("task", "", Some("invalid payload")));
+    // Own workspace + user + t-1 + t-2 = 4 scopes: the cap.
+    assert_eq!(client.subscribe("task", "t-2").await, reply("task", "t-2", None));
+    assert_eq!(client.subscribe("task", "t-3").await, reply("task", "t-3", Some("too_many_scopes")));
+    client.send(json!({"type": "unsubscribe", "payload": {"scope": "task", "id": "t-2"}})).await;
+    assert_eq!(client.next().await, json!({"type": "unsubscribe_ack", "payload": {"scope": "task", "id": "t-2"}}));
+    assert_eq!(client.subscribe("task", "t-3").await, reply("task", "t-3", None));
+    client.send(json!({"type": "ping"})).await;
+    assert_eq!(client.next().await, json!({"type": "pong"}));
+    // Unknown frames are ignored.
+    client.send(json!({"type": "hello"})).await;
+    client.socket.send(Message::text("{not json")).await.unwrap();
+    client.send(json!({"type": "ping"})).await;
+    assert_eq!(client.next().await, json!({"type": "pong"}));
+    // Only the granted scope receives scoped events.
+    server.publish_ok(json!({"type": "task:message", "workspace_id": "ws-1", "task_id": "x-1"})).await;
+    server.publish_ok(json!({"type": "task:message", "workspace_id": "ws-1", "task_id": "t-3"})).await;
+    barrier(&server).await;
+    let frames = client.until_barrier().await;
+    let scoped: Vec<&str> = frames.iter().filter(|f| f["scope"] == "task").map(|f| f["scope_id"].as_str().unwrap()).collect();
+    assert_eq!(scoped, ["t-3"]);
+    let metrics = server.realtime().await;
+    assert_eq!(metrics["subscribe_denied_total"]["task"], 1);
+    assert_eq!(metrics["subscribe_denied_total"]["chat"], 1);
+
+    // The subscribe rate is capped too.
+    let limited = TestServer::start(|c| {
+        c.hub.subscribe_burst = 2.0;
+        c.hub.subscribe_rate = 0.01;
+    })
+    .await;
+    let mut client = Client::connect(&limited, "ws-1", &token("a", &["ws-1"], &grants)).await;
+    assert_eq!(client.subscribe("task", "t-1").await["type"], "subscribe_ack");
+    assert_eq!(client.subscribe("task", "t-2").await["type"], "subscribe_ack");
+    assert_eq!(client.subscribe("task", "t-3").await, reply("task", "t-3", Some("rate_limited")));
+    limited.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_close_with_1009() {
+    let server = TestServer::start(|_| {}).await;
+    let big = "x".repeat(64 * 1024 + 1);
+    // Before authentication.
+    let mut client = Client::open(&server, "ws-1").await;
+    client.socket.send(Message::text(big.clone())).await.unwrap();
+    assert_eq!(client.close_code().await, Some(1009));
+    // After authentication.
+    let mut client = Client::connect(&server, "ws-1", &token("u", &["ws-1"], &[])).await;
+    client.socket.send(Message::text(big)).await.unwrap();
+    assert_eq!(client.close_code().await, Some(1009));
+    // Half the limit is fine.
+    let mut client = Client::connect(&server, "ws-1", &token("u", &["ws-1"], &[])).await;
+    client.send(json!({"type": "ping", "padding": "y".repeat(32 * 1024)})).await;
+    assert_eq!(client.next().await, json!({"type": "pong"}));
+    assert_eq!(server.realtime().await["inbound_too_large_total"], 2);
+    server.stop().await;
+}
+
+/// Opens a client whose socket receive buffer is tiny and never reads from it.
+async fn stalled_client(server: &TestServer, token: &str) -> WebSocketStream<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("ws://{}/ws?workspace_id=ws-1", server.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    ws.send(Message::text(json!({"type": "auth", "payload": {"token": token}}).to_string())).await.unwrap();
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_evicted_and_others_keep_receiving() {
+    let server = TestServer::start(|c| {
+        c.hub.max_queue_bytes = 512 << 10;
+        c.hub.max_queue_age = Duration::from_secs(2);
+    })
+    .await;
+    let _stalled = stalled_client(&server, &token("slow", &["ws-1"], &[])).await;
+    let mut fast = Client::connect(&server, "ws-1", &token("fast", &["ws-1"], &[])).await;
+    let reader = tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            let frame = fast.next().await;
+            if frame["type"] == "daemon:barrier" {
+                return (seen, fast);
+            }
+            seen += 1;
+        }
+    });
+    let padding = "p".repeat(16 << 10);
+    let mut published = 0;
+    for _ in 0..200 {
+        let batch: Vec<Value> = (0..8)
+            .map(|i| json!({"type": "bulk:item", "workspace_id": "ws-1", "payload": {"i": i, "padding": padding}}))
+            .collect();
+        server.publish_ok(Value::Array(batch)).await;
+        published += 8;
+        if server.realtime().await["slow_evictions_total"].as_u64() == Some(1) {
+            break;
+        }
+    }
+    let metrics = server.realtime().await;
+    assert_eq!(metrics["slow_evictions_total"], 1, "the stalled client was evicted: {metrics}");
+    barrier(&server).await;
+    let (seen, _fast) = tokio::time::timeout(Duration::from_secs(30), reader).await.unwrap().unwrap();
+    assert_eq!(seen, published, "the reading client received every frame");
+    assert_eq!(server.realtime().await["active_connections"], 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_disconnects_and_evictions_race_publishing_without_harm() {
+    let server = std::sync::Arc::new(
+        TestServer::start(|c| {
+            c.hub.max_queue_bytes = 32 << 10;
+            c.hub.max_queue_age = Duration::from_millis(100);
+        })
+        .await,
+    );
+    let stop = CancellationToken::new();
+    let publisher = {
+        let (server, stop) = (server.clone(), stop.clone());
+        tokio::spawn(async move {
+            let padding = "q".repeat(4 << 10);
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let batch: Vec<Value> = (0..10)
+                    .map(|i| json!({"type": "storm:tick", "workspace_id": "ws-1", "payload": {"i": i, "p": padding}}))
+                    .collect();
+                assert_eq!(server.publish(Value::Array(batch)).await.status(), 200);
+                n += 10;
+            }
+            n
+        })
+    };
+    let mut churners = Vec::new();
+    for worker in 0..8 {
+        let server = server.clone();
+        churners.push(tokio::spawn(async move {
+            for round in 0..15 {
+                let t = token(&format!("u{worker}"), &["ws-1"], &[("ws-1", "task", "*")]);
+                if (worker + round) % 3 == 0 {
+                    // Stalls, to be evicted, then vanishes.
+                    let stalled = stalled_client(&server, &t).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(stalled);
+                } else {
+                    // Reads a little, subscribes, and leaves (politely or not). Under this load
+                    // it may be evicted itself at any point; that is part of the storm.
+                    let mut client = Client::open(&server, "ws-1").await;
+                    let _ = client.socket.send(Message::text(json!({"type": "auth", "payload": {"token": t}}).to_string())).await;
+                    let subscribe = json!({"type": "subscribe", "payload": {"scope": "task", "id": format!("t{round}")}});
+                    let _ = client.socket.send(Message::text(subscribe.to_string())).await;
+                    for _ in 0..3 {
+                        let _ = tokio::time::timeout(Duration::from_millis(20), client.socket.next()).await;
+                    }
+                    if round % 2 == 0 {
+                        let _ = client.socket.close(None).await;
+                    }
+                }
+            }
+        }));
+    }
+    for churner in churners {
+        churner.await.unwrap();
+    }
+    stop.cancel();
+    let published = publisher.await.unwrap();
+    assert!(published > 0);
+    // Everyone left: the hub drains back to zero connections and no rooms.
+    let mut metrics = server.realtime().await;
+    for _ in 0..100 {
+        if metrics["active_connections"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = server.realtime().await;
+    }
+    assert_eq!(metrics["active_connections"], 0, "{metrics}");
+    assert_eq!(metrics["connects_total"], metrics["disconnects_total"]);
+    assert_eq!(metrics["active_scope_rooms"], json!({}));
+    // And it still serves.
+    let mut client = Client::connect(&server, "ws-1", &token("after", &["ws-1"], &[])).await;
+    barrier(&server).await;
+    assert!(client.until_barrier().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_sockets_with_going_away() {
+    let server = TestServer::start(|_| {}).await;
+    let mut client = Client::connect(&server, "ws-1", &token("u", &["ws-1"], &[])).await;
+    server.shutdown.cancel();
+    assert_eq!(client.close_code().await, Some(1001));
+    let _ = tokio::time::timeout(Duration::from_secs(10), server.handle).await.expect("the server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_publishes_are_refused_with_the_field_named() {
+    let server = TestServer::start(|c| c.max_events_body = 4096).await;
+    let cases = [
+        (json!({"payload": {}}), 400, "missing field `type`"),
+        (json!({"type": ""}), 400, "field `type`: must not be empty"),
+        (json!([{"type": "a"}, {"type": "b", "task_id": 5}]), 400, "events[1]: invalid event JSON: invalid type"),
+        (json!([]), 400, "empty array"),
+        (json!({"type": "a", "padding": "x"}), 400, "unknown field `padding`"),
+        (json!({"type": "a", "payload": "x".repeat(5000)}), 413, "body larger than 4096 bytes"),
+    ];
+    for (body, status, message) in cases {
+        let response = server.publish(body.clone()).await;
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"]["message"].as_str().unwrap().contains(message), "{body}: {error}");
+    }
+    // Nothing from a refused batch was published.
+    assert!(server.realtime().await["events_sent_by_type"].get("a").is_none());
+    server.stop().await;
+}
+
+fn component(group: &str, name: &str) -> Vec<u8> {
+    std::fs::read(crate::support::built(group, name)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_uploaded_replaced_refused_and_deleted_over_http() {
+    let server = TestServer::start(|_| {}).await;
+    let http = reqwest::Client::new();
+    let mut client = Client::connect(&server, "ws-1", &token("u", &["ws-1"], &[])).await;
+
+    // Upload the echo plugin with a manifest that runs it first, for `probe:*` only.
+    let manifest = "order = 1\nsubscriptions = [\"probe:*\"]\n[config]\ntag = \"v1\"\n";
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(component("testing", "echo")))
+        .text("manifest", manifest);
+    let response = http.put(server.url("/v1/plugins/echo")).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let view: Value = response.json().await.unwrap();
+    assert_eq!(view["status"], "active");
+    assert_eq!(view["listener"]["position"], 0);
+    assert_eq!(view["plugin"]["subscriptions"], json!(["probe:*"]));
+    server.publish_ok(json!({"type": "probe:one", "workspace_id": "ws-1"})).await;
+    barrier(&server).await;
+    let frames = client.until_barrier().await;
+    assert_eq!(frames[0]["payload"]["tag"], "v1", "{frames:?}");
+
+    // A bad upload is refused and the running version keeps serving.
+    for bad in [b"not wasm".to_vec(), component("testing", "echo")[..1000].to_vec(), component("hostile", "startup-panic")] {
+        let response = http.put(server.url("/v1/plugins/echo")).body(bad).send().await.unwrap();
+        assert_eq!(response.status(), 422);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "invalid_plugin");
+    }
+    let view: Value = http.get(server.url("/v1/plugins/echo")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["status"], "active");
+    assert!(view["last_failure"]["error"].as_str().unwrap().contains("start-up"), "{view}");
+    server.publish_ok(json!({"type": "probe:two", "workspace_id": "ws-1"})).await;
+    barrier(&server).await;
+    assert_eq!(client.until_barrier().await[0]["payload"]["tag"], "v1");
+
+    // A raw upload without a manifest replaces the code and keeps the manifest.
+    let response = http
+        .put(server.url("/v1/plugins/echo"))
+        .header("content-type", "application/wasm")
+        .body(component("testing", "echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Bad names and manifests are 400s.
+    let response = http.put(server.url("/v1/plugins/bad%20name")).body(component("testing", "echo")).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(component("testing", "echo")))
+        .text("manifest", "name = \"other\"\n");
+    let response = http.put(server.url("/v1/plugins/echo")).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+
+    // The listing and metrics reflect it.
+    let list: Value = http.get(server.url("/v1/plugins")).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = list["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["echo", "scope-router", "mention-notifier", "workspace-forwarder"]);
+    let echo = &list["plugins"][0];
+    assert_eq!(echo["listener"]["stats"]["calls"], 2);
+    let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("busbar_plugin_calls_total{plugin=\"echo\",outcome=\"ok\"} 2"), "{metrics}");
+    assert!(metrics.contains("busbar_active_connections 1"), "{metrics}");
+    let realtime = server.realtime().await;
+    assert_eq!(realtime["plugins"][0]["name"], "echo");
+
+    // Delete.
+    assert_eq!(http.delete(server.url("/v1/plugins/echo")).send().await.unwrap().status(), 204);
+    assert_eq!(http.delete(server.url("/v1/plugins/echo")).send().await.unwrap().status(), 404);
+    assert_eq!(http.get(server.url("/v1/plugins/echo")).send().await.unwrap().status(), 404);
+    server.publish_ok(json!({"type": "probe:three", "workspace_id": "ws-1"})).await;
+    barrier(&server).await;
+    assert!(client.until_barrier().await.iter().all(|f| f["payload"].get("tag").is_none()));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_refuse_callers_without_the_token() {
+    let admin = "admin-secret-token-0123456789";
+    let server = TestServer::start(|c| {
+        c.admin_token = Some(admin.into());
+        c.publish_token = Some("publish-secret-token-0123".into());
+    })
+    .await;
+    let http = reqwest::Client::new();
+    for path in ["/v1/plugins", "/v1/plugins/workspace-forwarder", "/health/realtime", "/metrics"] {
+        let response = http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let response = http.get(server.url(path)).bearer_auth("wrong").send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        let response = http.get(server.url(path)).bearer_auth(admin).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let response = http.put(server.url("/v1/plugins/x")).body(component("testing", "echo")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = http.delete(server.url("/v1/plugins/workspace-forwarder")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let event = json!({"type": "x:y"});
+    assert_eq!(http.post(server.url("/v1/events")).json(&event).send().await.unwrap().status(), 401);
+    let ok = http.post(server.url("/v1/events")).bearer_auth("publish-secret-token-0123").json(&event).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    // Liveness and the API description stay public.
+    assert_eq!(http.get(server.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(server.url("/v1/openapi.json")).send().await.unwrap().status(), 200);
+    server.stop().await;
+
+    // Without a token, forwarded (proxied) callers do not even learn the routes exist.
+    let server = TestServer::start(|_| {}).await;
+    let response = http.get(server.url("/metrics")).header("x-forwarded-for", "203.0.113.9").send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(http.get(server.url("/metrics")).send().await.unwrap().status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_openapi_document_is_the_checked_in_one_and_covers_every_route() {
+    let server = TestServer::start(|_| {}).await;
+    let served: Value = reqwest::get(server.url("/v1/openapi.json")).await.unwrap().json().await.unwrap();
+    let checked_in: Value =
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json")).unwrap())
+            .unwrap();
+    assert_eq!(served, checked_in);
+    assert!(served["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, methods) in [
+        ("/v1/events", &["post"][..]),
+        ("/v1/plugins", &["get"]),
+        ("/v1/plugins/{name}", &["get", "put", "delete"]),
+        ("/health", &["get"]),
+        ("/health/realtime", &["get"]),
+        ("/metrics", &["get"]),
+        ("/ws", &["get"]),
+        ("/v1/openapi.json", &["get"]),
+    ] {
+        for method in methods {
+            assert!(served["paths"][path][method].is_object(), "{method} {path} is not documented");
+        }
+    }
+    server.stop().await;
+}
