@@ -622,7 +622,9 @@ async fn admin_routes_refuse_callers_without_the_token() {
         c.publish_token = Some("publish-secret-token-0123".into());
     })
     .await;
-    let http = reqwest::Client::new();
+    // No connection reuse: a refused upload is answered before its body is read, and the
+    // server then closes that connection.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     for path in ["/v1/plugins", "/v1/plugins/workspace-forwarder", "/health/realtime", "/metrics"] {
         let response = http.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 401, "{path}");
