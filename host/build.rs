@@ -23,6 +23,7 @@ fn main() {
         Some(dir) => PathBuf::from(dir).join("plugins"),
         None => root.join("target/plugins"),
     };
+    ensure_wasm_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -110,6 +111,18 @@ fn write_examples_module(out: &Path) {
     code.push_str("]\n");
     std::fs::write(out.parent().expect("out has a parent").join("examples.rs"), code)
         .expect("writing examples.rs");
+}
+
+/// Installs the wasm32-wasip2 standard library with rustup when it is missing (it is listed in
+/// rust-toolchain.toml, but not every rustup installs listed targets on its own).
+fn ensure_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().ok().and_then(|o| String::from_utf8(o.stdout).ok());
+    let installed = sysroot.is_some_and(|root| Path::new(root.trim()).join("lib/rustlib/wasm32-wasip2").is_dir());
+    if !installed {
+        println!("cargo:warning=installing the wasm32-wasip2 target with rustup");
+        let _ = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+    }
 }
 
 fn copy(from: &Path, to: &Path) {

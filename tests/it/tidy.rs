@@ -57,3 +57,23 @@ fn outside_dependencies_stay_behind_their_module() {
         }
     }
 }
+
+#[test]
+fn every_close_code_is_documented() {
+    use busbar::hub::Close;
+    let protocol = std::fs::read_to_string(root().join("docs/protocol.md")).unwrap();
+    for close in [
+        Close::NORMAL,
+        Close::GOING_AWAY,
+        Close::TOO_BIG,
+        Close::SLOW,
+        Close::NO_PONG,
+        Close::AUTH_TIMEOUT,
+        Close::INVALID_TOKEN,
+        Close::TOKEN_EXPIRED,
+        Close::BAD_REQUEST,
+        Close::FORBIDDEN,
+    ] {
+        assert!(protocol.contains(&format!("| {} |", close.code)), "close code {} is not in docs/protocol.md", close.code);
+    }
+}
