@@ -67,17 +67,15 @@ fn main() {
         let mut crates: Vec<PathBuf> = std::fs::read_dir(plugins.join(group))
             .expect("reading a plugin group")
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("Cargo.toml").exists())
+            // A plugin is a crate with a manifest; helper libraries have none.
+            .filter(|p| p.join("Cargo.toml").exists() && p.join("plugin.toml").exists())
             .collect();
         crates.sort();
         for dir in crates {
             let name = dir.file_name().and_then(|n| n.to_str()).expect("plugin directory name").to_string();
             let wasm = built.join(format!("{}.wasm", name.replace('-', "_")));
             copy(&wasm, &group_out.join(format!("{name}.wasm")));
-            let manifest = dir.join("plugin.toml");
-            if manifest.exists() {
-                copy(&manifest, &group_out.join(format!("{name}.toml")));
-            }
+            copy(&dir.join("plugin.toml"), &group_out.join(format!("{name}.toml")));
         }
     }
     write_examples_module(&out);

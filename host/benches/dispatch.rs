@@ -1,0 +1,183 @@
+//! In-process costs, each measured beside its baseline in the same run (these machines are
+//! shared and noisy: compare ratios, not absolute times). See BENCHMARKS.md.
+//!
+//! - `dispatch/{native,wasm}/{100B,1KiB,16KiB}`: one event through the bus to one listener that
+//!   parses the JSON payload, routes it and returns one message (`bench-logic::route`, the same
+//!   code natively and inside the `bench-router` component).
+//! - `floor/{native,wasm}`: a listener that does nothing: the cost of crossing into a component.
+//! - `throughput/{1,4,16}-plugins/{1-thread,all-cores}`: events per second through N plugins.
+//! - `runtime/{ok-ok,trap-ok}`: two calls, the first of which traps and forces the next to
+//!   instantiate a fresh instance; the difference is the cost of a trap and a replacement.
+//! - `runtime/{compile-cold,load-cached}`: loading a component without and with the cache.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bench_logic::Route;
+use busbar::action::{Action, Scope, ScopeKind, Target};
+use busbar::broadcast::{Broadcaster, Frame};
+use busbar::bus::{Bus, Listener, ListenerError};
+use busbar::event::{Event, Json};
+use busbar::plugins::{Manifest, Plugin, Runtime, RuntimeConfig};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+/// A Broadcaster that counts and drops frames, so fan-out does not enter the measurement.
+#[derive(Default)]
+struct Discard(AtomicU64);
+
+impl Broadcaster for Discard {
+    fn broadcast_to_workspace(&self, _: &str, _: Frame) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn send_to_user(&self, _: &str, _: Option<&str>, _: Frame) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn broadcast_to_scope(&self, _: &Scope, _: Frame) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn broadcast(&self, _: Frame) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn runtime(cache: Option<&str>) -> Runtime {
+    let cache_dir = cache.map(|name| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target").join(name));
+    Runtime::new(RuntimeConfig { cache_dir, ..RuntimeConfig::default() }).expect("runtime")
+}
+
+fn component(group: &str, name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/{group}/{name}.wasm", busbar::BUILT_PLUGINS_DIR)).expect("a built plugin")
+}
+
+fn plugin(runtime: &Runtime, group: &str, name: &str, as_name: &str) -> Plugin {
+    let mut manifest = Manifest::named(as_name);
+    manifest.subscriptions = Some(vec!["*".into()]);
+    manifest.limits.failures_to_quarantine = u32::MAX;
+    manifest.limits.timeout = Duration::from_secs(1);
+    runtime.load(&component(group, name), manifest).expect("loading a plugin")
+}
+
+/// The native twin of the `bench-router` plugin.
+fn native_router(event: &Event) -> Result<Vec<Action>, ListenerError> {
+    let routed = bench_logic::route(&event.workspace_id, event.payload()).map_err(ListenerError::Failed)?;
+    let target = match routed.route {
+        Route::Workspace(id) => Target::Workspace { id },
+        Route::Task(id) => Target::Scope { scope: Scope::new(ScopeKind::Task, id) },
+        Route::User(id) => Target::User { id, exclude_workspace: None },
+    };
+    let payload = Json::parse(routed.payload).map_err(|e| ListenerError::InvalidOutput(e.to_string()))?;
+    Ok(vec![Action::send(target, event.event_type.clone(), payload)])
+}
+
+fn event(size: usize) -> Event {
+    Event::new("issue:updated", "ws-1")
+        .with_actor("member", "u-1")
+        .with_payload(&bench_logic::payload_of_size(size))
+        .expect("valid payload")
+}
+
+fn bus_with(listeners: Vec<(String, Arc<dyn Listener>)>) -> Bus {
+    let bus = Bus::new(Arc::new(Discard::default()));
+    for (name, listener) in listeners {
+        bus.register(busbar::bus::Registration::new(name, vec![busbar::bus::Subscription::All], listener))
+            .expect("registering");
+    }
+    bus
+}
+
+fn dispatch(c: &mut Criterion) {
+    let runtime = runtime(Some("bench-cache"));
+    let mut group = c.benchmark_group("dispatch");
+    for (label, size) in [("100B", 100), ("1KiB", 1024), ("16KiB", 16 << 10)] {
+        let event = event(size);
+        group.throughput(Throughput::Elements(1));
+        let native = bus_with(vec![("native".into(), Arc::new(native_router))]);
+        group.bench_with_input(BenchmarkId::new("native", label), &event, |b, e| b.iter(|| native.publish(e.clone())));
+        let wasm = bus_with(vec![("wasm".into(), Arc::new(plugin(&runtime, "testing", "bench-router", "wasm")))]);
+        assert!(wasm.publish(event.clone()).root().listeners[0].outcome.is_ok());
+        group.bench_with_input(BenchmarkId::new("wasm", label), &event, |b, e| b.iter(|| wasm.publish(e.clone())));
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("floor");
+    let event = event(100);
+    let noop = |_: &Event| -> Result<Vec<Action>, ListenerError> { Ok(Vec::new()) };
+    let native = bus_with(vec![("native".into(), Arc::new(noop))]);
+    group.bench_function("native", |b| b.iter(|| native.publish(event.clone())));
+    let wasm = bus_with(vec![("wasm".into(), Arc::new(plugin(&runtime, "testing", "noop", "wasm")))]);
+    group.bench_function("wasm", |b| b.iter(|| wasm.publish(event.clone())));
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let runtime = runtime(Some("bench-cache"));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut group = c.benchmark_group("throughput");
+    let event = event(1024);
+    for plugins in [1usize, 4, 16] {
+        let listeners = (0..plugins)
+            .map(|i| {
+                let name = format!("router-{i}");
+                let listener: Arc<dyn Listener> = Arc::new(plugin(&runtime, "testing", "bench-router", &name));
+                (name, listener)
+            })
+            .collect();
+        let bus = Arc::new(bus_with(listeners));
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(BenchmarkId::new(format!("{plugins}-plugins"), "1-thread"), |b| {
+            b.iter(|| bus.publish(event.clone()))
+        });
+        group.bench_function(BenchmarkId::new(format!("{plugins}-plugins"), format!("{threads}-threads")), |b| {
+            b.iter_custom(|iters| {
+                let per_thread = iters.div_ceil(threads as u64);
+                let started = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        let (bus, event) = (&bus, &event);
+                        s.spawn(move || {
+                            for _ in 0..per_thread {
+                                bus.publish(event.clone());
+                            }
+                        });
+                    }
+                });
+                started.elapsed().mul_f64(iters as f64 / (per_thread * threads as u64) as f64)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn runtime_costs(c: &mut Criterion) {
+    let runtime = runtime(Some("bench-cache"));
+    let mut group = c.benchmark_group("runtime");
+    let trap = plugin(&runtime, "hostile", "trap", "trap");
+    let ok = Event::new("t", "w");
+    let trapping = Event::new("t", "w").with_payload(r#"{"trap":true}"#).expect("valid");
+    group.bench_function("ok-ok", |b| {
+        b.iter(|| {
+            let _ = trap.handle(&ok);
+            let _ = trap.handle(&ok);
+        })
+    });
+    group.bench_function("trap-ok", |b| {
+        b.iter(|| {
+            let _ = trap.handle(&trapping);
+            let _ = trap.handle(&ok);
+        })
+    });
+    group.sample_size(10);
+    let bytes = component("examples", "scope-router");
+    let cold = self::runtime(None);
+    group.bench_function("compile-cold", |b| b.iter(|| cold.load(&bytes, Manifest::named("scope-router")).expect("loads")));
+    group.bench_function("load-cached", |b| b.iter(|| runtime.load(&bytes, Manifest::named("scope-router")).expect("loads")));
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = dispatch, throughput, runtime_costs
+}
+criterion_main!(benches);
