@@ -44,6 +44,9 @@ pub struct Config {
     pub max_upload: usize,
     /// Instance slots of the plugin runtime's pool (all plugins together).
     pub instance_slots: u32,
+    /// Benchmark baseline: no plugins; a native Rust listener forwards every event to its
+    /// workspace room instead.
+    pub native_baseline: bool,
 }
 
 /// Values given on the command line; they win over everything else.
@@ -54,6 +57,7 @@ pub struct Overrides {
     pub plugins_dir: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
     pub no_cache: bool,
+    pub native_baseline: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +239,7 @@ impl Config {
             max_events_body,
             max_upload,
             instance_slots,
+            native_baseline: overrides.native_baseline,
         })
     }
 }

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::action::{Action, Target};
 use crate::api::{self, Access, AppState};
-use crate::bus::Bus;
+use crate::bus::{Bus, ListenerError};
+use crate::event::Event;
 use crate::config::Config;
 use crate::hub::{ClaimsAuthorizer, Hub, TokenVerifier};
 use crate::plugins::{self, Registry, Runtime, RuntimeConfig};
@@ -51,6 +53,10 @@ pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartE
     let bus = Arc::new(Bus::new(hub.clone()));
     let registry = Arc::new(Registry::new(runtime.clone(), bus.clone()));
     let loaded = match &config.plugins_dir {
+        _ if config.native_baseline => {
+            bus.subscribe("native-forwarder", &["*"], native_forwarder).map_err(|e| StartError::Examples(e.to_string()))?;
+            Vec::new()
+        }
         Some(dir) => {
             let (loaded, failures) = plugins::load_dir(&runtime, dir)
                 .map_err(|source| StartError::PluginDir { path: dir.display().to_string(), source })?;
@@ -79,6 +85,15 @@ pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartE
         shutdown,
     };
     Ok(App { bus, hub, registry, state })
+}
+
+/// The benchmark baseline: every event with a workspace to its workspace room, natively.
+fn native_forwarder(event: &Event) -> Result<Vec<Action>, ListenerError> {
+    if event.workspace_id.is_empty() {
+        return Ok(Vec::new());
+    }
+    let target = Target::Workspace { id: event.workspace_id.clone() };
+    Ok(vec![Action::send(target, event.event_type.clone(), event.payload.clone())])
 }
 
 /// Serves until `state.shutdown` is cancelled, then shuts down gracefully.

@@ -4,6 +4,7 @@
 //! This module is the binary's only entry point. It uses `anyhow` and prints errors with their
 //! context; everything it runs lives in the library.
 
+mod bench;
 mod check;
 mod dispatch;
 mod publish;
@@ -35,6 +36,9 @@ enum Command {
     Tail(tail::TailArgs),
     /// Mint a connection token (development and tests).
     Token(token::TokenArgs),
+    /// Measure busbar end to end (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Run events (JSON lines) through the plugins and print every outcome and broadcast.
     Dispatch(dispatch::DispatchArgs),
     /// Work with plugin components.
@@ -86,6 +90,18 @@ pub fn load_plugins(runtime: &Runtime, dir: Option<&PathBuf>) -> anyhow::Result<
     }
 }
 
+/// Raises this process's open-file limit to the hard limit (10 000 clients need 10 000 sockets).
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BUSBAR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -108,6 +124,10 @@ pub fn main() -> ExitCode {
             tail::run(args)
         }
         Command::Token(args) => token::run(args),
+        Command::Bench(command) => {
+            init_logging("warn");
+            bench::run(command)
+        }
         Command::Dispatch(args) => {
             init_logging("warn");
             dispatch::run(args)

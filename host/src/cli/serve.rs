@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// Compile every component on start instead of using the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Benchmark baseline: no plugins, a native listener forwards events to workspace rooms.
+    #[arg(long, hide = true)]
+    native_baseline: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -35,6 +38,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         plugins_dir: args.plugins,
         cache_dir: args.cache_dir,
         no_cache: args.no_cache,
+        native_baseline: args.native_baseline,
     };
     let config = Config::load(&overrides).context("invalid configuration")?;
     if config.dev_secret {
@@ -43,6 +47,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
              mint tokens with `busbar token`. Set BUSBAR_JWT_SECRET for anything but local development."
         );
     }
+    super::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("busbar").build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();

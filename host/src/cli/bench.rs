@@ -1,0 +1,319 @@
+//! `busbar bench fanout`: the end-to-end load tool. HTTP publish -> plugins -> hub -> N real
+//! WebSocket clients, with a baseline in the same run.
+//!
+//! For each configuration (the baseline: a native forwarder and no plugins; then the example
+//! plugins), it starts `busbar serve` as a child process, connects N clients to one workspace,
+//! measures the server's memory per idle connection, then publishes at a fixed rate for a fixed
+//! time. Every event carries its publish time; clients record delivery latency in HDR
+//! histograms. It reports deliveries per second, p50/p99/p999 latency, evictions, and the CPU
+//! time used by the server and by this load generator (to show which one was the bottleneck).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use busbar::config::DEV_JWT_SECRET;
+use busbar::hub::{Claims, auth};
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Fan-out through a real server: deliveries per second and latency to N clients.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct FanoutArgs {
+    /// Client counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    clients: Vec<usize>,
+    /// Target deliveries per second (events per second = this / clients).
+    #[arg(long, default_value_t = 500_000)]
+    deliveries: u64,
+    /// Seconds of publishing per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Payload bytes per event (padding around the publish time).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Only the plugin configuration (skip the native baseline).
+    #[arg(long)]
+    no_baseline: bool,
+    /// Print the results as JSON too.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Fanout(args) => fanout(args),
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Measurement {
+    config: &'static str,
+    clients: usize,
+    events_per_second_target: f64,
+    events_published: u64,
+    deliveries: u64,
+    deliveries_expected: u64,
+    deliveries_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    evictions: u64,
+    idle_kib_per_connection: f64,
+    server_cpu_seconds: f64,
+    loadgen_cpu_seconds: f64,
+    wall_seconds: f64,
+}
+
+fn fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
+    super::raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut results = Vec::new();
+    for &clients in &args.clients {
+        let configs: &[&'static str] = if args.no_baseline { &["plugins"] } else { &["baseline", "plugins"] };
+        for &config in configs {
+            eprintln!("bench: {config}, {clients} clients ...");
+            let measurement = runtime.block_on(measure(config, clients, &args))?;
+            eprintln!(
+                "bench: {config}, {clients} clients: {:.0} deliveries/s, p99 {:.1} ms",
+                measurement.deliveries_per_second, measurement.p99_ms
+            );
+            results.push(measurement);
+        }
+    }
+    println!("| config | clients | events/s | deliveries/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms | evictions | idle KiB/conn | server CPU s | loadgen CPU s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for m in &results {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
+            m.config,
+            m.clients,
+            m.events_per_second_target,
+            m.deliveries_per_second,
+            m.deliveries,
+            m.deliveries_expected,
+            m.p50_ms,
+            m.p99_ms,
+            m.p999_ms,
+            m.max_ms,
+            m.evictions,
+            m.idle_kib_per_connection,
+            m.server_cpu_seconds,
+            m.loadgen_cpu_seconds
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(config: &str) -> anyhow::Result<Server> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command.args(["serve", "--listen", "127.0.0.1:0"]);
+    if config == "baseline" {
+        command.arg("--native-baseline");
+    }
+    let mut child = command
+        .env("BUSBAR_LOG", "warn")
+        .env("BUSBAR_ADMIN_TOKEN", "bench-admin-token-0123456789")
+        .env("BUSBAR_PUBLISH_TOKEN", "bench-publish-token-012345")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting busbar serve")?;
+    let stderr = child.stderr.take().context("server stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else { bail!("the server exited before listening") };
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("busbar listening on http://") {
+            break rest.split_whitespace().next().unwrap_or_default().to_string();
+        }
+    };
+    // Keep draining the server's stderr so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Ok(Server { child, addr })
+}
+
+async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> anyhow::Result<Measurement> {
+    let server = start_server(config)?;
+    let pid = server.child.id();
+    let rss_before = rss_kib(pid)?;
+    let token = auth::mint(
+        DEV_JWT_SECRET.as_bytes(),
+        &Claims { sub: "bench".into(), exp: busbar::event::now_ms() / 1000 + 3600, workspaces: vec!["bench".into()], grants: Default::default() },
+    );
+    let base = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let connected = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut tasks = Vec::new();
+    let limiter = Arc::new(tokio::sync::Semaphore::new(200));
+    for _ in 0..clients {
+        let (addr, token, delivered, histogram, connected, limiter) =
+            (server.addr.clone(), token.clone(), delivered.clone(), histogram.clone(), connected.clone(), limiter.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = limiter.acquire_owned().await;
+            let mut request = format!("ws://{addr}/ws?workspace_id=bench").into_client_request()?;
+            request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+            let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+            // The first frame is the auth_ack.
+            socket.next().await;
+            drop(permit);
+            connected.add_permits(1);
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut count = 0u64;
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Text(text) = message {
+                    if let Some(sent) = sent_at(&text) {
+                        let now = base.elapsed().as_micros() as u64;
+                        local.saturating_record(now.saturating_sub(sent).max(1));
+                        count += 1;
+                        if count.is_multiple_of(256) {
+                            delivered.fetch_add(256, Ordering::Relaxed);
+                            histogram.lock().add(&local)?;
+                            local.reset();
+                        }
+                    }
+                }
+            }
+            delivered.fetch_add(count % 256, Ordering::Relaxed);
+            histogram.lock().add(&local)?;
+            anyhow::Ok(())
+        }));
+    }
+    let all = connected.acquire_many(clients as u32).await.context("clients connecting")?;
+    all.forget();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = rss_kib(pid)?;
+    let idle_kib_per_connection = (rss_idle.saturating_sub(rss_before)) as f64 / clients as f64;
+
+    let events_per_second = (args.deliveries as f64 / clients as f64).max(1.0);
+    let interval = Duration::from_secs_f64(1.0 / events_per_second);
+    let total_events = (events_per_second * args.seconds as f64).ceil() as u64;
+    let padding = "x".repeat(args.payload.saturating_sub(16));
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/events", server.addr);
+    let cpu_before = (cpu_seconds(pid)?, cpu_seconds(std::process::id())?);
+    let started = Instant::now();
+    // Events are sent in small batches on a fixed schedule, so that the publisher keeps up.
+    let batch = (events_per_second / 200.0).ceil().max(1.0) as u64;
+    let mut published = 0u64;
+    let mut next = tokio::time::Instant::now();
+    while published < total_events {
+        let n = batch.min(total_events - published);
+        let now_us = base.elapsed().as_micros() as u64;
+        let events: Vec<serde_json::Value> = (0..n)
+            .map(|_| json!({"type": "bench:tick", "workspace_id": "bench", "payload": {"t": now_us, "pad": padding}}))
+            .collect();
+        let response = http
+            .post(&url)
+            .bearer_auth("bench-publish-token-012345")
+            .json(&events)
+            .send()
+            .await
+            .context("publishing")?;
+        if !response.status().is_success() {
+            bail!("publish failed: {}", response.status());
+        }
+        published += n;
+        next += interval.mul_f64(n as f64);
+        tokio::time::sleep_until(next).await;
+    }
+    let expected = published * clients as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered.load(Ordering::Relaxed) < expected.saturating_sub(256 * clients as u64) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu_after = (cpu_seconds(pid)?, cpu_seconds(std::process::id())?);
+    let realtime: serde_json::Value = http
+        .get(format!("http://{}/health/realtime", server.addr))
+        .bearer_auth("bench-admin-token-0123456789")
+        .send()
+        .await?
+        .json()
+        .await?;
+    drop(server);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    let delivered = delivered.load(Ordering::Relaxed);
+    let h = histogram.lock();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Measurement {
+        config,
+        clients,
+        events_per_second_target: events_per_second,
+        events_published: published,
+        deliveries: delivered,
+        deliveries_expected: expected,
+        deliveries_per_second: delivered as f64 / wall,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: h.max() as f64 / 1000.0,
+        evictions: realtime["slow_evictions_total"].as_u64().unwrap_or(0),
+        idle_kib_per_connection,
+        server_cpu_seconds: cpu_after.0 - cpu_before.0,
+        loadgen_cpu_seconds: cpu_after.1 - cpu_before.1,
+        wall_seconds: wall,
+    })
+}
+
+/// The publish time (µs since the run's start) carried in a frame's payload as `"t":N`.
+fn sent_at(frame: &str) -> Option<u64> {
+    let at = frame.find("\"t\":")? + 4;
+    let digits = frame[at..].bytes().take_while(u8::is_ascii_digit).count();
+    frame[at..at + digits].parse().ok()
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("reading VmRSS")
+}
+
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("parsing /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
