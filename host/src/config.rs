@@ -295,7 +295,8 @@ mod tests {
     #[test]
     fn mistakes_name_the_key() {
         let secret = ("BUSBAR_JWT_SECRET", "0123456789abcdef0123456789abcdef");
-        let cases: Vec<(Option<&str>, Vec<(&str, &str)>, &str)> = vec![
+        type Case<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+        let cases: Vec<Case> = vec![
             (Some("lisen = 'x'"), vec![], "unknown field `lisen`"),
             (None, vec![("BUSBAR_LISTEN", "nowhere")], "`listen`: `nowhere` is not an address"),
             (None, vec![("BUSBAR_LISTEN", "0.0.0.0:8080")], "`auth.jwt-secret`: required when listening on 0.0.0.0:8080"),

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 pub struct TestServer {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
-    pub app: busbar::server::App,
     handle: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -36,8 +35,8 @@ impl TestServer {
         let app = busbar::server::build(&config, shutdown.clone()).expect("building the server");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let handle = tokio::spawn(busbar::server::run(listener, app.clone()));
-        TestServer { addr, shutdown, app, handle }
+        let handle = tokio::spawn(busbar::server::run(listener, app));
+        TestServer { addr, shutdown, handle }
     }
 
     pub fn url(&self, path: &str) -> String {

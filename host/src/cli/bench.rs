@@ -192,16 +192,16 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut count = 0u64;
             while let Some(Ok(message)) = socket.next().await {
-                if let Message::Text(text) = message {
-                    if let Some(sent) = sent_at(&text) {
-                        let now = base.elapsed().as_micros() as u64;
-                        local.saturating_record(now.saturating_sub(sent).max(1));
-                        count += 1;
-                        if count.is_multiple_of(256) {
-                            delivered.fetch_add(256, Ordering::Relaxed);
-                            histogram.lock().add(&local)?;
-                            local.reset();
-                        }
+                if let Message::Text(text) = message
+                    && let Some(sent) = sent_at(&text)
+                {
+                    let now = base.elapsed().as_micros() as u64;
+                    local.saturating_record(now.saturating_sub(sent).max(1));
+                    count += 1;
+                    if count.is_multiple_of(256) {
+                        delivered.fetch_add(256, Ordering::Relaxed);
+                        histogram.lock().add(&local)?;
+                        local.reset();
                     }
                 }
             }

@@ -16,7 +16,7 @@ mod outbox;
 pub mod session;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -150,12 +150,15 @@ struct Room {
 
 const SHARDS: usize = 16;
 
+/// One shard of the room map: scope -> room.
+type Shard = RwLock<HashMap<Scope, Arc<Mutex<Room>>>>;
+
 /// The hub. Shared by the HTTP layer (connections) and the bus (frames, as a `Broadcaster`).
 pub struct Hub {
     config: HubConfig,
     verifier: TokenVerifier,
     authorizer: Arc<dyn ScopeAuthorizer>,
-    rooms: Box<[RwLock<HashMap<Scope, Arc<Mutex<Room>>>>]>,
+    rooms: Box<[Shard]>,
     conns: RwLock<HashMap<u64, Arc<Conn>>>,
     /// Numbers and orders broadcasts to everyone.
     everyone_seq: Mutex<u64>,
@@ -206,10 +209,8 @@ impl Hub {
         self.conns.read().len()
     }
 
-    fn shard(&self, scope: &Scope) -> &RwLock<HashMap<Scope, Arc<Mutex<Room>>>> {
-        let mut hasher = self.hasher.build_hasher();
-        scope.hash(&mut hasher);
-        &self.rooms[hasher.finish() as usize % SHARDS]
+    fn shard(&self, scope: &Scope) -> &Shard {
+        &self.rooms[self.hasher.hash_one(scope) as usize % SHARDS]
     }
 
     /// Registers an authenticated connection and puts it in its workspace and user rooms.
