@@ -27,6 +27,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub registry: Arc<Registry>,
     pub state: AppState,
+    /// Keeps the plugin directory watched while the server runs.
+    pub watcher: Option<Arc<plugins::DirWatcher>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub enum StartError {
     PluginDir { path: String, source: std::io::Error },
     #[error("example plugins: {0}")]
     Examples(String),
+    #[error("cannot watch plugin directory {path}: {message}")]
+    Watch { path: String, message: String },
 }
 
 /// Builds the runtime, hub, bus and registry, and loads the plugins. A plugin that fails to load
@@ -74,6 +78,15 @@ pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartE
             registry.record_failure(&name, &e.to_string());
         }
     }
+    let watcher = match &config.plugins_dir {
+        Some(dir) if !config.native_baseline => {
+            let names = file_names(dir);
+            let watcher = plugins::watch(dir, registry.clone(), names)
+                .map_err(|e| StartError::Watch { path: dir.display().to_string(), message: e.to_string() })?;
+            Some(Arc::new(watcher))
+        }
+        _ => None,
+    };
     let state = AppState {
         bus: bus.clone(),
         hub: hub.clone(),
@@ -84,7 +97,21 @@ pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartE
         max_upload: config.max_upload,
         shutdown,
     };
-    Ok(App { bus, hub, registry, state })
+    Ok(App { bus, hub, registry, state, watcher })
+}
+
+/// File stem -> plugin name for the components in `dir`.
+fn file_names(dir: &std::path::Path) -> std::collections::HashMap<String, String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Default::default() };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|p| {
+            let stem = p.file_stem()?.to_str()?.to_string();
+            let name = plugins::read_manifest(&p, &stem).ok()?.name;
+            Some((stem, name))
+        })
+        .collect()
 }
 
 /// The benchmark baseline: every event with a workspace to its workspace room, natively.

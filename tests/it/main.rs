@@ -4,6 +4,7 @@
 mod bus;
 mod cli;
 mod hostile;
+mod reload;
 mod runtime;
 mod server;
 mod support;

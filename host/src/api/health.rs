@@ -24,6 +24,7 @@ pub async fn realtime(
     state.access.admin(&headers, peer)?;
     let mut body = serde_json::to_value(state.hub.snapshot()).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["plugins"] = serde_json::to_value(state.registry.list()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["plugin_reloads"] = serde_json::to_value(state.registry.stats()).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)))
 }
 
@@ -90,6 +91,20 @@ fn prometheus(state: &AppState) -> String {
             latency.push((format!("{{plugin=\"{name}\",quantile=\"0.99\"}}"), s.latency.p99_us as f64));
         }
     }
+    let reloads = state.registry.stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        "plugin_reloads_total",
+        "counter",
+        "Plugin installs and reloads by result.",
+        vec![
+            ("{result=\"created\"}".to_string(), load(&reloads.installs_total) as f64),
+            ("{result=\"replaced\"}".to_string(), load(&reloads.replacements_total) as f64),
+            ("{result=\"unchanged\"}".to_string(), load(&reloads.unchanged_total) as f64),
+            ("{result=\"failed\"}".to_string(), load(&reloads.failures_total) as f64),
+            ("{result=\"rolled_back\"}".to_string(), load(&reloads.rollbacks_total) as f64),
+        ],
+    );
     metric("plugin_info", "gauge", "Installed plugins and their status.", up);
     metric("plugin_calls_total", "counter", "Listener calls by plugin and outcome.", calls);
     metric("plugin_latency_microseconds", "gauge", "Call latency quantiles (bucket upper bounds).", latency);

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", events)
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{name}", plugin)
+        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/health", get(health::live))
         .route("/health/realtime", get(health::realtime))

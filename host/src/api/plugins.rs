@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::plugins::{InstallError, Installed, Manifest, PluginView, check_plugin_name};
+use crate::plugins::{InstallError, Installed, Manifest, PluginView, RollbackError, check_plugin_name};
 
 pub async fn list(
     State(state): State<AppState>,
@@ -101,12 +101,27 @@ pub async fn put(
         .map_err(|e| ApiError::Internal(format!("install task failed: {e}")))?;
     let status = match installed {
         Ok(Installed::Created) => StatusCode::CREATED,
-        Ok(Installed::Replaced) => StatusCode::OK,
+        Ok(Installed::Replaced | Installed::Unchanged) => StatusCode::OK,
         Err(InstallError::Load(e)) => return Err(ApiError::Unprocessable(e.to_string())),
         Err(InstallError::Bus(e)) => return Err(ApiError::Conflict(e.to_string())),
     };
     let view = state.registry.get(&name).ok_or_else(|| ApiError::Internal("installed plugin vanished".into()))?;
     Ok((status, Json(view)))
+}
+
+/// Restores the previous version at the same position (and makes the current one previous).
+pub async fn rollback(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<PluginView>, ApiError> {
+    state.access.admin(&headers, peer)?;
+    state.registry.rollback(&name).map_err(|e| match e {
+        RollbackError::Unknown(_) => ApiError::NotFound(e.to_string()),
+        RollbackError::NoPrevious(_) | RollbackError::Bus(_) => ApiError::Conflict(e.to_string()),
+    })?;
+    state.registry.get(&name).map(Json).ok_or_else(|| ApiError::Internal("rolled back plugin vanished".into()))
 }
 
 pub async fn delete(

@@ -104,6 +104,11 @@ impl KvStores {
     pub fn remove(&self, name: &str) {
         self.stores.lock().remove(name);
     }
+
+    /// Makes `store` plugin `name`'s store from now on.
+    pub fn replace(&self, name: &str, store: Arc<KvStore>) {
+        self.stores.lock().insert(name.to_string(), store);
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub struct Manifest {
     pub limits: Limits,
     pub config: BTreeMap<String, String>,
     pub capabilities: Capabilities,
+    /// Start with an empty kv store when a new version replaces a running one (by default the
+    /// store, and the state in it, survives reloads).
+    pub reset_kv_on_reload: bool,
 }
 
 /// Per-plugin limits. Defaults suit a small Rust or C plugin; JS and Python plugins need more
@@ -98,6 +101,8 @@ struct RawManifest {
     config: BTreeMap<String, toml::Value>,
     #[serde(default)]
     capabilities: RawCapabilities,
+    #[serde(default)]
+    reset_kv_on_reload: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +141,7 @@ impl Manifest {
             limits: Limits::default(),
             config: BTreeMap::new(),
             capabilities: Capabilities::default(),
+            reset_kv_on_reload: false,
         }
     }
 
@@ -219,6 +225,7 @@ impl Manifest {
             limits,
             config,
             capabilities: Capabilities { env: raw.capabilities.env, read_dirs },
+            reset_kv_on_reload: raw.reset_kv_on_reload,
         })
     }
 }

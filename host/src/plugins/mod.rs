@@ -13,6 +13,7 @@ mod manifest;
 mod plugin;
 mod registry;
 mod runtime;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,8 +23,9 @@ pub use host::CONTRACT;
 pub use kv::{KvStore, KvStores};
 pub use manifest::{Capabilities, Limits, Manifest, ManifestError, check_plugin_name};
 pub use plugin::{Plugin, PluginInfo, PluginStatus};
-pub use registry::{Failure, InstallError, Installed, PluginView, Registry};
+pub use registry::{Failure, InstallError, Installed, PluginView, Registry, ReloadStats, RollbackError, VersionView};
 pub use runtime::{ComponentInfo, LoadError, Runtime, RuntimeConfig};
+pub use watch::{DEBOUNCE, DirWatcher, read_manifest, watch};
 
 use crate::bus::{Bus, BusError, Registration};
 

@@ -23,6 +23,7 @@ use super::cache::{CacheUse, CompileCache, content_hash};
 use super::host::{self, CONTRACT, PluginContext, PluginState, bindings};
 use super::kv::KvStores;
 use super::manifest::{Manifest, ManifestError};
+
 use super::plugin::Plugin;
 
 /// Granularity of deadlines: the engine's epoch advances once per tick.
@@ -135,26 +136,21 @@ impl Runtime {
     pub fn load_file(&self, wasm: &Path) -> Result<Plugin, LoadError> {
         let bytes = std::fs::read(wasm).map_err(|source| LoadError::Io { path: wasm.display().to_string(), source })?;
         let stem = wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-        let manifest_path = wasm.with_extension("toml");
-        let manifest = if manifest_path.exists() {
-            Manifest::from_file(&manifest_path, stem)?
-        } else {
-            let name = stem.replace('_', "-");
-            super::manifest::check_plugin_name(&name).map_err(|problem| ManifestError::Invalid {
-                path: wasm.display().to_string(),
-                key: "name",
-                problem,
-            })?;
-            Manifest::named(name)
-        };
+        let manifest = super::read_manifest(wasm, stem)?;
         self.load(&bytes, manifest)
     }
 
-    /// Checks, compiles (or loads from the cache), links and probes a component.
+    /// Checks, compiles (or loads from the cache), links and probes a component. The plugin
+    /// uses the kv store kept under its name.
     pub fn load(&self, bytes: &[u8], manifest: Manifest) -> Result<Plugin, LoadError> {
+        let kv = self.kv.store(&manifest.name);
+        self.load_with_kv(bytes, manifest, kv)
+    }
+
+    /// Like `load`, with the kv store given.
+    pub fn load_with_kv(&self, bytes: &[u8], manifest: Manifest, kv: Arc<super::KvStore>) -> Result<Plugin, LoadError> {
         let started = Instant::now();
         let (pre, hash, cache_use) = self.link(bytes)?;
-        let kv = self.kv.store(&manifest.name);
         let ctx = Arc::new(PluginContext::new(&manifest, kv));
         let mut plugin = Plugin::new(self.engine.clone(), pre, manifest, hash, ctx)?;
         plugin.set_from_cache(cache_use == CacheUse::Hit);

@@ -1,0 +1,154 @@
+//! Hot loading: a watched plugin directory kept in sync with the registry.
+//!
+//! This module owns `DirWatcher`. It watches a directory of components (`name.wasm`, with an
+//! optional `name.toml` beside it) with `notify`, waits until a file has been quiet for the
+//! debounce interval (so half-written files are not loaded; deployers should still write to a
+//! temporary name and rename), then installs, replaces or removes the plugin through the
+//! `Registry`. Loading happens on the watcher's thread, never on the event path; a file that
+//! fails to load leaves the running version serving and is recorded as its last failure.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+use super::{Manifest, ManifestError, Registry, check_plugin_name};
+
+/// How long a file must be quiet before it is loaded.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Watches a plugin directory until dropped.
+pub struct DirWatcher {
+    _watcher: RecommendedWatcher,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for DirWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts watching `dir`. Plugins already in it are not loaded here (see `plugins::load_dir`);
+/// `names` maps the file stems of those already loaded to their plugin names.
+pub fn watch(dir: &Path, registry: Arc<Registry>, names: HashMap<String, String>) -> notify::Result<DirWatcher> {
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let _ = tx.send(event);
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let state = Sync { dir: dir.to_path_buf(), registry, names };
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("busbar-watch".into())
+            .spawn(move || state.run(rx, &stop))
+            .map_err(|e| notify::Error::generic(&e.to_string()))?
+    };
+    Ok(DirWatcher { _watcher: watcher, stop, thread: Some(thread) })
+}
+
+struct Sync {
+    dir: PathBuf,
+    registry: Arc<Registry>,
+    /// File stem -> plugin name (a manifest may name a plugin differently from its file).
+    names: HashMap<String, String>,
+}
+
+impl Sync {
+    fn run(mut self, rx: mpsc::Receiver<notify::Result<notify::Event>>, stop: &AtomicBool) {
+        let mut pending: HashMap<String, Instant> = HashMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            match rx.recv_timeout(Duration::from_millis(25)) {
+                Ok(Ok(event)) => {
+                    for path in event.paths {
+                        if let Some(stem) = plugin_stem(&path) {
+                            pending.insert(stem, Instant::now());
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(dir = %self.dir.display(), "watch error: {e}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            let quiet: Vec<String> =
+                pending.iter().filter(|(_, at)| at.elapsed() >= DEBOUNCE).map(|(stem, _)| stem.clone()).collect();
+            for stem in quiet {
+                pending.remove(&stem);
+                self.sync(&stem);
+            }
+        }
+    }
+
+    /// Brings plugin `stem` in line with the directory: install, replace, or remove it.
+    fn sync(&mut self, stem: &str) {
+        let wasm = self.dir.join(format!("{stem}.wasm"));
+        if !wasm.exists() {
+            if let Some(name) = self.names.remove(stem) {
+                self.registry.remove(&name);
+            }
+            return;
+        }
+        let manifest = match read_manifest(&wasm, stem) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                tracing::error!(file = %wasm.display(), "plugin not reloaded: {e}");
+                self.registry.record_failure(self.names.get(stem).map_or(stem, String::as_str), &e.to_string());
+                return;
+            }
+        };
+        let bytes = match std::fs::read(&wasm) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(file = %wasm.display(), "plugin not reloaded: {e}");
+                return;
+            }
+        };
+        let name = manifest.name.clone();
+        if let Some(previous) = self.names.get(stem)
+            && *previous != name
+        {
+            // The manifest renamed the plugin: the old name goes away.
+            self.registry.remove(previous);
+        }
+        match self.registry.install(&name, &bytes, Some(manifest)) {
+            Ok(installed) => {
+                tracing::info!(plugin = %name, file = %wasm.display(), ?installed, "plugin file loaded");
+                self.names.insert(stem.to_string(), name);
+            }
+            Err(e) => tracing::error!(plugin = %name, file = %wasm.display(), "plugin not reloaded, the running version keeps serving: {e}"),
+        }
+    }
+}
+
+/// The manifest beside `wasm`, or defaults named after the file.
+pub fn read_manifest(wasm: &Path, stem: &str) -> Result<Manifest, ManifestError> {
+    let toml = wasm.with_extension("toml");
+    if toml.exists() {
+        return Manifest::from_file(&toml, stem);
+    }
+    let name = stem.replace('_', "-");
+    check_plugin_name(&name)
+        .map_err(|problem| ManifestError::Invalid { path: wasm.display().to_string(), key: "name", problem })?;
+    Ok(Manifest::named(name))
+}
+
+/// `name` for `name.wasm` and `name.toml`; nothing for other files (temporary files included).
+fn plugin_stem(path: &Path) -> Option<String> {
+    let extension = path.extension()?.to_str()?;
+    if extension != "wasm" && extension != "toml" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    (!stem.starts_with('.')).then(|| stem.to_string())
+}
