@@ -64,3 +64,102 @@ fn plugin_check_accepts_components_and_refuses_others() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a WebAssembly file"), "{stderr}");
 }
+
+/// `busbar plugin new`, then `build`, then `test`, in a fresh directory; the plugins' shared
+/// target directory keeps the build short.
+fn scaffold(parent: &Path, name: &str) -> std::path::PathBuf {
+    let status = busbar().args(["plugin", "new", name, "--dir"]).arg(parent).status().unwrap();
+    assert!(status.success());
+    let dir = parent.join(name);
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    let output = busbar().args(["plugin", "build"]).arg(&dir).env("CARGO_TARGET_DIR", &target).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("subscriptions: issue:*"));
+    dir
+}
+
+#[test]
+fn a_scaffolded_plugin_builds_passes_its_test_and_loads_into_serve() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = scaffold(parent.path(), "hello-plugin");
+    let output = busbar().args(["plugin", "test"]).arg(&dir).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok: 2 event(s)"));
+
+    // A change in behaviour fails the plugin's own test, with the difference shown.
+    let manifest = dir.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace("prefix = \"hello-plugin:\"", "prefix = \"other:\"");
+    std::fs::write(&manifest, text).unwrap();
+    std::fs::copy(&manifest, dir.join("dist/hello-plugin.toml")).unwrap();
+    let output = busbar().args(["plugin", "test"]).arg(&dir).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("first difference at line 1"));
+
+    // The built component loads into a server as is.
+    let output = busbar()
+        .args(["dispatch", "--plugins"])
+        .arg(dir.join("dist"))
+        .args(["--event"])
+        .arg(dir.join("tests/events.jsonl"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains(r#""type":"other:issue:created""#));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let dist = dir.join("dist");
+        let server = crate::server::TestServer::start(|c| c.plugins_dir = Some(dist)).await;
+        let plugins: serde_json::Value = reqwest::get(server.url("/v1/plugins")).await.unwrap().json().await.unwrap();
+        assert_eq!(plugins["plugins"][0]["name"], "hello-plugin");
+        assert_eq!(plugins["plugins"][0]["status"], "active");
+        server.stop().await;
+    });
+}
+
+#[test]
+fn busbar_dev_rebuilds_and_hot_swaps_on_source_changes() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = scaffold(parent.path(), "dev-plugin");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    let mut child = busbar()
+        .args(["dev", "--listen", "127.0.0.1:0", "--plugins"])
+        .arg(parent.path())
+        .env("CARGO_TARGET_DIR", &target)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let addr = loop {
+        let line = lines.next().expect("busbar dev started").unwrap();
+        if let Some(rest) = line.strip_prefix("busbar listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let event = serde_json::json!({"type": "issue:created", "workspace_id": "ws-1"});
+        let first: serde_json::Value =
+            http.post(format!("http://{addr}/v1/events")).json(&event).send().await.unwrap().json().await.unwrap();
+        assert_eq!(first["results"][0]["events"][0]["listeners"][0]["listener"], "dev-plugin");
+        let view = || async {
+            http.get(format!("http://{addr}/v1/plugins/dev-plugin")).send().await.unwrap().json::<serde_json::Value>().await.unwrap()
+        };
+        let before = view().await["plugin"]["hash"].clone();
+        // Change the code: the plugin is rebuilt and swapped in.
+        let lib = dir.join("src/lib.rs");
+        let code = std::fs::read_to_string(&lib)
+            .unwrap()
+            .replace("vec![\"issue:*\".into()]", "vec![\"issue:*\".into(), \"task:*\".into()]");
+        std::fs::write(&lib, code).unwrap();
+        let started = std::time::Instant::now();
+        while view().await["plugin"]["hash"] == before {
+            assert!(started.elapsed() < std::time::Duration::from_secs(120), "the change was not hot-swapped");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(view().await["plugin"]["subscriptions"], serde_json::json!(["issue:*", "task:*"]));
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -45,19 +45,32 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(BufReader::new(std::io::stdin())),
     };
+    let lines: Vec<String> = input.lines().collect::<Result<_, _>>().context("reading events")?;
+    let (output, bad_lines) = render(&bus, &recorder, &lines, args.timings)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    for line in output {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(if bad_lines == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Publishes each event line and renders what happened as JSON lines: for each event in
+/// dispatch order, its Broadcaster calls, then its listeners' outcomes. Returns the lines and the
+/// number of invalid input lines.
+pub fn render(bus: &Bus, recorder: &Recorder, input: &[String], timings: bool) -> anyhow::Result<(Vec<String>, usize)> {
+    let mut out = Vec::new();
     let mut bad_lines = 0;
-    for (index, line) in input.lines().enumerate() {
-        let line = line.context("reading events")?;
+    for (index, line) in input.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let event = match Event::from_json(&line) {
+        let event = match Event::from_json(line) {
             Ok(event) => event,
             Err(error) => {
                 bad_lines += 1;
-                writeln!(out, "{}", json!({"kind": "invalid_event", "line": index + 1, "error": error.to_string()}))?;
+                out.push(json!({"kind": "invalid_event", "line": index + 1, "error": error.to_string()}).to_string());
                 continue;
             }
         };
@@ -65,19 +78,17 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
         let deliveries = recorder.take();
         for event in &report.events {
             for delivery in deliveries.iter().filter(|d| d.frame.event_id == event.event_id) {
-                writeln!(
-                    out,
-                    "{}",
+                out.push(
                     json!({"kind": "broadcast", "event_id": event.event_id, "target": delivery.target, "frame": delivery.frame})
-                )?;
+                        .to_string(),
+                );
             }
             if event.status != EventStatus::Dispatched {
-                writeln!(
-                    out,
-                    "{}",
+                out.push(
                     json!({"kind": "not_dispatched", "event_id": event.event_id, "type": event.event_type,
                            "depth": event.depth, "status": event.status})
-                )?;
+                    .to_string(),
+                );
             }
             for listener in &event.listeners {
                 let mut line = json!({"kind": "outcome", "event_id": event.event_id, "type": event.event_type,
@@ -85,14 +96,13 @@ pub fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
                 let outcome = serde_json::to_value(&listener.outcome)?;
                 if let (Some(line), Some(outcome)) = (line.as_object_mut(), outcome.as_object()) {
                     line.extend(outcome.clone());
-                    if args.timings {
+                    if timings {
                         line.insert("duration_us".into(), listener.duration_us.into());
                     }
                 }
-                writeln!(out, "{line}")?;
+                out.push(line.to_string());
             }
         }
     }
-    out.flush()?;
-    Ok(if bad_lines == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok((out, bad_lines))
 }

@@ -6,7 +6,9 @@
 
 mod bench;
 mod check;
+mod dev;
 mod dispatch;
+mod plugin;
 mod publish;
 mod serve;
 mod tail;
@@ -39,6 +41,8 @@ enum Command {
     /// Measure busbar end to end (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Serve the plugins in a source directory, rebuilding and hot-swapping them on change.
+    Dev(dev::DevArgs),
     /// Run events (JSON lines) through the plugins and print every outcome and broadcast.
     Dispatch(dispatch::DispatchArgs),
     /// Work with plugin components.
@@ -50,6 +54,12 @@ enum Command {
 enum PluginCommand {
     /// Validate a component against the contract and print its subscriptions.
     Check(check::CheckArgs),
+    /// Create a new plugin from a template.
+    New(plugin::NewArgs),
+    /// Build a plugin into a component (in its dist/ directory) and check it.
+    Build(plugin::BuildArgs),
+    /// Run a plugin's tests/events.jsonl through it and compare with tests/expected.jsonl.
+    Test(plugin::TestArgs),
 }
 
 /// Settings of the plugin runtime, shared by every command that loads plugins.
@@ -135,6 +145,19 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Check(args)) => {
             init_logging("warn");
             check::run(args)
+        }
+        Command::Plugin(PluginCommand::New(args)) => plugin::new(args),
+        Command::Plugin(PluginCommand::Build(args)) => {
+            init_logging("warn");
+            plugin::build(args)
+        }
+        Command::Plugin(PluginCommand::Test(args)) => {
+            init_logging("warn");
+            plugin::test(args)
+        }
+        Command::Dev(args) => {
+            init_logging("info");
+            dev::run(args)
         }
     };
     match result {

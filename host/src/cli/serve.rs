@@ -31,6 +31,13 @@ pub struct ServeArgs {
     native_baseline: bool,
 }
 
+impl ServeArgs {
+    /// What `busbar dev` serves: its deploy directory, watched.
+    pub fn for_dev(plugins: PathBuf, listen: Option<String>) -> ServeArgs {
+        ServeArgs { config: None, listen, plugins: Some(plugins), cache_dir: None, no_cache: false, native_baseline: false }
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         config_file: args.config,
