@@ -8,6 +8,7 @@
 //! - `throughput/{1,4,16}-plugins/{1-thread,all-cores}`: events per second through N plugins.
 //! - `runtime/{ok-ok,trap-ok}`: two calls, the first of which traps and forces the next to
 //!   instantiate a fresh instance; the difference is the cost of a trap and a replacement.
+//! - `runtime/recycle-instance`: dropping an instance and instantiating its replacement alone.
 //! - `runtime/{compile-cold,load-cached}`: loading a component without and with the cache.
 
 use std::sync::Arc;
@@ -43,7 +44,9 @@ impl Broadcaster for Discard {
 
 fn runtime(cache: Option<&str>) -> Runtime {
     let cache_dir = cache.map(|name| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target").join(name));
-    Runtime::new(RuntimeConfig { cache_dir, ..RuntimeConfig::default() }).expect("runtime")
+    // BUSBAR_PERF_MAP=1 names guest functions for `perf report` (see BENCHMARKS.md).
+    let perf_map = std::env::var_os("BUSBAR_PERF_MAP").is_some();
+    Runtime::new(RuntimeConfig { cache_dir, perf_map, ..RuntimeConfig::default() }).expect("runtime")
 }
 
 fn component(group: &str, name: &str) -> Vec<u8> {
@@ -167,6 +170,7 @@ fn runtime_costs(c: &mut Criterion) {
             let _ = trap.handle(&ok);
         })
     });
+    group.bench_function("recycle-instance", |b| b.iter(|| trap.recycle_instance().expect("instantiates")));
     group.sample_size(10);
     let bytes = component("examples", "scope-router");
     let cold = self::runtime(None);

@@ -190,6 +190,15 @@ impl Plugin {
         }
     }
 
+    /// Replaces one warm instance with a fresh one from the `InstancePre`, exactly as after a
+    /// trap (the old one is dropped, a new one is instantiated and pooled).
+    pub fn recycle_instance(&self) -> Result<(), ListenerError> {
+        drop(self.idle.lock().pop());
+        let fresh = self.instantiate()?;
+        self.release(fresh);
+        Ok(())
+    }
+
     fn classify(&self, error: wasmtime::Error, warm: &Warm) -> ListenerError {
         classify(error, warm.store.data().limiter.refused, &self.manifest)
     }

@@ -39,11 +39,13 @@ pub struct RuntimeConfig {
     pub pooling: bool,
     /// Instance slots in the pool: the most instances alive at once, all plugins together.
     pub instance_slots: u32,
+    /// Write `/tmp/perf-<pid>.map` so that `perf` can name compiled guest functions.
+    pub perf_map: bool,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> RuntimeConfig {
-        RuntimeConfig { cache_dir: None, pooling: true, instance_slots: 1000 }
+        RuntimeConfig { cache_dir: None, pooling: true, instance_slots: 1000, perf_map: false }
     }
 }
 
@@ -100,15 +102,15 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let (engine, pooling) = if config.pooling {
-            match Engine::new(&engine_config(Some(config.instance_slots))) {
+            match Engine::new(&engine_config(Some(config.instance_slots), config.perf_map)) {
                 Ok(engine) => (engine, true),
                 Err(e) => {
                     tracing::warn!("pooling allocator unavailable, allocating on demand: {e}");
-                    (Engine::new(&engine_config(None)).map_err(to_anyhow)?, false)
+                    (Engine::new(&engine_config(None, config.perf_map)).map_err(to_anyhow)?, false)
                 }
             }
         } else {
-            (Engine::new(&engine_config(None)).map_err(to_anyhow)?, false)
+            (Engine::new(&engine_config(None, config.perf_map)).map_err(to_anyhow)?, false)
         };
         let linker = host::linker(&engine).map_err(to_anyhow)?;
         let cache = match config.cache_dir {
@@ -229,11 +231,18 @@ fn sniff(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn engine_config(pool_slots: Option<u32>) -> Config {
+fn engine_config(pool_slots: Option<u32>, perf_map: bool) -> Config {
     let mut config = Config::new();
+    if perf_map {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // A trap is an outcome, not a debugging session: capturing and symbolizing a wasm backtrace
+    // would make every contained panic several times dearer. The guest's own panic message
+    // still reaches the log through its stderr.
+    config.wasm_backtrace_max_frames(None);
     if let Some(slots) = pool_slots {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(slots);
