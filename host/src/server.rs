@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -133,6 +134,12 @@ pub async fn run(listener: TcpListener, app: App) -> std::io::Result<()> {
         tracing::info!("shutting down: closing connections");
         hub.shutdown();
     };
+    // Frames are small and latency matters: no Nagle delay on any connection.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(closing)
         .await

@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Subcommand)]
@@ -185,16 +185,17 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
             let mut request = format!("ws://{addr}/ws?workspace_id=bench").into_client_request()?;
             request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
             let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-            // The first frame is the auth_ack.
+            // The first frame is the auth_ack; nothing else is sent before publishing starts,
+            // so from here the raw stream can be read without losing bytes.
             socket.next().await;
             drop(permit);
             connected.add_permits(1);
+            let MaybeTlsStream::Plain(stream) = socket.into_inner() else { bail!("expected a plain TCP stream") };
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut count = 0u64;
-            while let Some(Ok(message)) = socket.next().await {
-                if let Message::Text(text) = message
-                    && let Some(sent) = sent_at(&text)
-                {
+            let mut frames = FrameReader::new(stream);
+            while let Some(text) = frames.next_text().await? {
+                if let Some(sent) = sent_at(text) {
                     let now = base.elapsed().as_micros() as u64;
                     local.saturating_record(now.saturating_sub(sent).max(1));
                     count += 1;
@@ -287,6 +288,76 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         loadgen_cpu_seconds: cpu_after.1 - cpu_before.1,
         wall_seconds: wall,
     })
+}
+
+/// A minimal reader of server-to-client WebSocket frames (unmasked), cheaper than a full client
+/// so that the load generator is not what limits the measurement. Answers pings.
+struct FrameReader {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl FrameReader {
+    fn new(stream: tokio::net::TcpStream) -> FrameReader {
+        FrameReader { stream, buffer: vec![0; 256 << 10], start: 0, end: 0 }
+    }
+
+    /// The next text frame's payload; `None` when the connection ends.
+    async fn next_text(&mut self) -> anyhow::Result<Option<&str>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            if let Some((header, len, opcode)) = parse_header(&self.buffer[self.start..self.end]) {
+                if self.end - self.start >= header + len {
+                    let payload = self.start + header..self.start + header + len;
+                    self.start += header + len;
+                    match opcode {
+                        0x1 => return Ok(std::str::from_utf8(&self.buffer[payload]).ok().or(Some(""))),
+                        0x8 => return Ok(None),
+                        0x9 => {
+                            // Pong, masked with a zero key, echoing the ping's payload.
+                            let mut pong = vec![0x8A, 0x80 | len as u8, 0, 0, 0, 0];
+                            pong.extend_from_slice(&self.buffer[payload]);
+                            self.stream.write_all(&pong).await?;
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                if header + len > self.buffer.len() {
+                    self.buffer.resize(header + len, 0);
+                }
+            }
+            if self.start > 0 {
+                self.buffer.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let read = self.stream.read(&mut self.buffer[self.end..]).await?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.end += read;
+        }
+    }
+}
+
+/// `(header length, payload length, opcode)` of the frame at the start of `bytes`, if complete.
+fn parse_header(bytes: &[u8]) -> Option<(usize, usize, u8)> {
+    if bytes.len() < 2 {
+        return None;
+    }
+    let opcode = bytes[0] & 0x0F;
+    match bytes[1] & 0x7F {
+        126 if bytes.len() >= 4 => Some((4, u16::from_be_bytes([bytes[2], bytes[3]]) as usize, opcode)),
+        127 if bytes.len() >= 10 => {
+            let len = u64::from_be_bytes(bytes[2..10].try_into().ok()?);
+            Some((10, usize::try_from(len).ok()?, opcode))
+        }
+        126 | 127 => None,
+        len => Some((2, len as usize, opcode)),
+    }
 }
 
 /// The publish time (µs since the run's start) carried in a frame's payload as `"t":N`.

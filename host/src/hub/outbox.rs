@@ -43,10 +43,10 @@ pub enum Push {
     Closed,
 }
 
-/// What the writer gets next.
-#[derive(Debug)]
+/// What the writer gets next: frames (appended to its buffer) or the close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    Frames(Vec<Utf8Bytes>),
+    Frames,
     Close(Close),
 }
 
@@ -109,8 +109,8 @@ impl Outbox {
         self.inner.lock().closed
     }
 
-    /// Waits for frames (all of them, oldest first) or for the close.
-    pub async fn next(&self) -> Next {
+    /// Waits for frames (moves all of them, oldest first, into `into`) or for the close.
+    pub async fn next(&self, into: &mut Vec<Utf8Bytes>) -> Next {
         loop {
             let notified = self.ready.notified();
             {
@@ -120,7 +120,8 @@ impl Outbox {
                 }
                 if !inner.frames.is_empty() {
                     inner.bytes = 0;
-                    return Next::Frames(inner.frames.drain(..).map(|(_, f)| f).collect());
+                    into.extend(inner.frames.drain(..).map(|(_, f)| f));
+                    return Next::Frames;
                 }
             }
             notified.await;
@@ -146,10 +147,9 @@ mod tests {
         let outbox = Outbox::new(1024, Duration::from_secs(5));
         assert_eq!(outbox.push(frame("a")), Push::Queued);
         assert_eq!(outbox.push(frame("b")), Push::Queued);
-        match outbox.next().await {
-            Next::Frames(frames) => assert_eq!(frames, [frame("a"), frame("b")]),
-            Next::Close(_) => panic!("not closed"),
-        }
+        let mut frames = Vec::new();
+        assert_eq!(outbox.next(&mut frames).await, Next::Frames);
+        assert_eq!(frames, [frame("a"), frame("b")]);
     }
 
     #[test]
@@ -175,6 +175,6 @@ mod tests {
         assert_eq!(outbox.close(Close::SLOW), Some(1));
         assert_eq!(outbox.close(Close::NORMAL), None);
         assert_eq!(outbox.push(frame("b")), Push::Closed);
-        assert!(matches!(outbox.next().await, Next::Close(Close::SLOW)));
+        assert_eq!(outbox.next(&mut Vec::new()).await, Next::Close(Close::SLOW));
     }
 }

@@ -136,6 +136,7 @@ where
 {
     loop {
         let next = tokio::select! {
+            biased;
             _ = conn.gone.cancelled() => return conn.outbox().closed().unwrap_or(Close::NORMAL),
             next = tokio::time::timeout(hub.config().read_timeout, stream.next()) => next,
         };
@@ -209,27 +210,23 @@ where
 {
     let mut ping = tokio::time::interval(hub.config().ping_interval);
     ping.tick().await;
+    let mut frames = Vec::new();
     loop {
         let next = tokio::select! {
-            next = conn.outbox().next() => next,
-            _ = ping.tick() => Next::Frames(Vec::new()),
+            biased;
+            next = conn.outbox().next(&mut frames) => Some(next),
+            _ = ping.tick() => None,
         };
-        match next {
-            Next::Frames(frames) if frames.is_empty() => {
-                if send_all(&conn, &mut sink, vec![Message::Ping(Default::default())]).await.is_err() {
-                    break;
-                }
-            }
-            Next::Frames(frames) => {
-                let messages = frames.into_iter().map(Message::Text).collect();
-                if send_all(&conn, &mut sink, messages).await.is_err() {
-                    break;
-                }
-            }
-            Next::Close(close) => {
+        let sent = match next {
+            None => send_all(&conn, &mut sink, std::iter::once(Message::Ping(Default::default()))).await,
+            Some(Next::Frames) => send_all(&conn, &mut sink, frames.drain(..).map(Message::Text)).await,
+            Some(Next::Close(close)) => {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.send(close_message(close))).await;
                 break;
             }
+        };
+        if sent.is_err() {
+            break;
         }
     }
     hub.disconnect(&conn, Close::NORMAL);
@@ -237,7 +234,7 @@ where
 
 /// Writes a batch with one flush. Gives up as soon as the connection is closed elsewhere (an
 /// eviction must not wait for a client that stopped reading).
-async fn send_all<W>(conn: &Conn, sink: &mut W, messages: Vec<Message>) -> Result<(), ()>
+async fn send_all<W>(conn: &Conn, sink: &mut W, messages: impl Iterator<Item = Message>) -> Result<(), ()>
 where
     W: Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -248,8 +245,9 @@ where
         sink.flush().await
     };
     tokio::select! {
-        result = write => result.map_err(|_| ()),
+        biased;
         _ = conn.gone.cancelled() => Err(()),
+        result = write => result.map_err(|_| ()),
     }
 }
 
