@@ -163,3 +163,23 @@ fn busbar_dev_rebuilds_and_hot_swaps_on_source_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn the_load_tools_run() {
+    let output = busbar()
+        .args(["bench", "fanout", "--clients", "5", "--deliveries", "500", "--seconds", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("| baseline | 5 |") && stdout.contains("| plugins | 5 |"), "{stdout}");
+    assert!(stdout.contains("500/500"), "every delivery arrived: {stdout}");
+
+    let output = busbar().args(["bench", "reload", "--versions", "2"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let row = stdout.lines().last().unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!((cells[1], cells[2]), ("2", "2"), "both versions served: {stdout}");
+    assert_eq!((cells[4], cells[5], cells[6]), ("0", "0", "0"), "no failed, lost or doubled events: {stdout}");
+}
