@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::hub::AuthError;
+use crate::action::ScopeKind;
+use crate::hub::{AuthError, Position};
 use crate::hub::session::{self, Auth};
 
 /// Query parameters that would carry a token, which must never be in a URL (they end up in
@@ -42,7 +43,7 @@ pub async fn upgrade(
         Some(value) => {
             let token = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
             match state.hub.verifier().identify(token, &workspace_id) {
-                Ok(identity) => Auth::Identified(identity),
+                Ok(identity) => Auth::Identified { identity, since: since_from_query(&params) },
                 Err(e) => {
                     state.hub.metrics().auth_failure(e.code());
                     return Err(match e {
@@ -67,6 +68,20 @@ pub async fn upgrade(
         .max_frame_size(limit)
         .on_upgrade(move |socket| session::serve(hub, socket, auth, shutdown))
         .into_response())
+}
+
+/// `since_workspace=EPOCH:OFFSET` and `since_user=EPOCH:OFFSET`: where a header-authenticated
+/// connection resumes its own rooms from (positions are not secrets).
+fn since_from_query(params: &HashMap<String, String>) -> HashMap<ScopeKind, Position> {
+    let mut since = HashMap::new();
+    for (kind, key) in [(ScopeKind::Workspace, "since_workspace"), (ScopeKind::User, "since_user")] {
+        if let Some((epoch, offset)) = params.get(key).and_then(|v| v.rsplit_once(':'))
+            && let Ok(offset) = offset.parse()
+        {
+            since.insert(kind, Position { epoch: epoch.to_string(), offset });
+        }
+    }
+    since
 }
 
 /// No `Origin` (native clients) and same-origin requests are allowed; anything else must be on

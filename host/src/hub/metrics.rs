@@ -27,6 +27,8 @@ pub struct HubMetrics {
     unsubscribes: Mutex<BTreeMap<ScopeKind, u64>>,
     denials: Mutex<BTreeMap<ScopeKind, u64>>,
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    pub recovered: AtomicU64,
+    pub not_recovered: AtomicU64,
 }
 
 /// A point-in-time copy, in the shape `/health/realtime` returns.
@@ -46,6 +48,8 @@ pub struct HubSnapshot {
     pub subscribe_denied_total: BTreeMap<ScopeKind, u64>,
     pub auth_failures_total: BTreeMap<&'static str, u64>,
     pub active_scope_rooms: BTreeMap<ScopeKind, u64>,
+    /// Resubscribes with `since` that got every missed frame, and those that did not.
+    pub recoveries_total: BTreeMap<&'static str, u64>,
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
@@ -80,6 +84,11 @@ impl HubMetrics {
         bump(&self.denials, kind);
     }
 
+    pub fn recovery(&self, recovered: bool) {
+        let counter = if recovered { &self.recovered } else { &self.not_recovered };
+        counter.fetch_add(1, Relaxed);
+    }
+
     pub fn auth_failure(&self, code: &'static str) {
         bump(&self.auth_failures, code);
     }
@@ -100,6 +109,10 @@ impl HubMetrics {
             subscribe_denied_total: self.denials.lock().clone(),
             auth_failures_total: self.auth_failures.lock().clone(),
             active_scope_rooms: rooms,
+            recoveries_total: BTreeMap::from([
+                ("recovered", self.recovered.load(Relaxed)),
+                ("not_recovered", self.not_recovered.load(Relaxed)),
+            ]),
         }
     }
 }

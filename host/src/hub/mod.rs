@@ -6,9 +6,14 @@
 //! sequence number, and the same bytes are pushed into every recipient's bounded `Outbox`. A
 //! connection whose outbox overflows is evicted (close 4008); removal is idempotent.
 //!
+//! Every frame carries its scope's `epoch` and its offset in it (`seq`). On a single node the hub
+//! numbers frames itself, under an epoch chosen at start; with a `Backplane` (the Redis relay)
+//! positions come from Redis and the backplane delivers frames here in order, and recovers what a
+//! reconnecting client missed.
+//!
 //! Invariants: fan-out never waits on a socket; frames of one scope are pushed in `seq` order
 //! (the room's lock covers numbering and pushing); the hub knows nothing of HTTP routing (that
-//! is `api`) and nothing of the bus (it only receives frames).
+//! is `api`), of the bus (it only receives frames) or of Redis (that is `relay`).
 
 pub mod auth;
 mod metrics;
@@ -107,6 +112,37 @@ impl SubscribeError {
     }
 }
 
+/// A frame's place in its scope: the scope's epoch and the frame's offset in it. Offsets of one
+/// epoch increase by one per frame; a new epoch means offsets started again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// The result of a subscribe: where the connection now is in the scope, and, when it asked to
+/// resume from a position, whether everything it missed was delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub position: Position,
+    pub recovered: Option<bool>,
+}
+
+/// A boxed future, for the backplane's asynchronous calls.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What connects a node's hub to other nodes (the Redis relay). The hub tells it which scopes
+/// have local members, and leaves joining with recovery to it.
+pub trait Backplane: Send + Sync + 'static {
+    /// A scope got its first local member.
+    fn room_opened(&self, scope: &Scope);
+    /// A scope lost its last local member.
+    fn room_closed(&self, scope: &Scope);
+    /// Joins `conn` to `scope`, replaying what it missed after `since` when it can.
+    fn join<'a>(&'a self, hub: &'a Hub, conn: &'a Arc<Conn>, scope: &'a Scope, since: Option<&'a Position>)
+    -> BoxFuture<'a, Joined>;
+}
+
 /// One WebSocket connection, as the hub sees it.
 pub struct Conn {
     pub id: u64,
@@ -142,8 +178,8 @@ struct TokenBucket {
     at: Instant,
 }
 
-#[derive(Default)]
 struct Room {
+    epoch: Arc<str>,
     seq: u64,
     members: Vec<Arc<Conn>>,
 }
@@ -160,11 +196,14 @@ pub struct Hub {
     authorizer: Arc<dyn ScopeAuthorizer>,
     rooms: Box<[Shard]>,
     conns: RwLock<HashMap<u64, Arc<Conn>>>,
-    /// Numbers and orders broadcasts to everyone.
-    everyone_seq: Mutex<u64>,
+    /// Epoch and offset of the `everyone` scope; its lock orders broadcasts to everyone.
+    everyone: Mutex<(Arc<str>, u64)>,
     next_id: AtomicU64,
     metrics: HubMetrics,
     hasher: std::collections::hash_map::RandomState,
+    /// The epoch of frames numbered here (single node): a fresh one each start.
+    local_epoch: Arc<str>,
+    backplane: std::sync::OnceLock<Arc<dyn Backplane>>,
 }
 
 impl Hub {
@@ -175,11 +214,23 @@ impl Hub {
             authorizer,
             rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             conns: RwLock::new(HashMap::new()),
-            everyone_seq: Mutex::new(0),
+            everyone: Mutex::new((Arc::from(""), 0)),
             next_id: AtomicU64::new(1),
             metrics: HubMetrics::default(),
             hasher: Default::default(),
+            local_epoch: Arc::from(crate::event::new_id().rsplit('-').next().unwrap_or("local")),
+            backplane: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Connects this hub to other nodes. Set once, before connections arrive.
+    pub fn set_backplane(&self, backplane: Arc<dyn Backplane>) {
+        let _ = self.backplane.set(backplane);
+    }
+
+    /// The epoch of frames this hub numbers itself.
+    pub fn local_epoch(&self) -> &str {
+        &self.local_epoch
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -213,8 +264,9 @@ impl Hub {
         &self.rooms[self.hasher.hash_one(scope) as usize % SHARDS]
     }
 
-    /// Registers an authenticated connection and puts it in its workspace and user rooms.
-    pub fn connect(&self, identity: Identity) -> Arc<Conn> {
+    /// Registers an authenticated connection and puts it in its workspace and user rooms,
+    /// resuming each from the position in `since` when given.
+    pub async fn connect(&self, identity: Identity, since: &HashMap<ScopeKind, Position>) -> (Arc<Conn>, Vec<(Scope, Joined)>) {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Relaxed),
             outbox: Outbox::new(self.config.max_queue_bytes, self.config.max_queue_age),
@@ -224,15 +276,25 @@ impl Hub {
             identity,
         });
         self.conns.write().insert(conn.id, conn.clone());
+        self.metrics.connects.fetch_add(1, Relaxed);
+        self.metrics.active_connections.fetch_add(1, Relaxed);
+        let mut joined = Vec::new();
         for scope in [
             Scope::new(ScopeKind::Workspace, conn.identity.workspace_id.clone()),
             Scope::new(ScopeKind::User, conn.identity.user_id.clone()),
         ] {
-            self.join(&conn, scope);
+            let result = self.join_scope(&conn, &scope, since.get(&scope.kind)).await;
+            joined.push((scope, result));
         }
-        self.metrics.connects.fetch_add(1, Relaxed);
-        self.metrics.active_connections.fetch_add(1, Relaxed);
-        conn
+        (conn, joined)
+    }
+
+    /// Joins through the backplane when there is one, else locally.
+    async fn join_scope(&self, conn: &Arc<Conn>, scope: &Scope, since: Option<&Position>) -> Joined {
+        match self.backplane.get() {
+            Some(backplane) => backplane.join(self, conn, scope, since).await,
+            None => self.join_with_history(conn, scope, since, Vec::new()),
+        }
     }
 
     /// Closes a connection and removes it from every room. Safe to call any number of times,
@@ -261,20 +323,63 @@ impl Hub {
         }
     }
 
-    fn join(&self, conn: &Arc<Conn>, scope: Scope) -> bool {
+    /// Joins `conn` to `scope`'s room. Under the room's lock, first pushes `history` (frames it
+    /// missed, in order, up to the room's current position) so that no live frame can come
+    /// between them. `since` says what the connection has already seen: recovery succeeds when
+    /// `history` fills the gap from `since` to the room's position exactly.
+    pub fn join_with_history(
+        &self,
+        conn: &Arc<Conn>,
+        scope: &Scope,
+        since: Option<&Position>,
+        history: Vec<(Position, Frame)>,
+    ) -> Joined {
         let mut scopes = conn.scopes.lock();
-        // Checked under the scopes lock: `disconnect` cancels before it takes the scopes, so a
-        // connection being closed can never be left behind in a room.
-        if conn.gone.is_cancelled() {
-            return false;
+        let mut opened = false;
+        let joined = {
+            let mut shard = self.shard(scope).write();
+            let room = shard.entry(scope.clone()).or_insert_with(|| {
+                opened = true;
+                Arc::new(Mutex::new(Room { epoch: self.local_epoch.clone(), seq: 0, members: Vec::new() }))
+            });
+            let mut room = room.lock();
+            let position = Position { epoch: room.epoch.to_string(), offset: room.seq };
+            let recovered = since.map(|since| {
+                if since.epoch != position.epoch || since.offset > position.offset {
+                    return false;
+                }
+                let missed: Vec<&(Position, Frame)> =
+                    history.iter().filter(|(p, _)| p.epoch == since.epoch && p.offset > since.offset).collect();
+                let complete = missed.len() as u64 == position.offset - since.offset
+                    && missed.iter().zip(since.offset + 1..).all(|((p, _), expected)| p.offset == expected);
+                if complete {
+                    for (p, frame) in missed {
+                        let bytes = encode(frame, scope.kind.as_str(), &scope.id, &p.epoch, p.offset);
+                        let _ = conn.outbox.push(bytes);
+                    }
+                }
+                complete
+            });
+            // Checked under the scopes lock: `disconnect` cancels before it takes the scopes, so
+            // a connection being closed can never be left behind in a room.
+            if !conn.gone.is_cancelled() && scopes.insert(scope.clone()) {
+                room.members.push(conn.clone());
+            }
+            Joined { position, recovered }
+        };
+        drop(scopes);
+        if let Some(result) = joined.recovered {
+            self.metrics.recovery(result);
         }
-        if !scopes.insert(scope.clone()) {
-            return true;
+        if opened && let Some(backplane) = self.backplane.get() {
+            backplane.room_opened(scope);
         }
-        let mut shard = self.shard(&scope).write();
-        let room = shard.entry(scope).or_default();
-        room.lock().members.push(conn.clone());
-        true
+        joined
+    }
+
+    /// Whether `scope` has local members.
+    pub fn has_room(&self, scope: &Scope) -> bool {
+        self.shard(scope).read().contains_key(scope)
     }
 
     fn leave_room(&self, conn: &Conn, scope: &Scope) {
@@ -287,23 +392,54 @@ impl Hub {
             };
             if empty {
                 shard.remove(scope);
+                drop(shard);
+                if let Some(backplane) = self.backplane.get() {
+                    backplane.room_closed(scope);
+                }
             }
         }
     }
 
     /// Subscribes a connection to a scope, if it may: its own workspace and user always (an
-    /// idempotent ack), task and chat scopes when the authorizer allows, within the caps.
-    pub async fn subscribe(&self, conn: &Arc<Conn>, scope: Scope) -> Result<(), SubscribeError> {
+    /// idempotent ack), task and chat scopes when the authorizer allows, within the caps. With
+    /// `since`, what the connection missed after that position is replayed first, when possible.
+    pub async fn subscribe(&self, conn: &Arc<Conn>, scope: Scope, since: Option<Position>) -> Result<Joined, SubscribeError> {
         let result = self.check_subscribe(conn, &scope).await;
         match result {
             Ok(()) => {
-                self.join(conn, scope.clone());
                 self.metrics.subscribe(scope.kind);
+                let member = conn.scopes.lock().contains(&scope);
+                if member && since.is_none() {
+                    return Ok(self.position(&scope));
+                }
+                if member {
+                    // Already in the room (its own workspace or user): a position to resume
+                    // from can only be honoured when nothing was missed.
+                    let joined = self.position(&scope);
+                    let recovered = since.as_ref().is_some_and(|s| *s == joined.position);
+                    return Ok(Joined { recovered: Some(recovered), ..joined });
+                }
+                Ok(self.join_scope(conn, &scope, since.as_ref()).await)
             }
-            Err(SubscribeError::Forbidden | SubscribeError::LookupFailed) => self.metrics.denial(scope.kind),
-            Err(_) => {}
+            Err(e @ (SubscribeError::Forbidden | SubscribeError::LookupFailed)) => {
+                self.metrics.denial(scope.kind);
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
-        result
+    }
+
+    /// The room's current position (nothing recovered).
+    fn position(&self, scope: &Scope) -> Joined {
+        let room = self.shard(scope).read().get(scope).cloned();
+        let position = match room {
+            Some(room) => {
+                let room = room.lock();
+                Position { epoch: room.epoch.to_string(), offset: room.seq }
+            }
+            None => Position { epoch: self.local_epoch.to_string(), offset: 0 },
+        };
+        Joined { position, recovered: None }
     }
 
     async fn check_subscribe(&self, conn: &Arc<Conn>, scope: &Scope) -> Result<(), SubscribeError> {
@@ -370,22 +506,52 @@ impl Hub {
     }
 
     /// Pushes one frame to every member of `scope` (minus those in `exclude_workspace`), in
-    /// that scope's order.
-    fn fan_out(&self, scope: Scope, exclude_workspace: Option<&str>, frame: &Frame) {
+    /// that scope's order. Numbered here, unless `at` gives the frame's position (from the
+    /// backplane, which then delivers frames in order).
+    pub fn fan_out(&self, scope: &Scope, exclude_workspace: Option<&str>, frame: &Frame, at: Option<&Position>) {
         self.metrics.event(&frame.event_type);
         self.metrics.frames_broadcast.fetch_add(1, Relaxed);
-        let room = self.shard(&scope).read().get(&scope).cloned();
+        let room = self.shard(scope).read().get(scope).cloned();
         let Some(room) = room else { return };
         let mut slow = Vec::new();
         {
             let mut room = room.lock();
-            room.seq += 1;
-            let bytes = encode(frame, scope.kind.as_str(), &scope.id, room.seq);
+            match at {
+                Some(position) => {
+                    if *room.epoch != *position.epoch {
+                        room.epoch = Arc::from(position.epoch.as_str());
+                    }
+                    room.seq = position.offset;
+                }
+                None => room.seq += 1,
+            }
+            let bytes = encode(frame, scope.kind.as_str(), &scope.id, &room.epoch, room.seq);
             for member in &room.members {
                 if exclude_workspace.is_some_and(|w| w == member.identity.workspace_id) {
                     continue;
                 }
                 self.push(member, &bytes, &mut slow);
+            }
+        }
+        self.evict(slow);
+    }
+
+    /// Pushes a frame to every connection (the `everyone` scope). Numbered here unless `at`
+    /// gives its position.
+    pub fn fan_out_everyone(&self, frame: &Frame, at: Option<&Position>) {
+        self.metrics.event(&frame.event_type);
+        self.metrics.frames_broadcast.fetch_add(1, Relaxed);
+        let conns: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
+        let mut slow = Vec::new();
+        {
+            let mut everyone = self.everyone.lock();
+            match at {
+                Some(position) => *everyone = (Arc::from(position.epoch.as_str()), position.offset),
+                None => everyone.1 += 1,
+            }
+            let bytes = encode(frame, "everyone", "", &everyone.0, everyone.1);
+            for conn in &conns {
+                self.push(conn, &bytes, &mut slow);
             }
         }
         self.evict(slow);
@@ -416,7 +582,7 @@ impl Hub {
 }
 
 /// Encodes an event frame once, for every recipient.
-fn encode(frame: &Frame, scope: &str, scope_id: &str, seq: u64) -> Utf8Bytes {
+fn encode(frame: &Frame, scope: &str, scope_id: &str, epoch: &str, seq: u64) -> Utf8Bytes {
     #[derive(Serialize)]
     struct Wire<'a> {
         #[serde(rename = "type")]
@@ -427,6 +593,7 @@ fn encode(frame: &Frame, scope: &str, scope_id: &str, seq: u64) -> Utf8Bytes {
         event_id: &'a str,
         scope: &'a str,
         scope_id: &'a str,
+        epoch: &'a str,
         seq: u64,
     }
     let wire = Wire {
@@ -437,37 +604,28 @@ fn encode(frame: &Frame, scope: &str, scope_id: &str, seq: u64) -> Utf8Bytes {
         event_id: &frame.event_id,
         scope,
         scope_id,
+        epoch,
         seq,
     };
     Utf8Bytes::from(serde_json::to_string(&wire).expect("frames serialize"))
 }
 
+/// A hub on its own is a Broadcaster: it numbers frames itself. (With a relay, the relay is the
+/// Broadcaster and delivers into the hub.)
 impl Broadcaster for Hub {
     fn broadcast_to_workspace(&self, workspace_id: &str, frame: Frame) {
-        self.fan_out(Scope::new(ScopeKind::Workspace, workspace_id), None, &frame);
+        self.fan_out(&Scope::new(ScopeKind::Workspace, workspace_id), None, &frame, None);
     }
 
     fn send_to_user(&self, user_id: &str, exclude_workspace: Option<&str>, frame: Frame) {
-        self.fan_out(Scope::new(ScopeKind::User, user_id), exclude_workspace, &frame);
+        self.fan_out(&Scope::new(ScopeKind::User, user_id), exclude_workspace, &frame, None);
     }
 
     fn broadcast_to_scope(&self, scope: &Scope, frame: Frame) {
-        self.fan_out(scope.clone(), None, &frame);
+        self.fan_out(scope, None, &frame, None);
     }
 
     fn broadcast(&self, frame: Frame) {
-        self.metrics.event(&frame.event_type);
-        self.metrics.frames_broadcast.fetch_add(1, Relaxed);
-        let conns: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
-        let mut slow = Vec::new();
-        {
-            let mut seq = self.everyone_seq.lock();
-            *seq += 1;
-            let bytes = encode(&frame, "everyone", "", *seq);
-            for conn in &conns {
-                self.push(conn, &bytes, &mut slow);
-            }
-        }
-        self.evict(slow);
+        self.fan_out_everyone(&frame, None);
     }
 }

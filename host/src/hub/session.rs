@@ -6,6 +6,7 @@
 //! connection's outbox and sends server pings. Every error frame carries a `type`. The session
 //! never touches rooms directly: it asks the `Hub`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message};
@@ -16,13 +17,14 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::Next;
-use super::{AuthError, Close, Conn, Hub, Identity, SubscribeError};
+use super::{AuthError, Close, Conn, Hub, Identity, Joined, Position, SubscribeError};
 use crate::action::{Scope, ScopeKind};
 
 /// How a connection arrives: already authenticated (a header at upgrade), or expected to send
-/// an `auth` frame for `workspace_id`.
+/// an `auth` frame for `workspace_id`. `since` holds positions to resume its own workspace and
+/// user rooms from (from the `auth` frame, or the upgrade's query string).
 pub enum Auth {
-    Identified(Identity),
+    Identified { identity: Identity, since: HashMap<ScopeKind, Position> },
     Pending { workspace_id: String },
 }
 
@@ -41,10 +43,10 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + 'static,
 {
     let (mut sink, mut stream) = socket.split();
-    let identity = match auth {
-        Auth::Identified(identity) => identity,
+    let (identity, since) = match auth {
+        Auth::Identified { identity, since } => (identity, since),
         Auth::Pending { workspace_id } => match authenticate(&hub, &mut stream, &workspace_id).await {
-            Ok(identity) => identity,
+            Ok(authenticated) => authenticated,
             Err((close, code, message)) => {
                 hub.metrics().auth_failure(code);
                 let _ = sink.send(text(error_frame(code, &message))).await;
@@ -54,8 +56,9 @@ where
             }
         },
     };
-    let conn = hub.connect(identity);
-    conn.send_control(json!({"type": "auth_ack"}).to_string());
+    let (conn, joined) = hub.connect(identity, &since).await;
+    let rooms: serde_json::Map<String, Value> = joined.iter().map(|(scope, j)| (scope.kind.to_string(), joined_json(j))).collect();
+    conn.send_control(json!({"type": "auth_ack", "payload": rooms}).to_string());
     tracing::debug!(conn = conn.id, user = %conn.identity.user_id, workspace = %conn.identity.workspace_id, "connected");
     let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink));
     let close = tokio::select! {
@@ -83,7 +86,11 @@ where
     }
 }
 
-async fn authenticate<R>(hub: &Hub, stream: &mut R, workspace_id: &str) -> Result<Identity, (Close, &'static str, String)>
+async fn authenticate<R>(
+    hub: &Hub,
+    stream: &mut R,
+    workspace_id: &str,
+) -> Result<(Identity, HashMap<ScopeKind, Position>), (Close, &'static str, String)>
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -119,14 +126,22 @@ where
         let token = frame.payload["token"]
             .as_str()
             .ok_or_else(|| (Close::BAD_REQUEST, "bad_request", "auth frame without payload.token".to_string()))?;
-        return hub.verifier().identify(token, workspace_id).map_err(|e| {
+        let identity = hub.verifier().identify(token, workspace_id).map_err(|e| {
             let close = match e {
                 AuthError::Expired => Close::TOKEN_EXPIRED,
                 AuthError::Workspace(_) => Close::FORBIDDEN,
                 AuthError::Invalid(_) | AuthError::TooLarge => Close::INVALID_TOKEN,
             };
             (close, e.code(), e.to_string())
-        });
+        })?;
+        // Positions to resume the connection's own rooms from: {"workspace": {"epoch", "offset"}, ...}.
+        let mut since = HashMap::new();
+        for kind in [ScopeKind::Workspace, ScopeKind::User] {
+            if let Some(position) = parse_position(&frame.payload["since"][kind.as_str()]) {
+                since.insert(kind, position);
+            }
+        }
+        return Ok((identity, since));
     }
 }
 
@@ -173,20 +188,30 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) {
             conn.send_control(json!({"type": "pong"}).to_string());
         }
         "auth" => {
-            conn.send_control(json!({"type": "auth_ack"}).to_string());
+            conn.send_control(json!({"type": "auth_ack", "payload": {}}).to_string());
         }
         "subscribe" | "unsubscribe" => {
             let (raw_scope, raw_id) = (
                 frame.payload["scope"].as_str().unwrap_or_default().to_string(),
                 frame.payload["id"].as_str().unwrap_or_default().to_string(),
             );
+            let since = &frame.payload["since"];
             let result = match parse_scope(&raw_scope, &raw_id) {
                 Err(e) => Err(e),
-                Ok(scope) if frame.kind == "subscribe" => hub.subscribe(conn, scope).await,
-                Ok(scope) => hub.unsubscribe(conn, &scope),
+                Ok(_) if !since.is_null() && parse_position(since).is_none() => Err(SubscribeError::InvalidPayload),
+                Ok(scope) if frame.kind == "subscribe" => hub.subscribe(conn, scope, parse_position(since)).await.map(Some),
+                Ok(scope) => hub.unsubscribe(conn, &scope).map(|()| None),
             };
             let reply = match result {
-                Ok(()) => json!({"type": format!("{}_ack", frame.kind), "payload": {"scope": raw_scope, "id": raw_id}}),
+                Ok(joined) => {
+                    let mut payload = json!({"scope": raw_scope, "id": raw_id});
+                    if let (Some(joined), Some(map)) = (joined, payload.as_object_mut()) {
+                        if let Value::Object(extra) = joined_json(&joined) {
+                            map.extend(extra);
+                        }
+                    }
+                    json!({"type": format!("{}_ack", frame.kind), "payload": payload})
+                }
                 Err(e) => json!({"type": format!("{}_error", frame.kind),
                                  "payload": {"scope": raw_scope, "id": raw_id, "error": e.code()}}),
             };
@@ -194,6 +219,22 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) {
         }
         _ => {}
     }
+}
+
+/// `{"epoch": "...", "offset": N}`.
+fn parse_position(value: &Value) -> Option<Position> {
+    let epoch = value["epoch"].as_str()?;
+    let offset = value["offset"].as_u64()?;
+    (epoch.len() <= 128).then(|| Position { epoch: epoch.to_string(), offset })
+}
+
+/// `{"epoch", "offset"[, "recovered"]}` for an ack.
+fn joined_json(joined: &Joined) -> Value {
+    let mut value = json!({"epoch": joined.position.epoch, "offset": joined.position.offset});
+    if let Some(recovered) = joined.recovered {
+        value["recovered"] = json!(recovered);
+    }
+    value
 }
 
 fn parse_scope(kind: &str, id: &str) -> Result<Scope, SubscribeError> {
