@@ -47,6 +47,8 @@ pub struct Config {
     /// Benchmark baseline: no plugins; a native Rust listener forwards every event to its
     /// workspace room instead.
     pub native_baseline: bool,
+    /// Share fan-out with other nodes through Redis; `None` is the single-node mode.
+    pub relay: Option<crate::relay::RelayConfig>,
 }
 
 /// Values given on the command line; they win over everything else.
@@ -58,6 +60,7 @@ pub struct Overrides {
     pub cache_dir: Option<PathBuf>,
     pub no_cache: bool,
     pub native_baseline: bool,
+    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,22 @@ struct RawConfig {
     hub: RawHub,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    relay: RawRelay,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRelay {
+    redis_url: Option<String>,
+    node_id: Option<String>,
+    history_ttl_secs: Option<u64>,
+    outbox_capacity: Option<u64>,
+    replay_limit: Option<u64>,
+    workspace_history: Option<u64>,
+    user_history: Option<u64>,
+    task_history: Option<u64>,
+    chat_history: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +244,32 @@ impl Config {
         let max_events_body = (ranged("limits.max-events-body-kib", raw.limits.max_events_body_kib, 1, 64 << 10, 1024)? << 10) as usize;
         let max_upload = (ranged("limits.max-upload-mib", raw.limits.max_upload_mib, 1, 1024, 64)? << 20) as usize;
         let instance_slots = ranged("instance-slots", raw.instance_slots, 8, 100_000, 1000)? as u32;
+        let r = raw.relay;
+        let relay = match overrides.redis_url.clone().or_else(|| env("BUSBAR_REDIS_URL")).or(r.redis_url) {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                    return Err(invalid("relay.redis-url", format!("`{url}` is not a redis:// URL")));
+                }
+                redis::Client::open(url.as_str()).map_err(|e| invalid("relay.redis-url", e.to_string()))?;
+                let mut relay = crate::relay::RelayConfig::new(url);
+                if let Some(node) = env("BUSBAR_NODE_ID").or(r.node_id) {
+                    if node.is_empty() || node.len() > 64 || node.contains(char::is_whitespace) {
+                        return Err(invalid("relay.node-id", "must be 1 to 64 characters without spaces"));
+                    }
+                    relay.node_id = node;
+                }
+                relay.history_ttl = Duration::from_secs(ranged("relay.history-ttl-secs", r.history_ttl_secs, 1, 30 * 86_400, 3600)?);
+                relay.outbox_capacity = ranged("relay.outbox-capacity", r.outbox_capacity, 1, 10_000_000, 100_000)? as usize;
+                relay.replay_limit = ranged("relay.replay-limit", r.replay_limit, 1, 100_000, 300)? as usize;
+                let h = relay.history;
+                relay.history.workspace = ranged("relay.workspace-history", r.workspace_history, 1, 1_000_000, h.workspace as u64)? as usize;
+                relay.history.user = ranged("relay.user-history", r.user_history, 1, 1_000_000, h.user as u64)? as usize;
+                relay.history.task = ranged("relay.task-history", r.task_history, 1, 1_000_000, h.task as u64)? as usize;
+                relay.history.chat = ranged("relay.chat-history", r.chat_history, 1, 1_000_000, h.chat as u64)? as usize;
+                Some(relay)
+            }
+        };
 
         Ok(Config {
             listen,
@@ -240,6 +285,7 @@ impl Config {
             max_upload,
             instance_slots,
             native_baseline: overrides.native_baseline,
+            relay,
         })
     }
 }
@@ -306,6 +352,8 @@ mod tests {
             (Some("[hub]\nread-timeout-secs = 5\nping-interval-secs = 10"), vec![], "must be longer than"),
             (None, vec![secret, ("BUSBAR_ADMIN_TOKEN", "short")], "`auth.admin-token`: must be at least 16"),
             (None, vec![("BUSBAR_PLUGINS", "/definitely/not/here")], "`plugins`: /definitely/not/here is not a directory"),
+            (None, vec![("BUSBAR_REDIS_URL", "localhost:6379")], "`relay.redis-url`: `localhost:6379` is not a redis:// URL"),
+            (Some("[relay]\nredis-url = 'redis://x'\nreplay-limit = 0"), vec![], "`relay.replay-limit`: is 0"),
         ];
         for (file, env, expected) in cases {
             let err = load(file, &env, Overrides::default()).unwrap_err().to_string();

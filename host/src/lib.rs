@@ -16,6 +16,7 @@ pub mod config;
 pub mod event;
 pub mod hub;
 pub mod plugins;
+pub mod relay;
 pub mod server;
 
 pub use action::{Action, Scope, ScopeKind, Target};

@@ -20,6 +20,7 @@ use crate::event::Event;
 use crate::config::Config;
 use crate::hub::{ClaimsAuthorizer, Hub, TokenVerifier};
 use crate::plugins::{self, Registry, Runtime, RuntimeConfig};
+use crate::relay::Relay;
 
 /// The running parts of a server.
 #[derive(Clone)]
@@ -30,6 +31,7 @@ pub struct App {
     pub state: AppState,
     /// Keeps the plugin directory watched while the server runs.
     pub watcher: Option<Arc<plugins::DirWatcher>>,
+    pub relay: Option<Relay>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,8 @@ pub enum StartError {
     PluginDir { path: String, source: std::io::Error },
     #[error("example plugins: {0}")]
     Examples(String),
+    #[error("relay: {0}")]
+    Relay(String),
     #[error("cannot watch plugin directory {path}: {message}")]
     Watch { path: String, message: String },
 }
@@ -55,7 +59,18 @@ pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartE
         .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let runtime = Arc::new(runtime);
     let hub = Arc::new(Hub::new(config.hub.clone(), TokenVerifier::new(&config.jwt_secret), Arc::new(ClaimsAuthorizer)));
-    let bus = Arc::new(Bus::new(hub.clone()));
+    // Several nodes: the relay is the bus's Broadcaster and delivers into the hub.
+    let relay = match &config.relay {
+        Some(relay) => Some(
+            Relay::start(relay.clone(), hub.clone(), shutdown.clone()).map_err(|e| StartError::Relay(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let broadcaster: Arc<dyn crate::broadcast::Broadcaster> = match &relay {
+        Some(relay) => Arc::new(relay.clone()),
+        None => hub.clone(),
+    };
+    let bus = Arc::new(Bus::new(broadcaster));
     let registry = Arc::new(Registry::new(runtime.clone(), bus.clone()));
     let loaded = match &config.plugins_dir {
         _ if config.native_baseline => {
@@ -96,9 +111,10 @@ pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartE
         allowed_origins: Arc::new(config.allowed_origins.clone()),
         max_events_body: config.max_events_body,
         max_upload: config.max_upload,
+        relay: relay.clone(),
         shutdown,
     };
-    Ok(App { bus, hub, registry, state, watcher })
+    Ok(App { bus, hub, registry, state, watcher, relay })
 }
 
 /// File stem -> plugin name for the components in `dir`.

@@ -4,6 +4,7 @@
 mod bus;
 mod cli;
 mod hostile;
+mod relay;
 mod reload;
 mod runtime;
 mod server;

@@ -25,6 +25,14 @@ pub async fn realtime(
     let mut body = serde_json::to_value(state.hub.snapshot()).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["plugins"] = serde_json::to_value(state.registry.list()).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["plugin_reloads"] = serde_json::to_value(state.registry.stats()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["relay"] = match &state.relay {
+        Some(relay) => {
+            let mut value = serde_json::to_value(relay.snapshot()).map_err(|e| ApiError::Internal(e.to_string()))?;
+            value["enabled"] = json!(true);
+            value
+        }
+        None => json!({"enabled": false}),
+    };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)))
 }
 
@@ -93,6 +101,7 @@ fn prometheus(state: &AppState) -> String {
     }
     let reloads = state.registry.stats();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let load_bool = |a: &std::sync::atomic::AtomicBool| a.load(std::sync::atomic::Ordering::Relaxed);
     metric(
         "plugin_reloads_total",
         "counter",
@@ -105,6 +114,27 @@ fn prometheus(state: &AppState) -> String {
             ("{result=\"rolled_back\"}".to_string(), load(&reloads.rollbacks_total) as f64),
         ],
     );
+    if let Some(relay) = &state.relay {
+        let snapshot = relay.snapshot();
+        let m = snapshot.metrics;
+        metric("relay_connected", "gauge", "1 when the Redis relay is connected.", vec![(String::new(), f64::from(u8::from(load_bool(&m.connected))))]);
+        metric("relay_outbox_depth", "gauge", "Frames waiting for Redis.", vec![(String::new(), snapshot.outbox_depth as f64)]);
+        metric("relay_watched_scopes", "gauge", "Scopes this node receives from Redis.", vec![(String::new(), snapshot.watched_scopes as f64)]);
+        metric("relay_lag_milliseconds", "gauge", "Publication to arrival, last relayed frame.", vec![(String::new(), load(&m.lag_ms) as f64)]);
+        for (name, help, value) in [
+            ("relay_published_total", "Frames written to Redis.", &m.published_total),
+            ("relay_publish_errors_total", "Failed publish batches (retried).", &m.publish_errors_total),
+            ("relay_outbox_dropped_total", "Frames dropped from a full outbox.", &m.outbox_dropped_total),
+            ("relay_received_total", "Frames received from Redis.", &m.received_total),
+            ("relay_delivered_total", "Relayed frames delivered to local rooms.", &m.delivered_total),
+            ("relay_gap_fills_total", "Frames read from streams to fill gaps.", &m.gap_fills_total),
+            ("relay_gap_unfilled_total", "Frames trimmed before a gap could be filled.", &m.gap_unfilled_total),
+            ("relay_degraded_local_total", "Frames delivered locally while Redis was unreachable.", &m.degraded_local_total),
+            ("relay_reconnects_total", "Pub/sub reconnections.", &m.reconnects_total),
+        ] {
+            metric(name, "counter", help, vec![(String::new(), load(value) as f64)]);
+        }
+    }
     metric("plugin_info", "gauge", "Installed plugins and their status.", up);
     metric("plugin_calls_total", "counter", "Listener calls by plugin and outcome.", calls);
     metric("plugin_latency_microseconds", "gauge", "Call latency quantiles (bucket upper bounds).", latency);

@@ -40,6 +40,8 @@ pub struct AppState {
     pub allowed_origins: Arc<Vec<String>>,
     pub max_events_body: usize,
     pub max_upload: usize,
+    /// The Redis relay, when several nodes share fan-out.
+    pub relay: Option<crate::relay::Relay>,
     /// Cancelled when the server shuts down; open sessions close with 1001.
     pub shutdown: CancellationToken,
 }

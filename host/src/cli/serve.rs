@@ -29,12 +29,23 @@ pub struct ServeArgs {
     /// Benchmark baseline: no plugins, a native listener forwards events to workspace rooms.
     #[arg(long, hide = true)]
     native_baseline: bool,
+    /// Share fan-out with other nodes through Redis (e.g. redis://127.0.0.1:6379).
+    #[arg(long)]
+    redis_url: Option<String>,
 }
 
 impl ServeArgs {
     /// What `busbar dev` serves: its deploy directory, watched.
     pub fn for_dev(plugins: PathBuf, listen: Option<String>) -> ServeArgs {
-        ServeArgs { config: None, listen, plugins: Some(plugins), cache_dir: None, no_cache: false, native_baseline: false }
+        ServeArgs {
+            config: None,
+            listen,
+            plugins: Some(plugins),
+            cache_dir: None,
+            no_cache: false,
+            native_baseline: false,
+            redis_url: None,
+        }
     }
 }
 
@@ -46,6 +57,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cache_dir: args.cache_dir,
         no_cache: args.no_cache,
         native_baseline: args.native_baseline,
+        redis_url: args.redis_url,
     };
     let config = Config::load(&overrides).context("invalid configuration")?;
     if config.dev_secret {

@@ -138,9 +138,16 @@ pub trait Backplane: Send + Sync + 'static {
     fn room_opened(&self, scope: &Scope);
     /// A scope lost its last local member.
     fn room_closed(&self, scope: &Scope);
-    /// Joins `conn` to `scope`, replaying what it missed after `since` when it can.
-    fn join<'a>(&'a self, hub: &'a Hub, conn: &'a Arc<Conn>, scope: &'a Scope, since: Option<&'a Position>)
-    -> BoxFuture<'a, Joined>;
+    /// Joins `conn` to `scope`, replaying what it missed after `since` when it can (through
+    /// `Hub::join_with_history`, passing `announce` on).
+    fn join<'a>(
+        &'a self,
+        hub: &'a Hub,
+        conn: &'a Arc<Conn>,
+        scope: &'a Scope,
+        since: Option<&'a Position>,
+        announce: bool,
+    ) -> BoxFuture<'a, Joined>;
 }
 
 /// One WebSocket connection, as the hub sees it.
@@ -264,9 +271,8 @@ impl Hub {
         &self.rooms[self.hasher.hash_one(scope) as usize % SHARDS]
     }
 
-    /// Registers an authenticated connection and puts it in its workspace and user rooms,
-    /// resuming each from the position in `since` when given.
-    pub async fn connect(&self, identity: Identity, since: &HashMap<ScopeKind, Position>) -> (Arc<Conn>, Vec<(Scope, Joined)>) {
+    /// Registers an authenticated connection (in no room yet: see `join_own_rooms`).
+    pub fn register(&self, identity: Identity) -> Arc<Conn> {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Relaxed),
             outbox: Outbox::new(self.config.max_queue_bytes, self.config.max_queue_age),
@@ -278,22 +284,26 @@ impl Hub {
         self.conns.write().insert(conn.id, conn.clone());
         self.metrics.connects.fetch_add(1, Relaxed);
         self.metrics.active_connections.fetch_add(1, Relaxed);
-        let mut joined = Vec::new();
+        conn
+    }
+
+    /// Puts a connection in its workspace and user rooms. A room given a position in `since` is
+    /// resumed from it: a `subscribe_ack` (with `recovered`) and the missed frames come first.
+    pub async fn join_own_rooms(&self, conn: &Arc<Conn>, since: &HashMap<ScopeKind, Position>) {
         for scope in [
             Scope::new(ScopeKind::Workspace, conn.identity.workspace_id.clone()),
             Scope::new(ScopeKind::User, conn.identity.user_id.clone()),
         ] {
-            let result = self.join_scope(&conn, &scope, since.get(&scope.kind)).await;
-            joined.push((scope, result));
+            let resume = since.get(&scope.kind);
+            self.join_scope(conn, &scope, resume, resume.is_some()).await;
         }
-        (conn, joined)
     }
 
     /// Joins through the backplane when there is one, else locally.
-    async fn join_scope(&self, conn: &Arc<Conn>, scope: &Scope, since: Option<&Position>) -> Joined {
+    async fn join_scope(&self, conn: &Arc<Conn>, scope: &Scope, since: Option<&Position>, announce: bool) -> Joined {
         match self.backplane.get() {
-            Some(backplane) => backplane.join(self, conn, scope, since).await,
-            None => self.join_with_history(conn, scope, since, Vec::new()),
+            Some(backplane) => backplane.join(self, conn, scope, since, announce).await,
+            None => self.join_with_history(conn, scope, since, None, Vec::new(), announce),
         }
     }
 
@@ -327,12 +337,20 @@ impl Hub {
     /// missed, in order, up to the room's current position) so that no live frame can come
     /// between them. `since` says what the connection has already seen: recovery succeeds when
     /// `history` fills the gap from `since` to the room's position exactly.
+    ///
+    /// A room created here starts at `start` (the scope's position elsewhere, from the
+    /// backplane), else at offset 0 of this hub's epoch. History frames marked excluded count
+    /// towards completeness but are not pushed (a user message that excluded this connection's
+    /// workspace). With `announce`, the connection first gets a `subscribe_ack` saying where
+    /// it stands and whether it recovered.
     pub fn join_with_history(
         &self,
         conn: &Arc<Conn>,
         scope: &Scope,
         since: Option<&Position>,
-        history: Vec<(Position, Frame)>,
+        start: Option<Position>,
+        history: Vec<(Position, Frame, bool)>,
+        announce: bool,
     ) -> Joined {
         let mut scopes = conn.scopes.lock();
         let mut opened = false;
@@ -340,26 +358,39 @@ impl Hub {
             let mut shard = self.shard(scope).write();
             let room = shard.entry(scope.clone()).or_insert_with(|| {
                 opened = true;
-                Arc::new(Mutex::new(Room { epoch: self.local_epoch.clone(), seq: 0, members: Vec::new() }))
+                let (epoch, seq) = match &start {
+                    Some(p) => (Arc::from(p.epoch.as_str()), p.offset),
+                    None => (self.local_epoch.clone(), 0),
+                };
+                Arc::new(Mutex::new(Room { epoch, seq, members: Vec::new() }))
             });
             let mut room = room.lock();
             let position = Position { epoch: room.epoch.to_string(), offset: room.seq };
+            // What the connection missed: the history after `since`, up to where the room is.
+            let missed: Vec<&(Position, Frame, bool)> = match since {
+                Some(since) if since.epoch == position.epoch && since.offset <= position.offset => history
+                    .iter()
+                    .filter(|(p, _, _)| p.epoch == since.epoch && p.offset > since.offset && p.offset <= position.offset)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            // Recovered only with every offset in between, none missing.
             let recovered = since.map(|since| {
-                if since.epoch != position.epoch || since.offset > position.offset {
-                    return false;
-                }
-                let missed: Vec<&(Position, Frame)> =
-                    history.iter().filter(|(p, _)| p.epoch == since.epoch && p.offset > since.offset).collect();
-                let complete = missed.len() as u64 == position.offset - since.offset
-                    && missed.iter().zip(since.offset + 1..).all(|((p, _), expected)| p.offset == expected);
-                if complete {
-                    for (p, frame) in missed {
-                        let bytes = encode(frame, scope.kind.as_str(), &scope.id, &p.epoch, p.offset);
-                        let _ = conn.outbox.push(bytes);
+                since.epoch == position.epoch
+                    && since.offset <= position.offset
+                    && missed.len() as u64 == position.offset - since.offset
+                    && missed.iter().zip(since.offset + 1..).all(|((p, _, _), expected)| p.offset == expected)
+            });
+            if announce {
+                let _ = conn.outbox.push(ack_frame(scope, &Joined { position: position.clone(), recovered }));
+            }
+            if recovered == Some(true) {
+                for (p, frame, excluded) in missed {
+                    if !excluded {
+                        let _ = conn.outbox.push(encode(frame, scope.kind.as_str(), &scope.id, &p.epoch, p.offset));
                     }
                 }
-                complete
-            });
+            }
             // Checked under the scopes lock: `disconnect` cancels before it takes the scopes, so
             // a connection being closed can never be left behind in a room.
             if !conn.gone.is_cancelled() && scopes.insert(scope.clone()) {
@@ -409,17 +440,18 @@ impl Hub {
             Ok(()) => {
                 self.metrics.subscribe(scope.kind);
                 let member = conn.scopes.lock().contains(&scope);
-                if member && since.is_none() {
-                    return Ok(self.position(&scope));
+                if !member {
+                    // The ack goes out under the room's lock, before any replayed frame.
+                    return Ok(self.join_scope(conn, &scope, since.as_ref(), true).await);
                 }
-                if member {
-                    // Already in the room (its own workspace or user): a position to resume
-                    // from can only be honoured when nothing was missed.
-                    let joined = self.position(&scope);
-                    let recovered = since.as_ref().is_some_and(|s| *s == joined.position);
-                    return Ok(Joined { recovered: Some(recovered), ..joined });
+                // Already in the room (its own workspace or user): a position to resume from
+                // can only be honoured when nothing was missed.
+                let mut joined = self.position(&scope);
+                if let Some(since) = &since {
+                    joined.recovered = Some(*since == joined.position);
                 }
-                Ok(self.join_scope(conn, &scope, since.as_ref()).await)
+                let _ = conn.outbox.push(ack_frame(&scope, &joined));
+                Ok(joined)
             }
             Err(e @ (SubscribeError::Forbidden | SubscribeError::LookupFailed)) => {
                 self.metrics.denial(scope.kind);
@@ -523,7 +555,15 @@ impl Hub {
                     }
                     room.seq = position.offset;
                 }
-                None => room.seq += 1,
+                None => {
+                    // Numbered here, in this hub's own epoch (after frames numbered elsewhere,
+                    // the offsets start again, and the epoch says so).
+                    if room.epoch != self.local_epoch {
+                        room.epoch = self.local_epoch.clone();
+                        room.seq = 0;
+                    }
+                    room.seq += 1;
+                }
             }
             let bytes = encode(frame, scope.kind.as_str(), &scope.id, &room.epoch, room.seq);
             for member in &room.members {
@@ -547,6 +587,7 @@ impl Hub {
             let mut everyone = self.everyone.lock();
             match at {
                 Some(position) => *everyone = (Arc::from(position.epoch.as_str()), position.offset),
+                None if everyone.0 != self.local_epoch => *everyone = (self.local_epoch.clone(), 1),
                 None => everyone.1 += 1,
             }
             let bytes = encode(frame, "everyone", "", &everyone.0, everyone.1);
@@ -579,6 +620,20 @@ impl Hub {
             }
         }
     }
+}
+
+/// `{"type": "subscribe_ack", "payload": {scope, id, epoch, offset[, recovered]}}`.
+fn ack_frame(scope: &Scope, joined: &Joined) -> Utf8Bytes {
+    let mut payload = serde_json::json!({
+        "scope": scope.kind.as_str(),
+        "id": scope.id,
+        "epoch": joined.position.epoch,
+        "offset": joined.position.offset,
+    });
+    if let Some(recovered) = joined.recovered {
+        payload["recovered"] = serde_json::json!(recovered);
+    }
+    Utf8Bytes::from(serde_json::json!({"type": "subscribe_ack", "payload": payload}).to_string())
 }
 
 /// Encodes an event frame once, for every recipient.

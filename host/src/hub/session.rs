@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::Next;
-use super::{AuthError, Close, Conn, Hub, Identity, Joined, Position, SubscribeError};
+use super::{AuthError, Close, Conn, Hub, Identity, Position, SubscribeError};
 use crate::action::{Scope, ScopeKind};
 
 /// How a connection arrives: already authenticated (a header at upgrade), or expected to send
@@ -56,9 +56,9 @@ where
             }
         },
     };
-    let (conn, joined) = hub.connect(identity, &since).await;
-    let rooms: serde_json::Map<String, Value> = joined.iter().map(|(scope, j)| (scope.kind.to_string(), joined_json(j))).collect();
-    conn.send_control(json!({"type": "auth_ack", "payload": rooms}).to_string());
+    let conn = hub.register(identity);
+    conn.send_control(json!({"type": "auth_ack"}).to_string());
+    hub.join_own_rooms(&conn, &since).await;
     tracing::debug!(conn = conn.id, user = %conn.identity.user_id, workspace = %conn.identity.workspace_id, "connected");
     let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink));
     let close = tokio::select! {
@@ -188,7 +188,7 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) {
             conn.send_control(json!({"type": "pong"}).to_string());
         }
         "auth" => {
-            conn.send_control(json!({"type": "auth_ack", "payload": {}}).to_string());
+            conn.send_control(json!({"type": "auth_ack"}).to_string());
         }
         "subscribe" | "unsubscribe" => {
             let (raw_scope, raw_id) = (
@@ -203,15 +203,9 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) {
                 Ok(scope) => hub.unsubscribe(conn, &scope).map(|()| None),
             };
             let reply = match result {
-                Ok(joined) => {
-                    let mut payload = json!({"scope": raw_scope, "id": raw_id});
-                    if let (Some(joined), Some(map)) = (joined, payload.as_object_mut()) {
-                        if let Value::Object(extra) = joined_json(&joined) {
-                            map.extend(extra);
-                        }
-                    }
-                    json!({"type": format!("{}_ack", frame.kind), "payload": payload})
-                }
+                // A subscribe's ack was sent by the hub, ahead of any replayed frame.
+                Ok(Some(_)) => return,
+                Ok(None) => json!({"type": "unsubscribe_ack", "payload": {"scope": raw_scope, "id": raw_id}}),
                 Err(e) => json!({"type": format!("{}_error", frame.kind),
                                  "payload": {"scope": raw_scope, "id": raw_id, "error": e.code()}}),
             };
@@ -226,15 +220,6 @@ fn parse_position(value: &Value) -> Option<Position> {
     let epoch = value["epoch"].as_str()?;
     let offset = value["offset"].as_u64()?;
     (epoch.len() <= 128).then(|| Position { epoch: epoch.to_string(), offset })
-}
-
-/// `{"epoch", "offset"[, "recovered"]}` for an ack.
-fn joined_json(joined: &Joined) -> Value {
-    let mut value = json!({"epoch": joined.position.epoch, "offset": joined.position.offset});
-    if let Some(recovered) = joined.recovered {
-        value["recovered"] = json!(recovered);
-    }
-    value
 }
 
 fn parse_scope(kind: &str, id: &str) -> Result<Scope, SubscribeError> {
