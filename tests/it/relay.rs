@@ -185,7 +185,10 @@ async fn clients_recover_what_they_missed_across_a_redis_restart() {
     let b = node(&redis, "node-b").await;
     let t = token("carol", &["ws-1"], &[]);
     let mut carol = Client::connect(&b, "ws-1", &t).await;
+    // A client on the publishing node, to see local delivery go on while Redis is away.
+    let mut local = Client::connect(&a, "ws-1", &token("lou", &["ws-1"], &[])).await;
     watching(&b, 3).await;
+    watching(&a, 3).await;
     let http = reqwest::Client::new();
     let publish = |i: u64| {
         let http = http.clone();
@@ -209,6 +212,9 @@ async fn clients_recover_what_they_missed_across_a_redis_restart() {
     for i in 10..20 {
         publish(i).await;
     }
+    let during = collect(&mut local, |f| of_type(f, "feed:item").iter().any(|x| x["payload"]["i"] == 19)).await;
+    let local_items: Vec<u64> = of_type(&during, "feed:item").iter().map(|f| f["payload"]["i"].as_u64().unwrap()).collect();
+    assert!(local_items.ends_with(&(10..20).collect::<Vec<_>>()), "local delivery went on without Redis: {local_items:?}");
     redis.run();
     for i in 20..30 {
         publish(i).await;

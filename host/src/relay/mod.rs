@@ -271,29 +271,56 @@ impl Relay {
     /// Queues a frame for Redis. While Redis is unreachable the frame is also delivered locally
     /// at once, so local clients are not held up.
     fn enqueue(&self, target: Target, exclude: Option<&str>, frame: Frame) {
-        let n = self.inner.next_n.fetch_add(1, Relaxed);
-        if !self.inner.metrics.connected.load(Relaxed) {
-            self.inner.metrics.degraded_local_total.fetch_add(1, Relaxed);
-            self.inner.delivered_early.lock().insert(n);
-            match &target {
-                Target::Scope(scope) => self.inner.hub.fan_out(scope, exclude, &frame, None),
-                Target::Everyone => self.inner.hub.fan_out_everyone(&frame, None),
-            }
-        }
         let json = match serde_json::to_string(&frame) {
             Ok(json) => json,
             Err(e) => return self.error("encoding a frame", e),
         };
+        let n = self.inner.next_n.fetch_add(1, Relaxed);
+        let envelope =
+            Envelope { target, exclude: exclude.map(str::to_string), frame: json, n, at_ms: crate::event::now_ms() };
+        // Under the outbox lock, so that local deliveries while Redis is away keep the order in
+        // which frames were broadcast (see `deliver_pending_locally`).
         let mut outbox = self.inner.outbox.lock();
+        if !self.inner.metrics.connected.load(Relaxed) {
+            self.deliver_early(&envelope, &frame);
+        }
         if outbox.len() >= self.inner.config.outbox_capacity
             && let Some(dropped) = outbox.pop_front()
         {
             self.inner.delivered_early.lock().remove(&dropped.n);
             self.inner.metrics.outbox_dropped_total.fetch_add(1, Relaxed);
         }
-        outbox.push_back(Envelope { target, exclude: exclude.map(str::to_string), frame: json, n, at_ms: crate::event::now_ms() });
+        outbox.push_back(envelope);
         drop(outbox);
         self.inner.outbox_ready.notify_one();
+    }
+
+    /// Delivers a frame to local rooms before Redis has it (numbered by the hub, in its own epoch).
+    fn deliver_early(&self, envelope: &Envelope, frame: &Frame) {
+        self.inner.metrics.degraded_local_total.fetch_add(1, Relaxed);
+        self.inner.delivered_early.lock().insert(envelope.n);
+        match &envelope.target {
+            Target::Scope(scope) => self.inner.hub.fan_out(scope, envelope.exclude.as_deref(), frame, None),
+            Target::Everyone => self.inner.hub.fan_out_everyone(frame, None),
+        }
+    }
+
+    /// Redis just became unreachable: delivers locally, in order, what is waiting in the outbox
+    /// and has not been delivered yet; later broadcasts are delivered locally at once.
+    fn deliver_pending_locally(&self) {
+        let outbox = self.inner.outbox.lock();
+        if !self.inner.metrics.connected.swap(false, Relaxed) {
+            return;
+        }
+        for envelope in outbox.iter() {
+            if self.inner.delivered_early.lock().contains(&envelope.n) {
+                continue;
+            }
+            match serde_json::from_str::<WireFrame>(&envelope.frame) {
+                Ok(wire) => self.deliver_early(envelope, &wire.into_frame()),
+                Err(e) => self.error("decoding a queued frame", e),
+            }
+        }
     }
 
     /// The data connection, (re)connecting when needed.
@@ -317,6 +344,12 @@ impl Relay {
     /// Drains the outbox into Redis, in order, in pipelined batches; retries with backoff.
     async fn publisher(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
+        // Know at once whether Redis is there, rather than after the first probe interval.
+        if let Ok(mut conn) = self.data().await
+            && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+        {
+            self.inner.metrics.connected.store(true, Relaxed);
+        }
         loop {
             if self.inner.outbox.lock().is_empty() {
                 tokio::select! {
@@ -328,10 +361,12 @@ impl Relay {
                             Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
                             Err(_) => false,
                         };
-                        if !alive {
+                        if alive {
+                            self.inner.metrics.connected.store(true, Relaxed);
+                        } else {
                             self.forget_data().await;
+                            self.deliver_pending_locally();
                         }
-                        self.inner.metrics.connected.store(alive, Relaxed);
                         continue;
                     }
                 }
@@ -360,7 +395,7 @@ impl Relay {
                 }
                 Err(e) => {
                     self.inner.metrics.publish_errors_total.fetch_add(1, Relaxed);
-                    self.inner.metrics.connected.store(false, Relaxed);
+                    self.deliver_pending_locally();
                     self.error("publishing", e);
                     self.forget_data().await;
                     tokio::select! {
