@@ -167,13 +167,14 @@ fn busbar_dev_rebuilds_and_hot_swaps_on_source_changes() {
 #[test]
 fn the_load_tools_run() {
     let output = busbar()
-        .args(["bench", "fanout", "--clients", "5", "--deliveries", "500", "--seconds", "1"])
+        .args(["bench", "fanout", "--clients", "5", "--deliveries", "500", "--seconds", "1", "--relay"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("| baseline | 5 |") && stdout.contains("| plugins | 5 |"), "{stdout}");
-    assert!(stdout.contains("500/500"), "every delivery arrived: {stdout}");
+    assert!(stdout.contains("| relay | 5 |"), "{stdout}");
+    assert_eq!(stdout.matches("500/500").count(), 3, "every delivery arrived, relay included: {stdout}");
 
     let output = busbar().args(["bench", "reload", "--versions", "2"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

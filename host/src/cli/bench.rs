@@ -61,6 +61,10 @@ pub struct FanoutArgs {
     /// Only the plugin configuration (skip the native baseline).
     #[arg(long)]
     no_baseline: bool,
+    /// Also measure two nodes through a Redis relay (starts `redis-server`; clients on one
+    /// node, publishing on the other).
+    #[arg(long)]
+    relay: bool,
     /// Print the results as JSON too.
     #[arg(long)]
     json: bool,
@@ -98,8 +102,11 @@ fn fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut results = Vec::new();
     for &clients in &args.clients {
-        let configs: &[&'static str] = if args.no_baseline { &["plugins"] } else { &["baseline", "plugins"] };
-        for &config in configs {
+        let mut configs: Vec<&'static str> = if args.no_baseline { vec!["plugins"] } else { vec!["baseline", "plugins"] };
+        if args.relay {
+            configs.push("relay");
+        }
+        for &config in &configs {
             eprintln!("bench: {config}, {clients} clients ...");
             let measurement = runtime.block_on(measure(config, clients, &args))?;
             eprintln!(
@@ -148,12 +155,45 @@ impl Drop for Server {
     }
 }
 
-fn start_server(config: &str) -> anyhow::Result<Server> {
+/// A `redis-server` for the relay configuration, stopped when dropped.
+struct RedisServer {
+    child: Child,
+    url: String,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_redis() -> anyhow::Result<RedisServer> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server (apt-get install redis-server)")?;
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("redis-server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(RedisServer { child, url: format!("redis://127.0.0.1:{port}") })
+}
+
+fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<Server> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command.args(["serve", "--listen", "127.0.0.1:0"]);
     if config == "baseline" {
         command.arg("--native-baseline");
+    }
+    if let Some(url) = redis {
+        command.args(["--redis-url", url]);
     }
     let mut child = command
         .env("BUSBAR_LOG", "warn")
@@ -178,8 +218,16 @@ fn start_server(config: &str) -> anyhow::Result<Server> {
 }
 
 async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> anyhow::Result<Measurement> {
-    let server = start_server(config)?;
+    // Relay: clients on one node (`server`), events published on another (`publisher`).
+    let redis = if config == "relay" { Some(start_redis()?) } else { None };
+    let server = start_server(config, redis.as_ref().map(|r| r.url.as_str()))?;
+    let publisher = match &redis {
+        Some(redis) => Some(start_server(config, Some(&redis.url))?),
+        None => None,
+    };
+    let publish_addr = publisher.as_ref().unwrap_or(&server).addr.clone();
     let pid = server.child.id();
+    let other_pid = publisher.as_ref().map(|p| p.child.id());
     let rss_before = rss_kib(pid)?;
     let token = auth::mint(
         DEV_JWT_SECRET.as_bytes(),
@@ -236,8 +284,26 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
     let total_events = (events_per_second * args.seconds as f64).ceil() as u64;
     let padding = "x".repeat(args.payload.saturating_sub(16));
     let http = reqwest::Client::new();
-    let url = format!("http://{}/v1/events", server.addr);
-    let cpu_before = (cpu_seconds(pid)?, cpu_seconds(std::process::id())?);
+    let url = format!("http://{publish_addr}/v1/events");
+    let servers_cpu = || -> anyhow::Result<f64> { Ok(cpu_seconds(pid)? + other_pid.map_or(Ok(0.0), cpu_seconds)?) };
+    if config == "relay" {
+        // The clients' node subscribes asynchronously: wait until it watches the workspace.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let health: serde_json::Value = http
+                .get(format!("http://{}/health/realtime", server.addr))
+                .bearer_auth("bench-admin-token-0123456789")
+                .send()
+                .await?
+                .json()
+                .await?;
+            if health["relay"]["watched_scopes"].as_u64().unwrap_or(0) >= 3 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let cpu_before = (servers_cpu()?, cpu_seconds(std::process::id())?);
     let started = Instant::now();
     // Events are sent in small batches on a fixed schedule, so that the publisher keeps up.
     let batch = (events_per_second / 200.0).ceil().max(1.0) as u64;
@@ -269,7 +335,7 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let wall = started.elapsed().as_secs_f64();
-    let cpu_after = (cpu_seconds(pid)?, cpu_seconds(std::process::id())?);
+    let cpu_after = (servers_cpu()?, cpu_seconds(std::process::id())?);
     let realtime: serde_json::Value = http
         .get(format!("http://{}/health/realtime", server.addr))
         .bearer_auth("bench-admin-token-0123456789")
@@ -278,6 +344,8 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         .json()
         .await?;
     drop(server);
+    drop(publisher);
+    drop(redis);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
