@@ -13,6 +13,7 @@ mod publish;
 mod serve;
 mod tail;
 mod token;
+mod toolchain;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

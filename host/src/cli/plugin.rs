@@ -16,10 +16,31 @@ use clap::{Args, ValueEnum};
 
 use super::RuntimeArgs;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Lang {
     Rust,
+    Js,
+    Python,
 }
+
+impl Lang {
+    /// The language of the plugin in `dir`, from its files.
+    pub fn of(dir: &Path) -> anyhow::Result<Lang> {
+        if dir.join("Cargo.toml").exists() {
+            Ok(Lang::Rust)
+        } else if dir.join("app.js").exists() {
+            Ok(Lang::Js)
+        } else if dir.join("app.py").exists() {
+            Ok(Lang::Python)
+        } else {
+            bail!("{}: no Cargo.toml, app.js or app.py: not a plugin source directory", dir.display())
+        }
+    }
+}
+
+/// The helpers `busbar plugin build` puts beside JavaScript and Python plugins.
+const JS_SDK: &str = include_str!("../../../plugins/js/sdk/busbar.js");
+const PY_SDK: &str = include_str!("../../../plugins/python/sdk/busbar.py");
 
 #[derive(Args)]
 pub struct NewArgs {
@@ -57,14 +78,29 @@ pub struct TestArgs {
     runtime: RuntimeArgs,
 }
 
+const COMMON_TEMPLATE: &[(&str, &str)] = &[
+    ("tests/events.jsonl", include_str!("../../templates/common/tests/events.jsonl")),
+    ("tests/expected.jsonl", include_str!("../../templates/common/tests/expected.jsonl")),
+    (".gitignore", include_str!("../../templates/common/.gitignore")),
+];
+
 const RUST_TEMPLATE: &[(&str, &str)] = &[
     ("Cargo.toml", include_str!("../../templates/rust/Cargo.toml")),
     ("plugin.toml", include_str!("../../templates/rust/plugin.toml")),
     ("src/lib.rs", include_str!("../../templates/rust/src/lib.rs")),
-    ("tests/events.jsonl", include_str!("../../templates/rust/tests/events.jsonl")),
-    ("tests/expected.jsonl", include_str!("../../templates/rust/tests/expected.jsonl")),
     ("README.md", include_str!("../../templates/rust/README.md")),
-    (".gitignore", include_str!("../../templates/rust/.gitignore")),
+];
+
+const JS_TEMPLATE: &[(&str, &str)] = &[
+    ("app.js", include_str!("../../templates/js/app.js")),
+    ("plugin.toml", include_str!("../../templates/js/plugin.toml")),
+    ("README.md", include_str!("../../templates/js/README.md")),
+];
+
+const PYTHON_TEMPLATE: &[(&str, &str)] = &[
+    ("app.py", include_str!("../../templates/python/app.py")),
+    ("plugin.toml", include_str!("../../templates/python/plugin.toml")),
+    ("README.md", include_str!("../../templates/python/README.md")),
 ];
 
 pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
@@ -76,13 +112,16 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     if target.exists() {
         bail!("{} already exists", target.display());
     }
-    let sdk = match args.sdk {
-        Some(sdk) => sdk,
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk"),
+    // Only Rust plugins depend on a crate; JavaScript and Python get their helpers at build.
+    let sdk = match (args.lang, args.sdk) {
+        (Lang::Rust, sdk) => {
+            let sdk = sdk.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk"));
+            sdk.canonicalize().with_context(|| {
+                format!("the plugin SDK is not at {} (pass --sdk PATH to busbar's plugin-sdk)", sdk.display())
+            })?
+        }
+        (_, _) => PathBuf::new(),
     };
-    let sdk = sdk.canonicalize().with_context(|| {
-        format!("the plugin SDK is not at {} (pass --sdk PATH to busbar's plugin-sdk)", sdk.display())
-    })?;
     let type_name: String = args
         .name
         .split(['-', '_'])
@@ -91,8 +130,10 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let template = match args.lang {
         Lang::Rust => RUST_TEMPLATE,
+        Lang::Js => JS_TEMPLATE,
+        Lang::Python => PYTHON_TEMPLATE,
     };
-    for (path, text) in template {
+    for (path, text) in template.iter().chain(COMMON_TEMPLATE) {
         let text = text
             .replace("{{name}}", &args.name)
             .replace("{{type}}", &type_name)
@@ -124,13 +165,39 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Compiles the plugin in `dir` and copies the component and its manifest into `dir/dist/`.
+/// Compiles the plugin in `dir` (Rust, JavaScript or Python) and puts the component and its
+/// manifest into `dir/dist/`. JavaScript and Python builds are skipped when nothing changed.
 pub fn build_dir(dir: &Path) -> anyhow::Result<Built> {
     let manifest_path = dir.join("plugin.toml");
     let manifest = busbar::plugins::Manifest::from_file(&manifest_path, "plugin")?;
-    if !dir.join("Cargo.toml").exists() {
-        bail!("{} has no Cargo.toml: only Rust plugins can be built here", dir.display());
+    let lang = Lang::of(dir)?;
+    let dist = dir.join("dist");
+    std::fs::create_dir_all(&dist)?;
+    let wasm = dist.join(format!("{}.wasm", manifest.name));
+    // Write then rename, so that a server watching dist/ never sees half a file.
+    let tmp = dist.join(format!(".{}.wasm.tmp", manifest.name));
+    match lang {
+        Lang::Rust => build_rust(dir, &manifest.name, &tmp)?,
+        Lang::Js | Lang::Python => {
+            let stamp_path = dist.join(format!(".{}.stamp", manifest.name));
+            let stamp = source_stamp(dir, lang)?;
+            if wasm.exists() && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+                eprintln!("{} is up to date", manifest.name);
+            } else {
+                build_guest(dir, lang, &manifest.name, &tmp)?;
+                std::fs::rename(&tmp, &wasm)?;
+                std::fs::write(&stamp_path, stamp)?;
+            }
+        }
     }
+    std::fs::copy(&manifest_path, dist.join(format!("{}.toml", manifest.name)))?;
+    if tmp.exists() {
+        std::fs::rename(&tmp, &wasm)?;
+    }
+    Ok(Built { name: manifest.name, wasm })
+}
+
+fn build_rust(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
     let metadata = Command::new("cargo")
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .current_dir(dir)
@@ -142,25 +209,93 @@ pub fn build_dir(dir: &Path) -> anyhow::Result<Built> {
     let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout)?;
     let target_dir = PathBuf::from(metadata["target_directory"].as_str().context("cargo metadata: target_directory")?);
     let package = metadata["packages"][0]["name"].as_str().context("cargo metadata: package name")?.replace('-', "_");
-    eprintln!("building {} for wasm32-wasip2 ...", manifest.name);
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .current_dir(dir)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build failed");
-    }
+    eprintln!("building {name} for wasm32-wasip2 ...");
+    super::toolchain::run(
+        Command::new("cargo").args(["build", "--release", "--target", "wasm32-wasip2"]).current_dir(dir),
+        "cargo build",
+    )?;
     let artifact = target_dir.join("wasm32-wasip2/release").join(format!("{package}.wasm"));
-    let dist = dir.join("dist");
-    std::fs::create_dir_all(&dist)?;
-    let wasm = dist.join(format!("{}.wasm", manifest.name));
-    // Write then rename, so that a server watching dist/ never sees half a file.
-    let tmp = dist.join(format!(".{}.wasm.tmp", manifest.name));
-    std::fs::copy(&artifact, &tmp).with_context(|| format!("copying {}", artifact.display()))?;
-    std::fs::copy(&manifest_path, dist.join(format!("{}.toml", manifest.name)))?;
-    std::fs::rename(&tmp, &wasm)?;
-    Ok(Built { name: manifest.name, wasm })
+    std::fs::copy(&artifact, out).with_context(|| format!("copying {}", artifact.display()))?;
+    Ok(())
+}
+
+/// JavaScript and Python: the plugin's sources and the SDK are staged in `dir/target/stage`,
+/// then componentized with the pinned toolchain.
+fn build_guest(dir: &Path, lang: Lang, name: &str, out: &Path) -> anyhow::Result<()> {
+    let (extension, sdk_name, sdk) = match lang {
+        Lang::Js => ("js", "busbar.js", JS_SDK),
+        Lang::Python => ("py", "busbar.py", PY_SDK),
+        Lang::Rust => unreachable!("Rust plugins are built by cargo"),
+    };
+    let stage = dir.join("target/stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage)?;
+    for file in sources(dir, extension)? {
+        std::fs::copy(&file, stage.join(file.file_name().context("a file name")?))?;
+    }
+    if !stage.join(sdk_name).exists() {
+        std::fs::write(stage.join(sdk_name), sdk)?;
+    }
+    let wit = super::toolchain::wit_dir()?;
+    let out = std::path::absolute(out)?;
+    eprintln!("building {name} ({}) ...", if lang == Lang::Js { "componentize-js" } else { "componentize-py" });
+    match lang {
+        Lang::Js => {
+            let tool = super::toolchain::componentize_js()?;
+            // stdio, clocks and random stay (console.log reaches busbar's log); no http.
+            super::toolchain::run(
+                Command::new(tool)
+                    .arg("app.js")
+                    .arg("--wit")
+                    .arg(&wit)
+                    .args(["-n", "listener", "-d", "http", "fetch-event", "-o"])
+                    .arg(&out)
+                    .current_dir(&stage),
+                "componentize-js",
+            )
+        }
+        Lang::Python => {
+            let tool = super::toolchain::componentize_py()?;
+            super::toolchain::run(
+                Command::new(tool)
+                    .arg("-d")
+                    .arg(&wit)
+                    .args(["-w", "listener", "componentize", "-p", "."])
+                    .arg("app")
+                    .arg("-o")
+                    .arg(&out)
+                    .current_dir(&stage),
+                "componentize-py",
+            )
+        }
+        Lang::Rust => unreachable!("Rust plugins are built by cargo"),
+    }
+}
+
+/// The plugin's source files of one extension (not recursive), sorted.
+fn sources(dir: &Path, extension: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == extension))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A hash of everything a JavaScript or Python build depends on.
+fn source_stamp(dir: &Path, lang: Lang) -> anyhow::Result<String> {
+    let (extension, sdk) = match lang {
+        Lang::Js => ("js", JS_SDK),
+        _ => ("py", PY_SDK),
+    };
+    let mut all = Vec::new();
+    for file in sources(dir, extension)? {
+        all.extend_from_slice(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        all.extend_from_slice(&std::fs::read(&file)?);
+    }
+    all.extend_from_slice(sdk.as_bytes());
+    all.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    Ok(busbar::plugins::content_hash(&all))
 }
 
 pub fn test(args: TestArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,104 @@
+//! The guest-language toolchains `busbar plugin build` uses, installed on first use from the
+//! package registries, at pinned versions, into one directory shared by every plugin:
+//! `$BUSBAR_TOOLCHAINS`, else `~/.cache/busbar/toolchains`.
+//!
+//! - JavaScript: npm `@bytecodealliance/componentize-js` (plugins/js/toolchain, with its lockfile).
+//! - Python: PyPI `componentize-py`, in a virtual environment (plugins/python/requirements.txt).
+//!
+//! Installs take a file lock, so that parallel builds (tests) install once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+const JS_PACKAGE: &str = include_str!("../../../plugins/js/toolchain/package.json");
+const JS_LOCK: &str = include_str!("../../../plugins/js/toolchain/package-lock.json");
+const PY_REQUIREMENTS: &str = include_str!("../../../plugins/python/requirements.txt");
+const WIT: &str = include_str!("../../../wit/busbar-plugin.wit");
+
+/// The contract's WIT, as the guest toolchains need it (a directory).
+pub fn wit_dir() -> anyhow::Result<PathBuf> {
+    let dir = root()?.join(format!("wit-{}", &busbar::plugins::content_hash(WIT.as_bytes())[..12]));
+    if !dir.join("busbar-plugin.wit").exists() {
+        std::fs::create_dir_all(&dir)?;
+        write_atomically(&dir.join("busbar-plugin.wit"), WIT.as_bytes())?;
+    }
+    Ok(dir)
+}
+
+/// The `componentize-js` command, installed if needed.
+pub fn componentize_js() -> anyhow::Result<PathBuf> {
+    let dir = root()?.join("js");
+    let bin = dir.join("node_modules/.bin/componentize-js");
+    install_once(&dir, &bin, |dir| {
+        std::fs::write(dir.join("package.json"), JS_PACKAGE)?;
+        std::fs::write(dir.join("package-lock.json"), JS_LOCK)?;
+        eprintln!("installing the JavaScript toolchain (npm componentize-js) into {} ...", dir.display());
+        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(dir), "npm ci")
+    })?;
+    Ok(bin)
+}
+
+/// The `componentize-py` command, installed in a virtual environment if needed.
+pub fn componentize_py() -> anyhow::Result<PathBuf> {
+    let dir = root()?.join("python");
+    let bin = dir.join("venv/bin/componentize-py");
+    install_once(&dir, &bin, |dir| {
+        std::fs::write(dir.join("requirements.txt"), PY_REQUIREMENTS)?;
+        eprintln!("installing the Python toolchain (PyPI componentize-py) into {} ...", dir.display());
+        run(Command::new("python3").args(["-m", "venv", "venv"]).current_dir(dir), "python3 -m venv")?;
+        run(
+            Command::new(dir.join("venv/bin/pip")).args(["install", "--quiet", "-r", "requirements.txt"]).current_dir(dir),
+            "pip install",
+        )
+    })?;
+    Ok(bin)
+}
+
+fn root() -> anyhow::Result<PathBuf> {
+    let root = match std::env::var_os("BUSBAR_TOOLCHAINS") {
+        Some(dir) => PathBuf::from(dir),
+        None => busbar::config::default_cache_dir(&|k| std::env::var(k).ok())
+            .context("no cache directory (set BUSBAR_TOOLCHAINS)")?
+            .join("toolchains"),
+    };
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    Ok(root)
+}
+
+/// Runs `install` in `dir` unless `done` exists, under an exclusive lock on `dir/.lock`.
+fn install_once(dir: &Path, done: &Path, install: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    if done.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::File::create(dir.join(".lock"))?;
+    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        bail!("cannot lock {}", dir.display());
+    }
+    if done.exists() {
+        return Ok(()); // installed by another build while we waited
+    }
+    install(dir)?;
+    if !done.exists() {
+        bail!("the toolchain in {} was installed but {} is missing", dir.display(), done.display());
+    }
+    Ok(())
+}
+
+pub fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

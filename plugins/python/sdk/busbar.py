@@ -1,0 +1,146 @@
+"""busbar: helpers for busbar listener plugins written in Python.
+
+A plugin module defines `class WitWorld(wit_world.WitWorld)` with `subscriptions(self)` and
+`handle(self, event)`; `handle` returns a list of actions (built with `send`, `forward` and
+`follow_up`), raises `Err(message)` to fail the call, and any other exception traps (busbar
+contains it and replaces the instance). Event fields are snake_case (`event_type`,
+`workspace_id`, `task_id`...); `payload` is JSON text.
+"""
+
+import json
+
+from componentize_py_types import Err  # noqa: F401  (re-exported for plugins)
+from wit_world.imports import config as _config
+from wit_world.imports import kv as _kv
+from wit_world.imports import log as _log
+from wit_world.imports.types import (
+    Action_Publish,
+    Action_Send,
+    FollowUp,
+    Level,
+    Message,
+    Scope,
+    ScopeKind,
+    Target_Everyone,
+    Target_Scope,
+    Target_User,
+    Target_Workspace,
+    UserTarget,
+)
+
+
+def _json(payload):
+    if isinstance(payload, str):
+        return payload
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+class log:
+    """Log lines, under the plugin's name in busbar's log."""
+
+    @staticmethod
+    def debug(message):
+        _log.write(Level.DEBUG, str(message))
+
+    @staticmethod
+    def info(message):
+        _log.write(Level.INFO, str(message))
+
+    @staticmethod
+    def warn(message):
+        _log.write(Level.WARN, str(message))
+
+    @staticmethod
+    def error(message):
+        _log.write(Level.ERROR, str(message))
+
+
+class config:
+    """The `[config]` values of the plugin's manifest; `get` returns None when unset."""
+
+    @staticmethod
+    def get(key):
+        return _config.get(key)
+
+    @staticmethod
+    def keys():
+        return _config.keys()
+
+
+class kv:
+    """The plugin's private key-value store, kept by busbar across instances and reloads."""
+
+    @staticmethod
+    def get(key):
+        return _kv.get(key)
+
+    @staticmethod
+    def set(key, value: bytes):
+        _kv.set(key, value)
+
+    @staticmethod
+    def delete(key):
+        return _kv.delete(key)
+
+    @staticmethod
+    def get_text(key):
+        value = _kv.get(key)
+        return None if value is None else bytes(value).decode()
+
+    @staticmethod
+    def set_text(key, text):
+        _kv.set(key, text.encode())
+
+
+class target:
+    """Who receives a message."""
+
+    @staticmethod
+    def workspace(id):
+        return Target_Workspace(id)
+
+    @staticmethod
+    def user(id, except_workspace=None):
+        return Target_User(UserTarget(id, except_workspace))
+
+    @staticmethod
+    def task(id):
+        return Target_Scope(Scope(ScopeKind.TASK, id))
+
+    @staticmethod
+    def chat(id):
+        return Target_Scope(Scope(ScopeKind.CHAT, id))
+
+    @staticmethod
+    def everyone():
+        return Target_Everyone()
+
+
+def send(to, event_type, payload):
+    """A message for realtime clients; `payload` is JSON text or a value to serialize."""
+    return Action_Send(Message(to, event_type, _json(payload)))
+
+
+def forward(event, to):
+    """The event's own type and payload (byte for byte) to `to`."""
+    return send(to, event.event_type, event.payload)
+
+
+def follow_up(event, event_type, payload):
+    """A follow-up event in the same workspace, by the same actor, same task and chat."""
+    return Action_Publish(
+        FollowUp(
+            event_type,
+            event.workspace_id,
+            event.actor_type,
+            event.actor_id,
+            _json(payload),
+            event.task_id,
+            event.chat_session_id,
+        )
+    )
+
+
+def payload_of(event):
+    """The event's payload, parsed."""
+    return json.loads(event.payload)
