@@ -2,6 +2,7 @@
 //! real parts: components compiled from `plugins/`, the real bus, the real `busbar` binary.
 
 mod bus;
+mod conformance;
 mod cli;
 mod hostile;
 mod relay;

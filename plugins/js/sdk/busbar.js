@@ -60,6 +60,21 @@ export function forward(event, to) {
   return send(to, event.eventType, event.payload);
 }
 
+/**
+ * Like `forward`, without the top-level `keys` of an object payload (byte for byte when none of
+ * them is there).
+ */
+export function forwardWithout(event, to, keys) {
+  const payload = JSON.parse(event.payload);
+  if (payload === null || typeof payload !== 'object' || Array.isArray(payload) || !keys.some((k) => k in payload)) {
+    return forward(event, to);
+  }
+  for (const key of keys) {
+    delete payload[key];
+  }
+  return send(to, event.eventType, payload);
+}
+
 /** A follow-up event in the same workspace, by the same actor, with the same task and chat. */
 export function followUp(event, eventType, payload) {
   return {

@@ -126,6 +126,17 @@ def forward(event, to):
     return send(to, event.event_type, event.payload)
 
 
+def forward_without(event, to, keys):
+    """Like `forward`, without the top-level `keys` of an object payload (byte for byte when
+    none of them is there)."""
+    payload = json.loads(event.payload)
+    if not isinstance(payload, dict) or not any(k in payload for k in keys):
+        return forward(event, to)
+    for key in keys:
+        payload.pop(key, None)
+    return send(to, event.event_type, payload)
+
+
 def follow_up(event, event_type, payload):
     """A follow-up event in the same workspace, by the same actor, same task and chat."""
     return Action_Publish(
