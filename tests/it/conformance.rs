@@ -218,3 +218,20 @@ fn scaffolded_plugins_build_and_pass_their_own_test_in_every_language() {
     }
     report("busbar plugin new, build, test", results);
 }
+
+#[test]
+fn the_languages_benchmark_runs() {
+    let output = Command::new(env!("CARGO_BIN_EXE_busbar"))
+        .args(["bench", "languages", "--quick", "--calls", "5", "--plugins"])
+        .arg(root().join("plugins"))
+        .arg("--cache-dir")
+        .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("busbar-test-cache"))
+        .env("BUSBAR_TOOLCHAINS", root().join("target/toolchains"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for language in ["rust", "js", "python"] {
+        assert!(stdout.contains(&format!("| {language} |")), "{stdout}");
+    }
+}

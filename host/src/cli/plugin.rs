@@ -175,10 +175,12 @@ pub fn build_dir(dir: &Path) -> anyhow::Result<Built> {
     std::fs::create_dir_all(&dist)?;
     let wasm = dist.join(format!("{}.wasm", manifest.name));
     // Write then rename, so that a server watching dist/ never sees half a file.
-    let tmp = dist.join(format!(".{}.wasm.tmp", manifest.name));
+    let tmp = dist.join(format!(".{}.wasm.{}.tmp", manifest.name, std::process::id()));
     match lang {
         Lang::Rust => build_rust(dir, &manifest.name, &tmp)?,
         Lang::Js | Lang::Python => {
+            // One build of a plugin directory at a time (tests build in parallel).
+            let _lock = super::toolchain::lock(&dir.join("target"))?;
             let stamp_path = dist.join(format!(".{}.stamp", manifest.name));
             let stamp = source_stamp(dir, lang)?;
             if wasm.exists() && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {

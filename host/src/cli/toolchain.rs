@@ -72,12 +72,7 @@ fn install_once(dir: &Path, done: &Path, install: impl FnOnce(&Path) -> anyhow::
     if done.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir)?;
-    let lock = std::fs::File::create(dir.join(".lock"))?;
-    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        bail!("cannot lock {}", dir.display());
-    }
+    let _lock = lock(dir)?;
     if done.exists() {
         return Ok(()); // installed by another build while we waited
     }
@@ -86,6 +81,17 @@ fn install_once(dir: &Path, done: &Path, install: impl FnOnce(&Path) -> anyhow::
         bail!("the toolchain in {} was installed but {} is missing", dir.display(), done.display());
     }
     Ok(())
+}
+
+/// An exclusive lock on `dir/.lock`, held until the returned file is dropped.
+pub fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::File::create(dir.join(".lock"))?;
+    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        bail!("cannot lock {}", dir.display());
+    }
+    Ok(lock)
 }
 
 pub fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
