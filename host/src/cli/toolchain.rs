@@ -4,6 +4,8 @@
 //!
 //! - JavaScript: npm `@bytecodealliance/componentize-js` (plugins/js/toolchain, with its lockfile).
 //! - Python: PyPI `componentize-py`, in a virtual environment (plugins/python/requirements.txt).
+//! - C: PyPI `ziglang` (clang with a WASI libc, as `zig cc`), in a virtual environment
+//!   (plugins/c/requirements.txt). busbar turns the core module into a component itself.
 //!
 //! Installs take a file lock, so that parallel builds (tests) install once.
 
@@ -15,6 +17,7 @@ use anyhow::{Context, bail};
 const JS_PACKAGE: &str = include_str!("../../../plugins/js/toolchain/package.json");
 const JS_LOCK: &str = include_str!("../../../plugins/js/toolchain/package-lock.json");
 const PY_REQUIREMENTS: &str = include_str!("../../../plugins/python/requirements.txt");
+const C_REQUIREMENTS: &str = include_str!("../../../plugins/c/requirements.txt");
 const WIT: &str = include_str!("../../../wit/busbar-plugin.wit");
 
 /// The contract's WIT, as the guest toolchains need it (a directory).
@@ -54,6 +57,25 @@ pub fn componentize_py() -> anyhow::Result<PathBuf> {
         )
     })?;
     Ok(bin)
+}
+
+/// The Python interpreter of the C toolchain's environment (run `-m ziglang cc`), installed
+/// if needed.
+pub fn zig_python() -> anyhow::Result<PathBuf> {
+    let dir = root()?.join("c");
+    let python = dir.join("venv/bin/python");
+    install_once(&dir, &dir.join("venv/.installed"), |dir| {
+        std::fs::write(dir.join("requirements.txt"), C_REQUIREMENTS)?;
+        eprintln!("installing the C toolchain (PyPI ziglang) into {} ...", dir.display());
+        run(Command::new("python3").args(["-m", "venv", "venv"]).current_dir(dir), "python3 -m venv")?;
+        run(
+            Command::new(dir.join("venv/bin/pip")).args(["install", "--quiet", "-r", "requirements.txt"]).current_dir(dir),
+            "pip install",
+        )?;
+        std::fs::write(dir.join("venv/.installed"), "")?;
+        Ok(())
+    })?;
+    Ok(python)
 }
 
 fn root() -> anyhow::Result<PathBuf> {
