@@ -42,7 +42,7 @@ pub struct LanguagesArgs {
     /// Warm calls measured per case.
     #[arg(long, default_value_t = 2000)]
     calls: usize,
-    /// The directory holding `js/` and `python/` plugin sources (busbar's `plugins/`).
+    /// The directory holding `js/`, `python/` and `c/` plugin sources (busbar's `plugins/`).
     #[arg(long, default_value = "plugins")]
     plugins: PathBuf,
     /// Skip the cold compiles (a smoke run); the cached loads use `--cache-dir`.
@@ -491,7 +491,7 @@ fn languages(args: LanguagesArgs) -> anyhow::Result<ExitCode> {
     use busbar::plugins::{Runtime, RuntimeConfig};
 
     let mut components = vec![("rust", PathBuf::from(format!("{}/testing/conform.wasm", busbar::BUILT_PLUGINS_DIR)))];
-    for language in ["js", "python"] {
+    for language in ["js", "python", "c"] {
         let built = super::plugin::build_dir(&args.plugins.join(language).join("conform"))?;
         components.push((language, built.wasm));
     }
