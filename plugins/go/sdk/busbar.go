@@ -1,0 +1,205 @@
+// Package busbar: helpers for busbar listener plugins written in Go.
+//
+// A plugin is package export_wit_world with two functions:
+//
+//	func Subscriptions() []string
+//	func Handle(e busbar.Event) witTypes.Result[[]busbar.Action, string] { return busbar.Run(e, handle) }
+//
+// where handle(e) returns actions (built with Send, Forward, ForwardWithout, FollowUp) or an
+// error (the call fails with its message). A panic traps: busbar contains it and replaces the
+// instance.
+package busbar
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"runtime"
+	"runtime/debug"
+
+	"wit_component/busbar_plugin_config"
+	"wit_component/busbar_plugin_kv"
+	"wit_component/busbar_plugin_log"
+	types "wit_component/busbar_plugin_types"
+
+	witTypes "go.bytecodealliance.org/pkg/wit/types"
+)
+
+type (
+	Event  = types.Event
+	Action = types.Action
+	Target = types.Target
+)
+
+// Go's collector must never run while busbar is passing arguments in (inside cabi_realloc,
+// where a component may not call out, and a collection reads the clock): automatic collection
+// is off, and Run collects between events instead.
+func init() { debug.SetGCPercent(-1) }
+
+var calls uint32
+
+// Run calls handle and turns its result into the export's result, collecting garbage every 64
+// events (at a point where that is allowed).
+func Run(e Event, handle func(Event) ([]Action, error)) witTypes.Result[[]Action, string] {
+	calls++
+	if calls%64 == 0 {
+		runtime.GC()
+	}
+	actions, err := handle(e)
+	if err != nil {
+		return witTypes.Err[[]Action, string](err.Error())
+	}
+	return witTypes.Ok[[]Action, string](actions)
+}
+
+// Fail is an error with this message.
+func Fail(message string) error { return errors.New(message) }
+
+// Targets.
+func Workspace(id string) Target { return types.MakeTargetWorkspace(id) }
+func User(id string) Target {
+	return types.MakeTargetUser(types.UserTarget{UserId: id, ExcludeWorkspace: witTypes.None[string]()})
+}
+func UserExcept(id, workspace string) Target {
+	return types.MakeTargetUser(types.UserTarget{UserId: id, ExcludeWorkspace: witTypes.Some(workspace)})
+}
+func Task(id string) Target { return types.MakeTargetScope(types.Scope{Kind: types.ScopeKind_Task, Id: id}) }
+func Chat(id string) Target { return types.MakeTargetScope(types.Scope{Kind: types.ScopeKind_Chat, Id: id}) }
+func Everyone() Target      { return types.MakeTargetEveryone() }
+
+// Send is a message for realtime clients; payload is JSON text.
+func Send(to Target, eventType, payload string) Action {
+	return types.MakeActionSend(types.Message{Target: to, EventType: eventType, Payload: payload})
+}
+
+// SendJSON is a message whose payload is v as JSON.
+func SendJSON(to Target, eventType string, v any) (Action, error) {
+	payload, err := Marshal(v)
+	if err != nil {
+		return Action{}, err
+	}
+	return Send(to, eventType, payload), nil
+}
+
+// Forward sends the event's own type and payload (byte for byte) to `to`.
+func Forward(e Event, to Target) Action { return Send(to, e.EventType, e.Payload) }
+
+// ForwardWithout is Forward without the top-level keys of an object payload; the other members
+// keep their order.
+func ForwardWithout(e Event, to Target, keys ...string) (Action, error) {
+	dec := json.NewDecoder(bytes.NewReader([]byte(e.Payload)))
+	if token, err := dec.Token(); err != nil || token != json.Delim('{') {
+		return Forward(e, to), nil
+	}
+	var out bytes.Buffer
+	out.WriteByte('{')
+	removed := false
+	for dec.More() {
+		token, err := dec.Token()
+		if err != nil {
+			return Action{}, err
+		}
+		key, _ := token.(string)
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return Action{}, err
+		}
+		if contains(keys, key) {
+			removed = true
+			continue
+		}
+		if out.Len() > 1 {
+			out.WriteByte(',')
+		}
+		name, err := Marshal(key)
+		if err != nil {
+			return Action{}, err
+		}
+		out.WriteString(name)
+		out.WriteByte(':')
+		if err := json.Compact(&out, value); err != nil {
+			return Action{}, err
+		}
+	}
+	if !removed {
+		return Forward(e, to), nil
+	}
+	out.WriteByte('}')
+	return Send(to, e.EventType, out.String()), nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// FollowUp is a follow-up event in the same workspace, by the same actor, same task and chat.
+func FollowUp(e Event, eventType string, v any) (Action, error) {
+	payload, err := Marshal(v)
+	if err != nil {
+		return Action{}, err
+	}
+	return types.MakeActionPublish(types.FollowUp{
+		EventType:     eventType,
+		WorkspaceId:   e.WorkspaceId,
+		ActorType:     e.ActorType,
+		ActorId:       e.ActorId,
+		Payload:       payload,
+		TaskId:        e.TaskId,
+		ChatSessionId: e.ChatSessionId,
+	}), nil
+}
+
+// PayloadOf parses the event's payload into v.
+func PayloadOf(e Event, v any) error { return json.Unmarshal([]byte(e.Payload), v) }
+
+// Marshal is compact JSON without HTML escaping (as every busbar SDK writes it).
+func Marshal(v any) (string, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return "", err
+	}
+	return string(bytes.TrimRight(buf.Bytes(), "\n")), nil
+}
+
+// Log lines, under the plugin's name in busbar's log.
+func LogDebug(message string) { busbar_plugin_log.Write(types.Level_Debug, message) }
+func LogInfo(message string)  { busbar_plugin_log.Write(types.Level_Info, message) }
+func LogWarn(message string)  { busbar_plugin_log.Write(types.Level_Warn, message) }
+func LogError(message string) { busbar_plugin_log.Write(types.Level_Error, message) }
+
+// Config is a `[config]` value of the plugin's manifest.
+func Config(key string) (string, bool) {
+	value := busbar_plugin_config.Get(key)
+	if value.IsNone() {
+		return "", false
+	}
+	return value.Some(), true
+}
+
+// KVGet reads the plugin's private key-value store.
+func KVGet(key string) ([]byte, bool) {
+	value := busbar_plugin_kv.Get(key)
+	if value.IsNone() {
+		return nil, false
+	}
+	return value.Some(), true
+}
+
+// KVSet writes it (an error past the store's limits).
+func KVSet(key string, value []byte) error {
+	result := busbar_plugin_kv.Set(key, value)
+	if result.IsErr() {
+		return errors.New(result.Err())
+	}
+	return nil
+}
+
+// KVDelete removes a key; it says whether it was there.
+func KVDelete(key string) bool { return busbar_plugin_kv.Delete(key) }
