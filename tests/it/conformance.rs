@@ -16,7 +16,7 @@ use busbar::plugins::Plugin;
 use crate::support;
 
 /// Every guest language busbar builds, with its plugin directory.
-const LANGUAGES: &[(&str, &str)] = &[("js", "plugins/js"), ("python", "plugins/python"), ("c", "plugins/c")];
+const LANGUAGES: &[(&str, &str)] = &[("js", "plugins/js"), ("python", "plugins/python"), ("c", "plugins/c"), ("go", "plugins/go")];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -231,7 +231,7 @@ fn the_languages_benchmark_runs() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    for language in ["rust", "js", "python", "c"] {
+    for language in ["rust", "js", "python", "c", "go"] {
         assert!(stdout.contains(&format!("| {language} |")), "{stdout}");
     }
 }

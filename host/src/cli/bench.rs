@@ -491,7 +491,7 @@ fn languages(args: LanguagesArgs) -> anyhow::Result<ExitCode> {
     use busbar::plugins::{Runtime, RuntimeConfig};
 
     let mut components = vec![("rust", PathBuf::from(format!("{}/testing/conform.wasm", busbar::BUILT_PLUGINS_DIR)))];
-    for language in ["js", "python", "c"] {
+    for language in ["js", "python", "c", "go"] {
         let built = super::plugin::build_dir(&args.plugins.join(language).join("conform"))?;
         components.push((language, built.wasm));
     }
