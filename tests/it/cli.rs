@@ -184,3 +184,42 @@ fn the_load_tools_run() {
     assert_eq!((cells[1], cells[2]), ("2", "2"), "both versions served: {stdout}");
     assert_eq!((cells[4], cells[5], cells[6]), ("0", "0", "0"), "no failed, lost or doubled events: {stdout}");
 }
+
+#[test]
+fn token_tail_and_publish_work_against_a_running_server() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = crate::server::TestServer::start(|_| {}).await;
+        let token = busbar().args(["token", "--user", "tia", "--workspace", "ws-1", "--grant", "ws-1:task:t-1"]).output().unwrap();
+        assert!(token.status.success());
+        let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+        let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_busbar"))
+            .args(["tail", "--url", &format!("ws://{}/ws", server.addr), "--workspace", "ws-1", "--subscribe", "task:t-1"])
+            .env("BUSBAR_TOKEN", &token)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tail.stdout.take().unwrap()));
+        macro_rules! next {
+            () => {
+                tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap()
+            };
+        }
+        assert!(next!().contains("auth_ack"));
+        assert!(next!().contains("subscribe_ack"));
+        let publish = busbar()
+            .args(["publish", "--url", &server.url(""), "--type", "task:message", "--workspace", "ws-1", "--task", "t-1"])
+            .args(["--payload", r#"{"n":1}"#])
+            .output()
+            .unwrap();
+        assert!(publish.status.success(), "{}", String::from_utf8_lossy(&publish.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&publish.stdout).unwrap();
+        assert_eq!(report["results"][0]["events"][0]["listeners"][0]["outcome"], "ok");
+        let frame: serde_json::Value = serde_json::from_str(&next!()).unwrap();
+        assert_eq!((frame["type"].as_str(), frame["scope"].as_str()), (Some("task:message"), Some("task")));
+        assert_eq!(frame["payload"], serde_json::json!({"n": 1}));
+        let _ = tail.kill().await;
+        server.stop().await;
+    });
+}

@@ -2,7 +2,7 @@
 //! everyone, tagged with its `tag` config value, so a test can see which listener ran, in which
 //! order, and with exactly which fields. Subscriptions come from the manifest.
 //!
-//! On request (payload `{"echo": {...}}`) it also returns an error, panics, publishes a
+//! On request (payload `{"echo": {...}}`) it also returns an error, panics, prints, publishes a
 //! follow-up, or uses its key-value store, so the bus's semantics can be checked through a real component.
 
 use busbar_plugin_sdk::{Action, Error, Event, Plugin, Target, config, export, kv};
@@ -18,6 +18,11 @@ impl Plugin for Echo {
         if let Some(message) = request["fail"].as_str() {
             if request["only"].as_str().is_none_or(|only| only == tag) {
                 return Err(Error::new(message));
+            }
+        }
+        if let Some(lines) = request["print"].as_u64() {
+            for i in 0..lines {
+                println!("line {i}");
             }
         }
         if request["panic"] == Value::Bool(true) {
