@@ -7,9 +7,42 @@
 
 use std::net::SocketAddr;
 
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 
+use super::AppState;
 use super::error::ApiError;
+
+/// Extracting this checks that the caller may use admin routes.
+pub struct Admin;
+
+/// Extracting this checks that the caller may publish events.
+pub struct Publisher;
+
+fn peer(parts: &Parts) -> Result<SocketAddr, ApiError> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .ok_or_else(|| ApiError::Internal("no peer address (serve with connect info)".into()))
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, ApiError> {
+        state.access.admin(&parts.headers, peer(parts)?).map(|()| Admin)
+    }
+}
+
+impl FromRequestParts<AppState> for Publisher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Publisher, ApiError> {
+        state.access.publish(&parts.headers, peer(parts)?).map(|()| Publisher)
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Access {

@@ -1,16 +1,14 @@
 //! `POST /v1/events`: publish one event or an array of them, and report what every listener did.
 
-use std::net::SocketAddr;
-
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::AppState;
+use super::access::Publisher;
 use super::error::ApiError;
 use crate::bus::EventReport;
 use crate::event::Event;
@@ -31,12 +29,10 @@ pub struct PublishResult {
 }
 
 pub async fn publish(
+    _: Publisher,
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishResponse>, ApiError> {
-    state.access.publish(&headers, peer)?;
     let body = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!("body larger than {} bytes", state.max_events_body))

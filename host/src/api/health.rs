@@ -1,27 +1,22 @@
 //! `/health` (liveness), `/health/realtime` (JSON counters) and `/metrics` (Prometheus text).
 
 use std::fmt::Write;
-use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, header};
+use axum::extract::State;
+use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::AppState;
+use super::access::Admin;
 use super::error::ApiError;
 
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn realtime(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<impl IntoResponse, ApiError> {
-    state.access.admin(&headers, peer)?;
+pub async fn realtime(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut body = serde_json::to_value(state.hub.snapshot()).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["plugins"] = serde_json::to_value(state.registry.list()).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["plugin_reloads"] = serde_json::to_value(state.registry.stats()).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -36,12 +31,7 @@ pub async fn realtime(
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)))
 }
 
-pub async fn metrics(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<impl IntoResponse, ApiError> {
-    state.access.admin(&headers, peer)?;
+pub async fn metrics(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus(&state)))
 }
 

