@@ -687,3 +687,19 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_covers_every_rout
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_when_its_token_expires() {
+    let server = TestServer::start(|_| {}).await;
+    let claims = Claims {
+        sub: "short".into(),
+        exp: busbar::event::now_ms() / 1000 + 2,
+        workspaces: vec!["ws-1".into()],
+        grants: Default::default(),
+    };
+    let mut client = Client::connect(&server, "ws-1", &auth::mint(DEV_JWT_SECRET.as_bytes(), &claims)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(client.close_code().await, Some(4501));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.stop().await;
+}

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -149,10 +150,17 @@ async fn read_loop<R>(hub: &Hub, conn: &Arc<Conn>, stream: &mut R) -> Close
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
+    // A connection lives no longer than its token: at `exp` it is closed with 4501, and the
+    // client reconnects with a fresh token.
+    let expiry = UNIX_EPOCH + Duration::from_secs(conn.identity.claims.exp);
+    let left = expiry.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    let expires = tokio::time::sleep(left);
+    tokio::pin!(expires);
     loop {
         let next = tokio::select! {
             biased;
             _ = conn.gone.cancelled() => return conn.outbox().closed().unwrap_or(Close::NORMAL),
+            _ = &mut expires => return Close::TOKEN_EXPIRED,
             next = tokio::time::timeout(hub.config().read_timeout, stream.next()) => next,
         };
         let message = match next {
