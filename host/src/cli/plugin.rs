@@ -303,17 +303,17 @@ fn build_guest(dir: &Path, lang: Lang, name: &str, out: &Path) -> anyhow::Result
             )
         }
         Lang::C => {
-            let python = super::toolchain::zig_python()?;
+            let clang = super::toolchain::clang()?;
             let mut files: Vec<String> = sources(&stage, "c")?.iter().filter_map(|p| p.file_name()?.to_str().map(String::from)).collect();
             files.push("listener_component_type.o".into());
             let core = std::path::absolute(stage.join("core.wasm"))?;
             super::toolchain::run(
-                Command::new(python)
-                    .args(["-m", "ziglang", "cc", "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-s", "-I.", "-o"])
+                Command::new(clang)
+                    .args(["--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-Wall", "-Wl,--strip-all", "-I.", "-o"])
                     .arg(&core)
                     .args(&files)
                     .current_dir(&stage),
-                "zig cc",
+                "clang",
             )?;
             let component = componentize(&std::fs::read(&core)?)?;
             std::fs::write(&out, component)?;

