@@ -6,8 +6,10 @@
 //! port 0 and cancel the token; the binary binds the configured address and cancels on SIGTERM or
 //! SIGINT.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -140,23 +142,41 @@ fn native_forwarder(event: &Event) -> Result<Vec<Action>, ListenerError> {
     Ok(vec![Action::send(target, event.event_type.clone(), event.payload.clone())])
 }
 
-/// Serves until `state.shutdown` is cancelled, then shuts down gracefully.
+/// How long in-flight HTTP requests get to finish at shutdown before sockets close anyway.
+const REQUEST_GRACE: Duration = Duration::from_secs(10);
+
+/// How long WebSockets get to receive their queued frames and the close at shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves until `state.shutdown` is cancelled, then shuts down gracefully: stop accepting, let
+/// in-flight requests (publishes, whose frames are queued for clients) finish, then close every
+/// WebSocket with 1001 once the frames queued for it are written.
 pub async fn run(listener: TcpListener, app: App) -> std::io::Result<()> {
     let shutdown = app.state.shutdown.clone();
     let hub = app.hub.clone();
     let router = api::router(app.state);
-    let closing = async move {
-        shutdown.cancelled().await;
-        tracing::info!("shutting down: closing connections");
-        hub.shutdown();
-    };
     // Frames are small and latency matters: no Nagle delay on any connection.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(closing)
-        .await
+    let serving = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+        tokio::time::sleep(REQUEST_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = grace_over => {
+            tracing::warn!(grace_ms = REQUEST_GRACE.as_millis() as u64, "requests still running at the end of the grace period");
+            Ok(())
+        }
+    };
+    tracing::info!("shutting down: closing connections");
+    hub.shutdown_and_wait(CLOSE_GRACE).await;
+    served
 }

@@ -42,7 +42,7 @@ pub struct AppState {
     pub max_upload: usize,
     /// The Redis relay, when several nodes share fan-out.
     pub relay: Option<crate::relay::Relay>,
-    /// Cancelled when the server shuts down; open sessions close with 1001.
+    /// Cancelled when the server is to shut down (see `server::run` for the order).
     pub shutdown: CancellationToken,
 }
 

@@ -61,12 +61,11 @@ pub async fn upgrade(
     // (1009) reaches the client instead of a connection reset.
     let limit = state.hub.config().max_inbound_bytes * 2;
     let hub = state.hub.clone();
-    let shutdown = state.shutdown.clone();
     Ok(ws
         .read_buffer_size(4 << 10)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| session::serve(hub, socket, auth, shutdown))
+        .on_upgrade(move |socket| hub.clone().track_session(session::serve(hub, socket, auth)))
         .into_response())
 }
 

@@ -2,9 +2,11 @@
 //!
 //! This module owns `Outbox`. Fan-out pushes shared frame bytes into it without waiting; the
 //! connection's writer task drains it. A push past either bound refuses the frame and reports
-//! `Overflow`, and the hub then evicts the connection. Closing is idempotent and race-free: the
-//! first `close` wins, later pushes are dropped, and nothing can panic on a closed queue (the
-//! original crashed the process sending on a closed channel).
+//! `Overflow`, and the hub then evicts the connection; frames the writer has taken but not yet
+//! written still count, so a writer stuck on a client that stopped reading cannot hide them.
+//! Closing is idempotent and race-free: the first close wins, later pushes are dropped, and
+//! nothing can panic on a closed queue (the original crashed the process sending on a closed
+//! channel). A close drops what is queued, except a shutdown's, which lets it be written first.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -59,18 +61,28 @@ pub struct Outbox {
 
 struct Inner {
     frames: VecDeque<(Instant, Utf8Bytes)>,
+    /// Bytes queued plus bytes the writer has taken and not yet written.
     bytes: usize,
+    /// The batch the writer is writing: when its oldest frame was queued, and its size.
+    in_flight: Option<(Instant, usize)>,
     closed: Option<Close>,
+    /// Whether the frames queued before the close are still written (a shutdown) or dropped.
+    drain: bool,
 }
 
 impl Outbox {
     pub fn new(max_bytes: usize, max_age: Duration) -> Outbox {
         Outbox {
-            inner: Mutex::new(Inner { frames: VecDeque::new(), bytes: 0, closed: None }),
+            inner: Mutex::new(Inner { frames: VecDeque::new(), bytes: 0, in_flight: None, closed: None, drain: false }),
             ready: Notify::new(),
             max_bytes,
             max_age,
         }
+    }
+
+    /// How long a frame may wait, queued or being written, before its connection is evicted.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
     }
 
     pub fn push(&self, frame: Utf8Bytes) -> Push {
@@ -78,7 +90,8 @@ impl Outbox {
         if inner.closed.is_some() {
             return Push::Closed;
         }
-        let too_old = inner.frames.front().is_some_and(|(queued, _)| queued.elapsed() > self.max_age);
+        let oldest = inner.in_flight.map(|(since, _)| since).or_else(|| inner.frames.front().map(|(queued, _)| *queued));
+        let too_old = oldest.is_some_and(|queued| queued.elapsed() > self.max_age);
         if too_old || inner.bytes + frame.len() > self.max_bytes {
             return Push::Overflow;
         }
@@ -89,17 +102,31 @@ impl Outbox {
         Push::Queued
     }
 
-    /// Closes the queue; returns `Some(frames dropped)` if this call closed it, `None` if it was
-    /// already closed.
+    /// Closes the queue, dropping the frames still queued; returns `Some(frames dropped)` if this
+    /// call closed it, `None` if it was already closed.
     pub fn close(&self, close: Close) -> Option<usize> {
+        self.close_with(close, false)
+    }
+
+    /// Closes the queue after the frames already queued are written (a graceful shutdown);
+    /// returns `Some(0)` if this call closed it, `None` if it was already closed.
+    pub fn close_after_queued(&self, close: Close) -> Option<usize> {
+        self.close_with(close, true)
+    }
+
+    fn close_with(&self, close: Close, drain: bool) -> Option<usize> {
         let mut inner = self.inner.lock();
         if inner.closed.is_some() {
             return None;
         }
         inner.closed = Some(close);
-        let dropped = inner.frames.len();
-        inner.frames.clear();
-        inner.bytes = 0;
+        inner.drain = drain;
+        let mut dropped = 0;
+        if !drain {
+            dropped = inner.frames.len();
+            inner.frames.clear();
+            inner.bytes = inner.in_flight.map_or(0, |(_, bytes)| bytes);
+        }
         drop(inner);
         self.ready.notify_one();
         Some(dropped)
@@ -109,22 +136,39 @@ impl Outbox {
         self.inner.lock().closed
     }
 
-    /// Waits for frames (moves all of them, oldest first, into `into`) or for the close.
+    /// Whether the queue was closed by a shutdown that still writes what was queued.
+    pub fn drains(&self) -> bool {
+        let inner = self.inner.lock();
+        inner.closed.is_some() && inner.drain
+    }
+
+    /// Waits for frames (moves all of them, oldest first, into `into`) or for the close. Frames
+    /// taken count against the bounds until the writer reports them `written`.
     pub async fn next(&self, into: &mut Vec<Utf8Bytes>) -> Next {
         loop {
             let notified = self.ready.notified();
             {
                 let mut inner = self.inner.lock();
-                if let Some(close) = inner.closed {
-                    return Next::Close(close);
-                }
-                if !inner.frames.is_empty() {
-                    inner.bytes = 0;
+                let draining = inner.closed.is_none() || inner.drain;
+                if draining && let Some(&(oldest, _)) = inner.frames.front() {
+                    let batch: usize = inner.frames.iter().map(|(_, f)| f.len()).sum();
+                    inner.in_flight = Some((oldest, batch));
                     into.extend(inner.frames.drain(..).map(|(_, f)| f));
                     return Next::Frames;
                 }
+                if let Some(close) = inner.closed {
+                    return Next::Close(close);
+                }
             }
             notified.await;
+        }
+    }
+
+    /// The writer has written the batch `next` gave it.
+    pub fn written(&self) {
+        let mut inner = self.inner.lock();
+        if let Some((_, bytes)) = inner.in_flight.take() {
+            inner.bytes = inner.bytes.saturating_sub(bytes);
         }
     }
 
@@ -176,5 +220,35 @@ mod tests {
         assert_eq!(outbox.close(Close::NORMAL), None);
         assert_eq!(outbox.push(frame("b")), Push::Closed);
         assert_eq!(outbox.next(&mut Vec::new()).await, Next::Close(Close::SLOW));
+    }
+
+    #[tokio::test]
+    async fn frames_being_written_count_against_both_bounds() {
+        let outbox = Outbox::new(10, Duration::from_millis(30));
+        assert_eq!(outbox.push(frame("12345678")), Push::Queued);
+        let mut frames = Vec::new();
+        assert_eq!(outbox.next(&mut frames).await, Next::Frames);
+        // Taken by the writer, not yet written: still 8 of the 10 bytes.
+        assert_eq!(outbox.push(frame("123")), Push::Overflow);
+        outbox.written();
+        assert_eq!(outbox.push(frame("123")), Push::Queued);
+        assert_eq!(outbox.next(&mut frames).await, Next::Frames);
+        // A write that does not finish makes the connection too old for more frames.
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(outbox.push(frame("1")), Push::Overflow);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_close_writes_what_was_queued_first() {
+        let outbox = Outbox::new(1024, Duration::from_secs(5));
+        outbox.push(frame("a"));
+        outbox.push(frame("b"));
+        assert_eq!(outbox.close_after_queued(Close::GOING_AWAY), Some(0));
+        assert_eq!(outbox.push(frame("c")), Push::Closed);
+        let mut frames = Vec::new();
+        assert_eq!(outbox.next(&mut frames).await, Next::Frames);
+        assert_eq!(frames, [frame("a"), frame("b")]);
+        outbox.written();
+        assert_eq!(outbox.next(&mut frames).await, Next::Close(Close::GOING_AWAY));
     }
 }

@@ -15,7 +15,6 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
-use tokio_util::sync::CancellationToken;
 
 use super::outbox::Next;
 use super::{AuthError, Close, Conn, Hub, Identity, Position, SubscribeError};
@@ -38,8 +37,9 @@ struct Inbound {
     payload: Value,
 }
 
-/// Serves one connection until it closes.
-pub async fn serve<S>(hub: Arc<Hub>, socket: S, auth: Auth, shutdown: CancellationToken)
+/// Serves one connection until it closes (the client leaves, the hub evicts it, or the hub
+/// shuts down).
+pub async fn serve<S>(hub: Arc<Hub>, socket: S, auth: Auth)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + 'static,
 {
@@ -62,10 +62,7 @@ where
     hub.join_own_rooms(&conn, &since).await;
     tracing::debug!(conn = conn.id, user = %conn.identity.user_id, workspace = %conn.identity.workspace_id, "connected");
     let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink));
-    let close = tokio::select! {
-        close = read_loop(&hub, &conn, &mut stream) => close,
-        _ = shutdown.cancelled() => Close::GOING_AWAY,
-    };
+    let close = read_loop(&hub, &conn, &mut stream).await;
     hub.disconnect(&conn, close);
     let _ = writer.await;
     linger(&mut stream).await;
@@ -252,23 +249,43 @@ where
             _ = ping.tick() => None,
         };
         let sent = match next {
-            None => send_all(&conn, &mut sink, std::iter::once(Message::Ping(Default::default()))).await,
-            Some(Next::Frames) => send_all(&conn, &mut sink, frames.drain(..).map(Message::Text)).await,
+            None => send_all(&hub, &conn, &mut sink, std::iter::once(Message::Ping(Default::default()))).await,
+            Some(Next::Frames) => {
+                let sent = send_all(&hub, &conn, &mut sink, frames.drain(..).map(Message::Text)).await;
+                conn.outbox().written();
+                sent
+            }
             Some(Next::Close(close)) => {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.send(close_message(close))).await;
+                send_close(&conn, &mut sink, close).await;
                 break;
             }
         };
         if sent.is_err() {
+            // Evicted in the middle of a write, or the socket failed: say why, if the socket
+            // still takes it (after whatever part of the batch was buffered).
+            if let Some(close) = conn.outbox().closed() {
+                send_close(&conn, &mut sink, close).await;
+            }
             break;
         }
     }
     hub.disconnect(&conn, Close::NORMAL);
 }
 
-/// Writes a batch with one flush. Gives up as soon as the connection is closed elsewhere (an
-/// eviction must not wait for a client that stopped reading).
-async fn send_all<W>(conn: &Conn, sink: &mut W, messages: impl Iterator<Item = Message>) -> Result<(), ()>
+/// Sends the close frame, waiting for a client that may not be reading no longer than a frame
+/// may wait in its outbox.
+async fn send_close<W>(conn: &Conn, sink: &mut W, close: Close)
+where
+    W: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let _ = tokio::time::timeout(conn.outbox().max_age(), sink.send(close_message(close))).await;
+}
+
+/// Writes a batch with one flush. A write that takes longer than the outbox's age bound evicts
+/// the connection (a client that stopped reading must not hold its frames forever, even when
+/// nothing new is pushed to it); an eviction elsewhere stops the write at once. A shutdown does
+/// not: its close waits for the queued frames.
+async fn send_all<W>(hub: &Hub, conn: &Arc<Conn>, sink: &mut W, messages: impl Iterator<Item = Message>) -> Result<(), ()>
 where
     W: Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -278,10 +295,22 @@ where
         }
         sink.flush().await
     };
+    let evicted = async {
+        conn.gone.cancelled().await;
+        if conn.outbox().drains() {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         biased;
-        _ = conn.gone.cancelled() => Err(()),
-        result = write => result.map_err(|_| ()),
+        _ = evicted => Err(()),
+        result = tokio::time::timeout(conn.outbox().max_age(), write) => match result {
+            Ok(written) => written.map_err(|_| ()),
+            Err(_) => {
+                hub.evict_slow(conn);
+                Err(())
+            }
+        },
     }
 }
 
