@@ -399,7 +399,7 @@ async fn a_client_that_stops_reading_is_evicted_and_others_keep_receiving() {
         c.hub.max_queue_age = Duration::from_secs(2);
     })
     .await;
-    let _stalled = stalled_client(&server, &token("slow", &["ws-1"], &[])).await;
+    let mut stalled = stalled_client(&server, &token("slow", &["ws-1"], &[])).await;
     let mut fast = Client::connect(&server, "ws-1", &token("fast", &["ws-1"], &[])).await;
     let reader = tokio::spawn(async move {
         let mut seen = 0;
@@ -425,6 +425,8 @@ async fn a_client_that_stops_reading_is_evicted_and_others_keep_receiving() {
     }
     let metrics = server.realtime().await;
     assert_eq!(metrics["slow_evictions_total"], 1, "the stalled client was evicted: {metrics}");
+    // Reading again, the evicted client gets what was already on its way, then learns why.
+    assert_eq!(read_until_close(&mut stalled).await, Some(4008));
     barrier(&server).await;
     let (seen, _fast) = tokio::time::timeout(Duration::from_secs(30), reader).await.unwrap().unwrap();
     assert_eq!(seen, published, "the reading client received every frame");
@@ -507,6 +509,58 @@ async fn connects_disconnects_and_evictions_race_publishing_without_harm() {
     let mut client = Client::connect(&server, "ws-1", &token("after", &["ws-1"], &[])).await;
     barrier(&server).await;
     assert!(client.until_barrier().await.is_empty());
+}
+
+/// Reads (and discards) frames until the close frame; its code.
+async fn read_until_close(socket: &mut WebSocketStream<TcpStream>) -> Option<u16> {
+    let read = async {
+        while let Some(message) = socket.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(e) => {
+                    eprintln!("connection ended without a close frame: {e}");
+                    return None;
+                }
+            }
+        }
+        None
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("closed within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_writes_the_frames_already_queued_before_going_away() {
+    let server = TestServer::start(|c| {
+        c.hub.max_queue_bytes = 8 << 20;
+        c.max_events_body = 4 << 20;
+    })
+    .await;
+    // A client that is not reading yet, with a small receive window: frames wait in its outbox.
+    let mut slow = stalled_client(&server, &token("slow", &["ws-1"], &[])).await;
+    let padding = "s".repeat(16 << 10);
+    let events: Vec<Value> =
+        (0..64).map(|i| json!({"type": "bulk:item", "workspace_id": "ws-1", "payload": {"i": i, "padding": padding}})).collect();
+    server.publish_ok(Value::Array(events)).await;
+    server.shutdown.cancel();
+    let mut seen = Vec::new();
+    let close = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), slow.next()).await.expect("a frame within 10 s");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "bulk:item" {
+                    seen.push(frame["payload"]["i"].as_u64().unwrap());
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("the connection ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(seen, (0..64).collect::<Vec<u64>>(), "every frame published before the shutdown arrived");
+    assert_eq!(close, Some(1001));
+    let _ = tokio::time::timeout(Duration::from_secs(15), server.handle).await.expect("the server stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,6 +713,27 @@ async fn admin_routes_refuse_callers_without_the_token() {
     let response = http.get(server.url("/metrics")).header("x-forwarded-for", "203.0.113.9").send().await.unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(http.get(server.url("/metrics")).send().await.unwrap().status(), 200);
+    let calls = async || -> Value {
+        let plugin: Value = http.get(server.url("/v1/plugins/workspace-forwarder")).send().await.unwrap().json().await.unwrap();
+        plugin["listener"]["stats"]["calls"].clone()
+    };
+    let calls_before = calls().await;
+    assert!(calls_before.is_u64(), "{calls_before}");
+    // And a web page in the developer's browser cannot use them: not a cross-site form post
+    // (it carries `Origin`), not a DNS-rebound name (its `Host`), not a plain GET (`Sec-Fetch-Site`).
+    let form = http
+        .post(server.url("/v1/events"))
+        .header("origin", "https://evil.example")
+        .header("content-type", "text/plain")
+        .body(r#"{"type":"x:y","workspace_id":"ws-1"}"#);
+    assert_eq!(form.send().await.unwrap().status(), 403);
+    let rebound = http.get(server.url("/metrics")).header("host", format!("evil.example:{}", server.addr.port()));
+    assert_eq!(rebound.send().await.unwrap().status(), 403);
+    let page = http.get(server.url("/v1/plugins")).header("sec-fetch-site", "cross-site");
+    assert_eq!(page.send().await.unwrap().status(), 403);
+    let rollback = http.post(server.url("/v1/plugins/workspace-forwarder/rollback")).header("origin", "null");
+    assert_eq!(rollback.send().await.unwrap().status(), 403);
+    assert_eq!(calls().await, calls_before, "the refused publish reached no plugin");
     server.stop().await;
 }
 
@@ -675,6 +750,7 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_covers_every_rout
         ("/v1/events", &["post"][..]),
         ("/v1/plugins", &["get"]),
         ("/v1/plugins/{name}", &["get", "put", "delete"]),
+        ("/v1/plugins/{name}/rollback", &["post"]),
         ("/health", &["get"]),
         ("/health/realtime", &["get"]),
         ("/metrics", &["get"]),
@@ -684,6 +760,13 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_covers_every_rout
         for method in methods {
             assert!(served["paths"][path][method].is_object(), "{method} {path} is not documented");
         }
+    }
+    // Every route the router declares is in the document.
+    let router = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs")).unwrap();
+    let routes: Vec<&str> = router.split(".route(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+    assert!(routes.len() >= 9, "found the router's routes: {routes:?}");
+    for route in routes {
+        assert!(served["paths"][route].is_object(), "{route} is routed but not documented");
     }
     server.stop().await;
 }

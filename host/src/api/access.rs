@@ -2,7 +2,10 @@
 //!
 //! Admin routes (plugins, `/health/realtime`, `/metrics`) need the configured admin bearer
 //! token; without one configured they answer direct loopback callers only (no forwarding
-//! headers) and hide from everyone else with a 404. `POST /v1/events` also accepts the publish
+//! headers) and hide from everyone else with a 404. Those loopback callers must not be web
+//! pages: a request with an `Origin` or `Sec-Fetch-Site` header, or a `Host` that is not a
+//! loopback name (DNS rebinding), is refused with 403, so a page open in the developer's browser
+//! cannot publish, upload or read metrics through it. `POST /v1/events` also accepts the publish
 //! token. Tokens are compared in constant time.
 
 use std::net::SocketAddr;
@@ -65,7 +68,15 @@ impl Access {
         let configured: Vec<&str> = accepted.iter().flatten().copied().collect();
         if configured.is_empty() {
             let forwarded = FORWARDING_HEADERS.iter().any(|h| headers.contains_key(*h));
-            return if peer.ip().is_loopback() && !forwarded { Ok(()) } else { Err(ApiError::Hidden) };
+            if !peer.ip().is_loopback() || forwarded {
+                return Err(ApiError::Hidden);
+            }
+            if from_a_browser(headers) {
+                return Err(ApiError::Forbidden(
+                    "without an admin token these routes refuse browser requests; set BUSBAR_ADMIN_TOKEN".into(),
+                ));
+            }
+            return Ok(());
         }
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -78,6 +89,25 @@ impl Access {
             Err(ApiError::Unauthorized)
         }
     }
+}
+
+/// Whether a request comes from a web page: browsers send `Origin` with cross-origin and
+/// state-changing requests and `Sec-Fetch-Site` with every request, and a page that rebinds its
+/// own name to 127.0.0.1 still sends its name as `Host`.
+fn from_a_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ORIGIN) || headers.contains_key("sec-fetch-site") || !host_is_loopback(headers)
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]` and the like, with any port. No `Host` (HTTP/1.0) counts
+/// as loopback: the peer address has already been checked.
+fn host_is_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else { return true };
+    let Ok(host) = host.to_str() else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -110,6 +140,35 @@ mod tests {
         let mut forwarded = HeaderMap::new();
         forwarded.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
         assert!(matches!(access.admin(&forwarded, peer("127.0.0.1")), Err(ApiError::Hidden)));
+    }
+
+    #[test]
+    fn without_a_token_web_pages_on_the_same_machine_are_refused() {
+        let access = Access::default();
+        let with = |name: &str, value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+            h.insert(axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+            h
+        };
+        for host in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080", "127.0.0.1", "LOCALHOST"] {
+            assert!(access.publish(&with("host", host), peer("127.0.0.1")).is_ok(), "{host}");
+        }
+        for refused in [
+            with("origin", "https://evil.example"),
+            with("origin", "null"),
+            with("sec-fetch-site", "cross-site"),
+            with("host", "evil.example:8080"),
+            with("host", "127.0.0.1.evil.example"),
+        ] {
+            assert!(matches!(access.publish(&refused, peer("127.0.0.1")), Err(ApiError::Forbidden(_))), "{refused:?}");
+            assert!(matches!(access.admin(&refused, peer("127.0.0.1")), Err(ApiError::Forbidden(_))), "{refused:?}");
+        }
+        // With a token, a browser request is judged by the token alone (it must carry it).
+        let access = Access { admin_token: Some("admin-token-0123456".into()), publish_token: None };
+        let mut h = bearer("admin-token-0123456");
+        h.insert(header::ORIGIN, "https://ops.example".parse().unwrap());
+        assert!(access.admin(&h, peer("10.0.0.1")).is_ok());
     }
 
     #[test]
