@@ -54,6 +54,23 @@ pub struct Delivery {
     pub frame: Frame,
 }
 
+impl Delivery {
+    /// The call as one JSON line, as `busbar dispatch` prints it:
+    /// `{"kind":"broadcast","event_id":...,"target":...,"frame":...}`, with the frame's payload
+    /// exactly as the plugin returned it (the bytes clients receive, never re-serialized).
+    pub fn to_line(&self) -> String {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            kind: &'static str,
+            event_id: &'a str,
+            target: &'a Target,
+            frame: &'a Frame,
+        }
+        let line = Line { kind: "broadcast", event_id: &self.frame.event_id, target: &self.target, frame: &self.frame };
+        serde_json::to_string(&line).unwrap_or_else(|e| format!("{{\"kind\":\"unprintable\",\"error\":{:?}}}", e.to_string()))
+    }
+}
+
 /// A Broadcaster that records every call, in order.
 #[derive(Debug, Default)]
 pub struct Recorder {

@@ -64,8 +64,7 @@ fn render(plugins: Vec<Plugin>, events: &Path) -> String {
         let deliveries = recorder.take();
         for event in &report.events {
             for d in deliveries.iter().filter(|d| d.frame.event_id == event.event_id) {
-                let line = serde_json::json!({"kind": "broadcast", "event_id": event.event_id, "target": d.target, "frame": d.frame});
-                out.push_str(&format!("{line}\n"));
+                out.push_str(&format!("{}\n", d.to_line()));
             }
             for l in &event.listeners {
                 let mut line = serde_json::json!({"kind": "outcome", "event_id": event.event_id, "listener": l.listener});

@@ -78,10 +78,7 @@ pub fn render(bus: &Bus, recorder: &Recorder, input: &[String], timings: bool) -
         let deliveries = recorder.take();
         for event in &report.events {
             for delivery in deliveries.iter().filter(|d| d.frame.event_id == event.event_id) {
-                out.push(
-                    json!({"kind": "broadcast", "event_id": event.event_id, "target": delivery.target, "frame": delivery.frame})
-                        .to_string(),
-                );
+                out.push(delivery.to_line());
             }
             if event.status != EventStatus::Dispatched {
                 out.push(
