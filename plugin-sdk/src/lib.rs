@@ -90,6 +90,21 @@ pub mod __private {
     pub use wit_bindgen;
 }
 
+/// serde and serde_json, so that a plugin crate depends on this SDK alone. To derive on your
+/// own payload types, point the derive at this copy:
+///
+/// ```
+/// use busbar_plugin_sdk::serde::Deserialize;
+///
+/// #[derive(Deserialize)]
+/// #[serde(crate = "busbar_plugin_sdk::serde")]
+/// struct IssueCreated {
+///     title: String,
+/// }
+/// ```
+pub use serde;
+pub use serde_json;
+
 /// The error a plugin returns: a message for the host's log and the listener's outcome.
 ///
 /// Strings and the errors a plugin commonly meets (serde, I/O, parsing) convert into it, so `?`

@@ -77,3 +77,24 @@ fn every_close_code_is_documented() {
         assert!(protocol.contains(&format!("| {} |", close.code)), "close code {} is not in docs/protocol.md", close.code);
     }
 }
+
+#[test]
+fn every_item_of_the_contract_has_a_doc_comment() {
+    // What plugin authors in every language read: each package, interface, world, type, field,
+    // case and function declaration is preceded by a `///` line.
+    let wit = std::fs::read_to_string(root().join("wit/busbar-plugin.wit")).unwrap();
+    let mut previous = "";
+    let mut undocumented = Vec::new();
+    for (number, line) in wit.lines().enumerate() {
+        let line = line.trim();
+        let declares = !line.is_empty() && !line.starts_with("//") && !line.starts_with('}') && !line.starts_with("use ")
+            && !line.starts_with("import ");
+        if declares && !previous.starts_with("///") {
+            undocumented.push(format!("{}: {line}", number + 1));
+        }
+        if !line.is_empty() {
+            previous = line;
+        }
+    }
+    assert!(undocumented.is_empty(), "undocumented items in wit/busbar-plugin.wit: {undocumented:#?}");
+}

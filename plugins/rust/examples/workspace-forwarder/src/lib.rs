@@ -6,7 +6,7 @@
 //! nothing needs stripping, and a `skip` config list of patterns left to other plugins.
 
 use busbar_plugin_sdk::{Action, Error, Event, Plugin, Target, config, export};
-use serde_json::Value;
+use busbar_plugin_sdk::serde_json::Value;
 
 struct Forwarder;
 
