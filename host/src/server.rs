@@ -20,7 +20,7 @@ use crate::api::{self, Access, AppState};
 use crate::bus::{Bus, ListenerError};
 use crate::event::Event;
 use crate::config::Config;
-use crate::hub::{ClaimsAuthorizer, Hub, TokenVerifier};
+use crate::hub::{ClaimsAuthorizer, Hub, ScopeAuthorizer, TokenVerifier};
 use crate::plugins::{self, Registry, Runtime, RuntimeConfig};
 use crate::relay::Relay;
 
@@ -51,8 +51,19 @@ pub enum StartError {
 }
 
 /// Builds the runtime, hub, bus and registry, and loads the plugins. A plugin that fails to load
-/// is logged and listed as failed; the others still load.
+/// is logged and listed as failed; the others still load. Task and chat subscriptions are
+/// decided by the token's grants (`ClaimsAuthorizer`).
 pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartError> {
+    build_with_authorizer(config, shutdown, Arc::new(ClaimsAuthorizer))
+}
+
+/// `build`, with the application's own rules for task and chat subscriptions (for instance a
+/// lookup of who created a chat session, or which workspace a task belongs to).
+pub fn build_with_authorizer(
+    config: &Config,
+    shutdown: CancellationToken,
+    authorizer: Arc<dyn ScopeAuthorizer>,
+) -> Result<App, StartError> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: config.cache_dir.clone(),
         instance_slots: config.instance_slots,
@@ -60,7 +71,7 @@ pub fn build(config: &Config, shutdown: CancellationToken) -> Result<App, StartE
     })
         .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let runtime = Arc::new(runtime);
-    let hub = Arc::new(Hub::new(config.hub.clone(), TokenVerifier::new(&config.jwt_secret), Arc::new(ClaimsAuthorizer)));
+    let hub = Arc::new(Hub::new(config.hub.clone(), TokenVerifier::new(&config.jwt_secret), authorizer));
     // Several nodes: the relay is the bus's Broadcaster and delivers into the hub.
     let relay = match &config.relay {
         Some(relay) => Some(

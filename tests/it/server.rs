@@ -23,6 +23,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(configure: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_with_authorizer(configure, std::sync::Arc::new(busbar::hub::ClaimsAuthorizer)).await
+    }
+
+    /// A server whose task and chat subscriptions are decided by `authorizer`.
+    pub async fn start_with_authorizer(
+        configure: impl FnOnce(&mut Config),
+        authorizer: std::sync::Arc<dyn busbar::hub::ScopeAuthorizer>,
+    ) -> TestServer {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("busbar-test-cache")),
@@ -32,7 +40,7 @@ impl TestServer {
         config.instance_slots = 64;
         configure(&mut config);
         let shutdown = CancellationToken::new();
-        let app = busbar::server::build(&config, shutdown.clone()).expect("building the server");
+        let app = busbar::server::build_with_authorizer(&config, shutdown.clone(), authorizer).expect("building the server");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handle = tokio::spawn(busbar::server::run(listener, app));
@@ -287,6 +295,75 @@ async fn bad_credentials_are_refused() {
     let metrics = server.realtime().await;
     assert_eq!(metrics["auth_failures_total"]["token_expired"], 2);
     assert_eq!(metrics["auth_failures_total"]["token_in_url"], 1);
+    server.stop().await;
+}
+
+/// The original system's rules, from the application's own data: a chat session is visible to
+/// its creator only; a task to members of the one workspace it belongs to. Ids starting with
+/// `broken` fail the lookup, `slow` ones outlast the hub's authorizer timeout.
+struct OriginalRules {
+    chat_creators: std::collections::HashMap<&'static str, &'static str>,
+    task_workspaces: std::collections::HashMap<&'static str, &'static str>,
+}
+
+impl busbar::hub::ScopeAuthorizer for OriginalRules {
+    fn authorize<'a>(
+        &'a self,
+        who: &'a busbar::hub::Identity,
+        scope: &'a busbar::action::Scope,
+    ) -> busbar::hub::auth::AuthorizeFuture<'a> {
+        Box::pin(async move {
+            if scope.id.starts_with("broken") {
+                return Err("the database is down".to_string());
+            }
+            if scope.id.starts_with("slow") {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Ok(match scope.kind {
+                busbar::action::ScopeKind::Chat => self.chat_creators.get(scope.id.as_str()) == Some(&who.user_id.as_str()),
+                busbar::action::ScopeKind::Task => {
+                    self.task_workspaces.get(scope.id.as_str()) == Some(&who.workspace_id.as_str())
+                }
+                _ => false,
+            })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_authorizer_expresses_the_original_rules() {
+    let rules = OriginalRules {
+        chat_creators: [("chat-a", "alice"), ("chat-b", "bob")].into(),
+        task_workspaces: [("task-1", "ws-1"), ("task-2", "ws-2")].into(),
+    };
+    let server = TestServer::start_with_authorizer(|c| c.hub.authorize_timeout = Duration::from_millis(200), std::sync::Arc::new(rules))
+        .await;
+    // No grants in the tokens: the application's rules decide.
+    let mut alice = Client::connect(&server, "ws-1", &token("alice", &["ws-1", "ws-2"], &[])).await;
+    let mut error_of = async |scope: &str, id: &str| -> Value {
+        let reply = alice.subscribe(scope, id).await;
+        if reply["type"] == "subscribe_ack" { Value::Null } else { reply["payload"]["error"].clone() }
+    };
+    assert_eq!(error_of("chat", "chat-a").await, Value::Null, "alice created chat-a");
+    assert_eq!(error_of("chat", "chat-b").await, "forbidden", "bob's chat");
+    assert_eq!(error_of("task", "task-1").await, Value::Null, "task-1 is in alice's workspace");
+    assert_eq!(error_of("task", "task-2").await, "forbidden", "task-2 is in ws-2, not this connection's workspace");
+    assert_eq!(error_of("task", "broken-1").await, "lookup_failed");
+    assert_eq!(error_of("chat", "slow-1").await, "lookup_failed");
+    // The allowed scopes receive their events, the refused ones nothing.
+    for (task, chat) in [("task-1", "chat-b"), ("task-2", "chat-a")] {
+        server.publish_ok(json!({"type": "task:message", "workspace_id": "ws-1", "task_id": task})).await;
+        server.publish_ok(json!({"type": "chat:message", "workspace_id": "ws-1", "chat_session_id": chat})).await;
+    }
+    barrier(&server).await;
+    let scoped: Vec<String> = alice
+        .until_barrier()
+        .await
+        .iter()
+        .filter(|f| f["scope"] == "task" || f["scope"] == "chat")
+        .map(|f| format!("{}:{}", f["scope"].as_str().unwrap(), f["scope_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(scoped, ["task:task-1", "chat:chat-a"]);
     server.stop().await;
 }
 
