@@ -1,7 +1,9 @@
 //! Several nodes sharing fan-out through a real `redis-server` (started here, on a free port):
 //! delivery across nodes in order for every target kind, recovery with `since` after a Redis
-//! restart and after a node restart, and scopes only reaching nodes that have subscribers.
+//! restart and after a node restart, scopes only reaching nodes that have subscribers, a retried
+//! publish batch appended once, and live clients carried through a Redis restart.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +14,8 @@ use serde_json::{Value, json};
 
 use crate::server::{Client, TestServer, token};
 
-/// A `redis-server` of our own, persisting every write (so a restart keeps the streams).
+/// A `redis-server` of our own, persisting every write (so a restart keeps the streams), with
+/// `DEBUG` allowed from this machine (to make it stop answering for a while).
 struct Redis {
     port: u16,
     dir: tempfile::TempDir,
@@ -30,7 +33,7 @@ impl Redis {
     fn run(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--dir"])
+            .args(["--appendfsync", "always", "--enable-debug-command", "local", "--dir"])
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .spawn()
@@ -52,6 +55,26 @@ impl Redis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Makes Redis stop doing anything for `seconds` (`DEBUG SLEEP`: it reads nothing, answers
+    /// nothing, then runs what was sent meanwhile), and returns once it is asleep.
+    fn sleep(&self, seconds: u64) -> std::net::TcpStream {
+        let mut sleeper = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        sleeper.write_all(format!("DEBUG SLEEP {seconds}\r\n").as_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.answers_ping() {
+            assert!(Instant::now() < deadline, "redis-server never went to sleep");
+        }
+        sleeper
+    }
+
+    /// Whether a fresh connection's PING is answered within 300 ms.
+    fn answers_ping(&self) -> bool {
+        let mut probe = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        probe.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        probe.write_all(b"PING\r\n").unwrap();
+        probe.read(&mut [0u8; 16]).is_ok_and(|n| n > 0)
     }
 }
 
@@ -85,6 +108,46 @@ async fn collect(client: &mut Client, done: impl Fn(&[Value]) -> bool) -> Vec<Va
 
 fn of_type<'a>(frames: &'a [Value], event_type: &str) -> Vec<&'a Value> {
     frames.iter().filter(|f| f["type"] == event_type).collect()
+}
+
+/// The `i` of every `feed:item` frame, in the order received.
+fn items(frames: &[Value]) -> Vec<u64> {
+    of_type(frames, "feed:item").iter().map(|f| f["payload"]["i"].as_u64().unwrap()).collect()
+}
+
+/// A client's frames through `feed:item` number `last`.
+async fn items_through(client: &mut Client, last: u64) -> Vec<Value> {
+    collect(client, |f| items(f).contains(&last)).await
+}
+
+/// The `seq` of every frame of `scope`, which must all be of one epoch.
+fn offsets(frames: &[Value], scope: &str) -> Vec<u64> {
+    let frames: Vec<&Value> = frames.iter().filter(|f| f["scope"] == scope).collect();
+    assert!(frames.windows(2).all(|w| w[0]["epoch"] == w[1]["epoch"]), "one epoch: {frames:#?}");
+    frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect()
+}
+
+/// Posts `feed:item` number `i` to `workspace` on `node`; asserts it succeeds without waiting for
+/// Redis (whose connect and response timeouts are 1 and 2 s).
+async fn publish_item(http: &reqwest::Client, node: &TestServer, workspace: &str, i: u64) {
+    let started = Instant::now();
+    let event = json!({"type": "feed:item", "workspace_id": workspace, "payload": {"i": i}});
+    let response = http.post(node.url("/v1/events")).json(&event).send().await;
+    assert!(response.is_ok_and(|r| r.status() == 200), "publish {i} failed");
+    assert!(started.elapsed() < Duration::from_secs(2), "publish {i} took {:?}", started.elapsed());
+}
+
+/// Waits until `node`'s relay says `what` is true of it (within 15 s).
+async fn relay_until(node: &TestServer, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let relay = node.realtime().await["relay"].clone();
+        if check(&relay) {
+            return relay;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {relay}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn position(frame: &Value) -> Position {
@@ -287,6 +350,87 @@ async fn clients_of_a_restarted_node_reconnect_and_recover() {
     assert_eq!(ack.last().unwrap()["payload"]["recovered"], false);
     a.stop().await;
     b2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_retried_after_its_reply_was_lost_is_delivered_once() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    let mut bob = Client::connect(&b, "ws-1", &token("bob", &["ws-1"], &[])).await;
+    let mut lou = Client::connect(&a, "ws-1", &token("lou", &["ws-1"], &[])).await;
+    watching(&b, 3).await;
+    watching(&a, 3).await;
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        publish_item(&http, &a, "ws-1", i).await;
+    }
+    let mut remote = items_through(&mut bob, 2).await;
+
+    // Redis stops answering with a batch sent: node A's reply times out while Redis holds the
+    // batch unread; A delivers locally and sends the batch again; Redis wakes and runs both.
+    let sleeper = redis.sleep(4);
+    let item = |i: u64| json!({"type": "feed:item", "workspace_id": "ws-1", "payload": {"i": i}});
+    let batch: Vec<Value> = (3..8).map(item).collect();
+    a.publish_ok(json!(batch)).await;
+    let retried = |r: &Value| r["duplicates_total"].as_u64() >= Some(1) && r["outbox_depth"] == 0;
+    let relay = relay_until(&a, "skipped a frame Redis already had", retried).await;
+    assert!(relay["publish_errors_total"].as_u64() >= Some(1), "the first attempt failed: {relay}");
+    drop(sleeper);
+    publish_item(&http, &a, "ws-1", 8).await;
+
+    remote.extend(items_through(&mut bob, 8).await);
+    assert_eq!(items(&remote), (0..=8).collect::<Vec<_>>(), "another node's client gets each event once, in order");
+    assert_eq!(offsets(&remote, "workspace"), (1..=9).collect::<Vec<_>>(), "each appended once");
+    let local = items_through(&mut lou, 8).await;
+    assert_eq!(items(&local), (0..=8).collect::<Vec<_>>(), "delivered early on node A, and not again");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connected_through_a_redis_restart_gets_every_event_once_in_order() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    let mut carol = Client::connect(&b, "ws-1", &token("carol", &["ws-1"], &[])).await;
+    let mut lou = Client::connect(&a, "ws-1", &token("lou", &["ws-1"], &[])).await;
+    watching(&b, 3).await;
+    watching(&a, 3).await;
+    let http = reqwest::Client::new();
+    for i in 0..10 {
+        publish_item(&http, &a, "ws-1", i).await;
+    }
+    let mut remote = items_through(&mut carol, 9).await;
+    let mut local = items_through(&mut lou, 9).await;
+
+    // Redis goes away with carol still connected to node B; publishing on A goes on.
+    redis.kill();
+    for i in 10..20 {
+        publish_item(&http, &a, "ws-1", i).await;
+        // A workspace with no room on A: nobody to deliver to early, nothing to come back.
+        publish_item(&http, &a, "ws-9", i).await;
+    }
+    local.extend(items_through(&mut lou, 19).await);
+    redis.run();
+    for i in 20..30 {
+        publish_item(&http, &a, "ws-1", i).await;
+    }
+    relay_until(&a, "drained its outbox", |r| r["outbox_depth"] == 0).await;
+    // A last event, after everything else reached Redis: whatever came twice comes before it.
+    publish_item(&http, &a, "ws-1", 30).await;
+
+    remote.extend(items_through(&mut carol, 30).await);
+    let every: Vec<u64> = (0..=30).collect();
+    assert_eq!(items(&remote), every, "node B's client got every event once, in order");
+    let offsets = offsets(&remote, "workspace");
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "consecutive offsets: {offsets:?}");
+    local.extend(items_through(&mut lou, 30).await);
+    assert_eq!(items(&local), every, "node A's client got every event once, in order");
+    // Node A remembers none of the frames it delivered early: all came back or went nowhere.
+    relay_until(&a, "forgot its early frames", |r| r["own_frames_tracked"] == 0).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[test]

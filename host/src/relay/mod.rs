@@ -4,7 +4,10 @@
 //! hub's Backplane. Every broadcast goes into a bounded outbox; a publisher task runs one Lua
 //! script per frame that, atomically in Redis, takes the scope's next offset (and creates its
 //! epoch if needed), appends the frame to the scope's stream (exact length cap, TTL) and
-//! publishes it on the scope's channel. Each node subscribes only to the channels of scopes that
+//! publishes it on the scope's channel. Publishing is idempotent: every frame carries its origin
+//! (this node's id and a run id) and the origin's sequence number `n`, and the script skips a
+//! frame at or below the origin's high-water mark for the scope, so a batch retried after a lost
+//! reply is never appended twice. Each node subscribes only to the channels of scopes that
 //! have local members, orders what arrives per scope (`sequencer`), fills gaps from the streams,
 //! and delivers into its hub with the frame's position. Clients resuming with `since` get what
 //! they missed from the stream, then live frames, with no gap and no duplicate.
@@ -12,11 +15,13 @@
 //! Redis unavailable: local delivery goes on at once (under the node's own epoch, so clients know
 //! positions changed), the outbox keeps the frames and retries; nothing on the publish path waits
 //! for Redis. Redis back: the outbox drains, the subscriber resubscribes and catches up from its
-//! cursors. No consumer groups: every node needs every entry of its scopes, so a group would only
+//! cursors; the node's own frames that were delivered early are skipped when they come back
+//! (`ledger`). No consumer groups: every node needs every entry of its scopes, so a group would only
 //! add acknowledgement traffic and pending-entry memory.
 //!
 //! Only this module talks to Redis.
 
+mod ledger;
 mod sequencer;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -37,6 +42,10 @@ use crate::action::{Scope, ScopeKind};
 use crate::broadcast::{Broadcaster, Frame};
 use crate::event::Json;
 use crate::hub::{Backplane, BoxFuture, Conn, Hub, Joined, Position};
+use ledger::Ledger;
+
+/// Most frames sent to Redis in one pipeline.
+const BATCH: usize = 256;
 
 /// Settings of the relay.
 #[derive(Debug, Clone)]
@@ -89,20 +98,27 @@ impl RelayConfig {
 }
 
 /// The Lua script run for every relayed frame: position, history, notification, in one step.
+/// `seen` holds the highest `n` of this origin appended to the scope: a frame at or below it is a
+/// retry of one already appended, and is skipped. Returns `{epoch, offset, duplicate}`; for a
+/// duplicate, `offset` is the scope's current one (the frame's own is at or before it).
 const PUBLISH: &str = r#"
-local meta, stream = KEYS[1], KEYS[2]
+local meta, stream, seen = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   epoch = ARGV[1]
-  redis.call('DEL', stream)
+  redis.call('DEL', stream, seen)
   redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+end
+if tonumber(redis.call('GET', seen) or '0') >= tonumber(ARGV[5]) then
+  return {epoch, tonumber(redis.call('HGET', meta, 'offset')), 1}
 end
 local offset = redis.call('HINCRBY', meta, 'offset', 1)
 redis.call('XADD', stream, 'MAXLEN', ARGV[2], offset .. '-0', 'o', ARGV[4], 'n', ARGV[5], 't', ARGV[9], 'x', ARGV[6], 'f', ARGV[7])
+redis.call('SET', seen, ARGV[5], 'PX', ARGV[3])
 redis.call('PEXPIRE', meta, ARGV[3])
 redis.call('PEXPIRE', stream, ARGV[3])
 redis.call('PUBLISH', ARGV[8], epoch .. '\n' .. offset .. '\n' .. ARGV[4] .. '\n' .. ARGV[5] .. '\n' .. ARGV[9] .. '\n' .. ARGV[6] .. '\n' .. ARGV[7])
-return {epoch, offset}
+return {epoch, offset, 0}
 "#;
 
 /// Redis keys and channel of a scope (`everyone` is a scope too). The braces keep a scope's keys
@@ -129,6 +145,10 @@ impl Target {
     fn channel(&self) -> String {
         format!("busbar:{{{}}}", self.name())
     }
+    /// The high-water mark of `origin`'s frames in this scope.
+    fn seen(&self, origin: &str) -> String {
+        format!("busbar:{{{}}}:seen:{origin}", self.name())
+    }
     fn from_channel(channel: &str) -> Option<Target> {
         let name = channel.strip_prefix("busbar:{")?.strip_suffix('}')?;
         if name == "everyone" {
@@ -152,6 +172,7 @@ impl Target {
 }
 
 /// A frame waiting to go to Redis.
+#[derive(Clone)]
 struct Envelope {
     target: Target,
     exclude: Option<String>,
@@ -166,6 +187,8 @@ struct Envelope {
 pub struct RelayMetrics {
     pub connected: AtomicBool,
     pub published_total: AtomicU64,
+    /// Frames of a retried batch that Redis already had (skipped, not appended again).
+    pub duplicates_total: AtomicU64,
     pub publish_errors_total: AtomicU64,
     pub outbox_dropped_total: AtomicU64,
     pub received_total: AtomicU64,
@@ -184,6 +207,8 @@ pub struct RelaySnapshot<'a> {
     pub node_id: &'a str,
     pub outbox_depth: usize,
     pub watched_scopes: usize,
+    /// Own frames remembered so that local clients do not get them twice (see `ledger`).
+    pub own_frames_tracked: usize,
     pub last_error: Option<String>,
     #[serde(flatten)]
     pub metrics: &'a RelayMetrics,
@@ -197,14 +222,17 @@ enum Command {
 struct Inner {
     hub: Arc<Hub>,
     config: RelayConfig,
+    /// This run's name in relayed frames: the node id and a run id, so that a restarted node's
+    /// sequence numbers never meet its previous run's.
+    origin: String,
     client: redis::Client,
     script: redis::Script,
     outbox: Mutex<VecDeque<Envelope>>,
     outbox_ready: Notify,
     /// Per watched scope: its cursor. The cursor's lock also covers delivery into the hub.
     cursors: Mutex<HashMap<Target, Arc<Mutex<Cursor>>>>,
-    /// Own frames already delivered locally while Redis was unreachable (by `n`).
-    delivered_early: Mutex<HashSet<u64>>,
+    /// Own frames delivered locally early, or come back while still in the outbox.
+    ledger: Mutex<Ledger<Target>>,
     next_n: AtomicU64,
     commands: mpsc::UnboundedSender<Command>,
     metrics: RelayMetrics,
@@ -223,16 +251,18 @@ impl Relay {
     pub fn start(config: RelayConfig, hub: Arc<Hub>, shutdown: CancellationToken) -> Result<Relay, redis::RedisError> {
         let client = redis::Client::open(config.url.as_str())?;
         let (commands, command_rx) = mpsc::unbounded_channel();
+        let origin = format!("{}~{}", config.node_id, short_id("run"));
         let relay = Relay {
             inner: Arc::new(Inner {
                 hub: hub.clone(),
                 config,
+                origin,
                 client,
                 script: redis::Script::new(PUBLISH),
                 outbox: Mutex::new(VecDeque::new()),
                 outbox_ready: Notify::new(),
                 cursors: Mutex::new(HashMap::new()),
-                delivered_early: Mutex::new(HashSet::new()),
+                ledger: Mutex::new(Ledger::default()),
                 next_n: AtomicU64::new(1),
                 commands,
                 metrics: RelayMetrics::default(),
@@ -257,6 +287,7 @@ impl Relay {
             node_id: &self.inner.config.node_id,
             outbox_depth: self.inner.outbox.lock().len(),
             watched_scopes: self.inner.cursors.lock().len(),
+            own_frames_tracked: self.inner.ledger.lock().len(),
             last_error: self.inner.last_error.lock().clone(),
             metrics: &self.inner.metrics,
         }
@@ -287,7 +318,7 @@ impl Relay {
         if outbox.len() >= self.inner.config.outbox_capacity
             && let Some(dropped) = outbox.pop_front()
         {
-            self.inner.delivered_early.lock().remove(&dropped.n);
+            self.inner.ledger.lock().dropped(dropped.n);
             self.inner.metrics.outbox_dropped_total.fetch_add(1, Relaxed);
         }
         outbox.push_back(envelope);
@@ -295,10 +326,13 @@ impl Relay {
         self.inner.outbox_ready.notify_one();
     }
 
-    /// Delivers a frame to local rooms before Redis has it (numbered by the hub, in its own epoch).
+    /// Delivers a frame to local rooms before Redis has it (numbered by the hub, in its own epoch),
+    /// unless it already came back from Redis.
     fn deliver_early(&self, envelope: &Envelope, frame: &Frame) {
+        if !self.inner.ledger.lock().claim_early(envelope.n, &envelope.target) {
+            return;
+        }
         self.inner.metrics.degraded_local_total.fetch_add(1, Relaxed);
-        self.inner.delivered_early.lock().insert(envelope.n);
         match &envelope.target {
             Target::Scope(scope) => self.inner.hub.fan_out(scope, envelope.exclude.as_deref(), frame, None),
             Target::Everyone => self.inner.hub.fan_out_everyone(frame, None),
@@ -313,7 +347,7 @@ impl Relay {
             return;
         }
         for envelope in outbox.iter() {
-            if self.inner.delivered_early.lock().contains(&envelope.n) {
+            if self.inner.ledger.lock().delivered(envelope.n) {
                 continue;
             }
             match serde_json::from_str::<WireFrame>(&envelope.frame) {
@@ -371,25 +405,13 @@ impl Relay {
                     }
                 }
             }
-            let batch: Vec<(Target, Option<String>, String, u64, u64)> = self
-                .inner
-                .outbox
-                .lock()
-                .iter()
-                .take(256)
-                .map(|e| (e.target.clone(), e.exclude.clone(), e.frame.clone(), e.n, e.at_ms))
-                .collect();
+            let batch: Vec<Envelope> = self.inner.outbox.lock().iter().take(BATCH).cloned().collect();
             if batch.is_empty() {
                 continue;
             }
             match self.publish_batch(&batch).await {
-                Ok(()) => {
-                    let mut outbox = self.inner.outbox.lock();
-                    for _ in 0..batch.len() {
-                        outbox.pop_front();
-                    }
-                    drop(outbox);
-                    self.inner.metrics.published_total.fetch_add(batch.len() as u64, Relaxed);
+                Ok(published) => {
+                    self.settle(&batch, published);
                     self.inner.metrics.connected.store(true, Relaxed);
                     backoff = Duration::from_millis(50);
                 }
@@ -408,36 +430,78 @@ impl Relay {
         }
     }
 
-    async fn publish_batch(&self, batch: &[(Target, Option<String>, String, u64, u64)]) -> redis::RedisResult<()> {
-        let mut conn = self.data().await?;
-        let mut pipe = redis::pipe();
-        let epoch = crate::event::new_id().rsplit('-').next().unwrap_or("epoch").to_string();
-        let ttl = self.inner.config.history_ttl.as_millis() as u64;
-        for (target, exclude, frame, n, at) in batch {
-            pipe.cmd("EVALSHA")
-                .arg(self.inner.script.get_hash())
-                .arg(2)
-                .arg(target.meta())
-                .arg(target.stream())
-                .arg(&epoch)
-                .arg(target.history(&self.inner.config.history))
-                .arg(ttl)
-                .arg(&self.inner.config.node_id)
-                .arg(*n)
-                .arg(exclude.as_deref().unwrap_or(""))
-                .arg(frame)
-                .arg(target.channel())
-                .arg(*at);
+    /// A batch is in Redis: takes what is left of it out of the outbox (a full outbox may have
+    /// dropped its oldest frames meanwhile), counts it, and tells the ledger where each frame is.
+    fn settle(&self, batch: &[Envelope], published: Vec<Published>) {
+        let Some(last) = batch.last().map(|e| e.n) else { return };
+        let mut outbox = self.inner.outbox.lock();
+        while outbox.front().is_some_and(|e| e.n <= last) {
+            outbox.pop_front();
         }
-        match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
-            Ok(_) => Ok(()),
+        drop(outbox);
+        let duplicates = published.iter().filter(|p| p.duplicate).count() as u64;
+        self.inner.metrics.duplicates_total.fetch_add(duplicates, Relaxed);
+        self.inner.metrics.published_total.fetch_add(published.len() as u64 - duplicates, Relaxed);
+        for (envelope, published) in batch.iter().zip(published) {
+            self.settle_frame(envelope, published.at);
+        }
+    }
+
+    /// One frame of a batch is in Redis at `at` (or, if it was a duplicate, at or before it).
+    fn settle_frame(&self, envelope: &Envelope, at: Position) {
+        {
+            let mut ledger = self.inner.ledger.lock();
+            if !ledger.is_early(envelope.n) {
+                return ledger.settle(envelope.n);
+            }
+        }
+        // Delivered early: whether it can still come back depends on its cursor.
+        let cursor = self.cursor(&envelope.target);
+        let cursor = cursor.as_ref().map(|c| c.lock());
+        self.inner.ledger.lock().published(envelope.n, at, cursor.as_deref());
+    }
+
+    /// Runs the script for every frame of `batch`, in one pipeline.
+    async fn publish_batch(&self, batch: &[Envelope]) -> redis::RedisResult<Vec<Published>> {
+        let mut conn = self.data().await?;
+        let pipe = self.pipeline(batch);
+        let replies = match pipe.query_async::<Vec<(String, u64, u8)>>(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // The script cache is empty (a fresh Redis): load it, then retry once.
                 self.inner.script.prepare_invoke().load_async(&mut conn).await?;
-                pipe.query_async::<Vec<redis::Value>>(&mut conn).await.map(|_| ())
+                pipe.query_async::<Vec<(String, u64, u8)>>(&mut conn).await?
             }
-            Err(e) => Err(e),
+            replies => replies?,
+        };
+        Ok(replies
+            .into_iter()
+            .map(|(epoch, offset, duplicate)| Published { at: Position { epoch, offset }, duplicate: duplicate != 0 })
+            .collect())
+    }
+
+    fn pipeline(&self, batch: &[Envelope]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        let epoch = short_id("epoch");
+        let ttl = self.inner.config.history_ttl.as_millis() as u64;
+        for envelope in batch {
+            let target = &envelope.target;
+            pipe.cmd("EVALSHA")
+                .arg(self.inner.script.get_hash())
+                .arg(3)
+                .arg(target.meta())
+                .arg(target.stream())
+                .arg(target.seen(&self.inner.origin))
+                .arg(&epoch)
+                .arg(target.history(&self.inner.config.history))
+                .arg(ttl)
+                .arg(&self.inner.origin)
+                .arg(envelope.n)
+                .arg(envelope.exclude.as_deref().unwrap_or(""))
+                .arg(&envelope.frame)
+                .arg(target.channel())
+                .arg(envelope.at_ms);
         }
+        pipe
     }
 
     /// Keeps a pub/sub connection subscribed to the watched scopes, and feeds what arrives to
@@ -524,6 +588,7 @@ impl Relay {
                             }
                             if watched.remove(&target) {
                                 self.inner.cursors.lock().remove(&target);
+                                self.inner.ledger.lock().cursor_moved(&target, None, None);
                                 if sink.unsubscribe(target.channel()).await.is_err() {
                                     break;
                                 }
@@ -635,6 +700,9 @@ impl Relay {
         let mut gap = None;
         for entry in entries {
             let accepted = cursor.accept(entry);
+            if let Some(left) = &accepted.left_epoch {
+                self.inner.ledger.lock().cursor_moved(target, Some(&cursor), Some(left));
+            }
             gap = gap.or(accepted.gap);
             self.deliver(target, accepted.deliver);
         }
@@ -652,7 +720,7 @@ impl Relay {
     /// Delivers in-order entries into the hub. Called with the target's cursor locked.
     fn deliver(&self, target: &Target, entries: Vec<Entry>) {
         for entry in entries {
-            if entry.origin == self.inner.config.node_id && self.inner.delivered_early.lock().remove(&entry.n) {
+            if entry.origin == self.inner.origin && self.inner.ledger.lock().came_back(entry.n) {
                 continue; // delivered locally while Redis was unreachable
             }
             let frame: Frame = match serde_json::from_str::<WireFrame>(&entry.frame) {
@@ -691,6 +759,7 @@ impl Relay {
                     if let Some((from, to)) = cursor.missing() {
                         self.inner.metrics.gap_unfilled_total.fetch_add(to - from + 1, Relaxed);
                         let ready = cursor.skip_to(to);
+                        self.inner.ledger.lock().cursor_moved(target, Some(&cursor), None);
                         self.deliver(target, ready);
                     }
                 }
@@ -833,6 +902,18 @@ impl Backplane for Relay {
     ) -> BoxFuture<'a, Joined> {
         Box::pin(self.join_recovering(hub, conn, scope, since, announce))
     }
+}
+
+/// Where Redis put a frame of a batch.
+struct Published {
+    at: Position,
+    /// Redis already had it (a retried batch): `at` is the scope's position, at or after it.
+    duplicate: bool,
+}
+
+/// A short random name (the last group of a fresh id).
+fn short_id(fallback: &str) -> String {
+    crate::event::new_id().rsplit('-').next().unwrap_or(fallback).to_string()
 }
 
 /// A frame as relayed: the same fields as `broadcast::Frame`.

@@ -42,8 +42,8 @@ pub struct Accepted {
     pub deliver: Vec<Entry>,
     /// Offsets `from..=to` are missing: fill them from the stream.
     pub gap: Option<(u64, u64)>,
-    /// The epoch changed under this node: offsets started again.
-    pub epoch_changed: bool,
+    /// The epoch changed under this node (offsets started again): the epoch it left.
+    pub left_epoch: Option<String>,
 }
 
 impl Cursor {
@@ -57,8 +57,7 @@ impl Cursor {
         let mut accepted = Accepted::default();
         if self.epoch.as_deref() != Some(entry.epoch.as_str()) {
             // A scope whose data Redis lost (or that expired) restarts in a new epoch.
-            accepted.epoch_changed = self.epoch.is_some();
-            self.epoch = Some(entry.epoch.clone());
+            accepted.left_epoch = self.epoch.replace(entry.epoch.clone());
             self.offset = entry.offset.saturating_sub(1);
             self.pending.clear();
         }
@@ -162,13 +161,13 @@ mod tests {
     fn a_new_epoch_restarts_the_offsets() {
         let mut c = Cursor::at(Some("old".into()), 40);
         let a = c.accept(entry("new", 1));
-        assert!(a.epoch_changed);
+        assert_eq!(a.left_epoch.as_deref(), Some("old"));
         assert_eq!(offsets(&a.deliver), [1]);
         assert_eq!(c.epoch.as_deref(), Some("new"));
         // A first entry for an unknown epoch is taken as the start.
         let mut fresh = Cursor::at(None, 0);
         let a = fresh.accept(entry("e", 12));
-        assert!(!a.epoch_changed);
+        assert_eq!(a.left_epoch, None);
         assert_eq!(offsets(&a.deliver), [12]);
     }
 }
