@@ -580,6 +580,7 @@ async fn connects_disconnects_and_evictions_race_publishing_without_harm() {
         metrics = server.realtime().await;
     }
     assert_eq!(metrics["active_connections"], 0, "{metrics}");
+    assert!(metrics["slow_evictions_total"].as_u64() > Some(0), "the storm included evictions: {metrics}");
     assert_eq!(metrics["connects_total"], metrics["disconnects_total"]);
     assert_eq!(metrics["active_scope_rooms"], json!({}));
     // And it still serves.
@@ -638,6 +639,47 @@ async fn shutdown_writes_the_frames_already_queued_before_going_away() {
     assert_eq!(seen, (0..64).collect::<Vec<u64>>(), "every frame published before the shutdown arrived");
     assert_eq!(close, Some(1001));
     let _ = tokio::time::timeout(Duration::from_secs(15), server.handle).await.expect("the server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_live_ones_are_kept_by_server_pings() {
+    let server = TestServer::start(|c| {
+        c.hub.auth_timeout = Duration::from_millis(300);
+        c.hub.ping_interval = Duration::from_millis(100);
+        c.hub.read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // Never authenticates.
+    let mut mute = Client::open(&server, "ws-1").await;
+    // Keeps reading: its WebSocket layer answers every server ping with a pong.
+    let mut live = Client::connect(&server, "ws-1", &token("live", &["ws-1"], &[])).await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(message) = tokio::time::timeout_at(until, live.socket.next()).await {
+        match message {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(frame))) => panic!("the live client was closed: {frame:?}"),
+            _ => {}
+        }
+    }
+    assert!(pings >= 5, "the server pinged every 100 ms: {pings} pings in 1.5 s");
+    live.send(json!({"type": "ping"})).await;
+    assert_eq!(live.next().await, json!({"type": "pong"}), "still connected after three read timeouts");
+    assert_eq!(mute.close_code().await, Some(4408));
+    server.stop().await;
+
+    // Without server pings to answer, a client that sends nothing is closed at the read timeout.
+    // (Pings are off here because a client that reads them late answers each with a pong, and
+    // writing to a closed connection fails before it reaches the close frame.)
+    let server = TestServer::start(|c| {
+        c.hub.ping_interval = Duration::from_secs(3600);
+        c.hub.read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut deaf = Client::connect(&server, "ws-1", &token("deaf", &["ws-1"], &[])).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(deaf.close_code().await, Some(4012));
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
