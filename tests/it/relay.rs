@@ -429,6 +429,17 @@ async fn a_client_connected_through_a_redis_restart_gets_every_event_once_in_ord
     assert_eq!(items(&local), every, "node A's client got every event once, in order");
     // Node A remembers none of the frames it delivered early: all came back or went nowhere.
     relay_until(&a, "forgot its early frames", |r| r["own_frames_tracked"] == 0).await;
+    // The outage and the recovery are visible to Prometheus too.
+    let metrics = http.get(a.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in ["busbar_relay_connected 1", "busbar_relay_outbox_depth 0", "busbar_relay_own_frames_tracked 0"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in /metrics:\n{metrics}");
+    }
+    let counter = |name: &str| -> f64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_else(|| panic!("{name} in /metrics"))
+    };
+    assert!(counter("busbar_relay_degraded_local_total") >= 10.0, "frames delivered locally while Redis was away");
+    assert!(counter("busbar_relay_publish_errors_total") >= 1.0, "failed batches were counted");
+    assert!(counter("busbar_relay_reconnects_total") >= 1.0, "the pub/sub connection came back");
     a.stop().await;
     b.stop().await;
 }

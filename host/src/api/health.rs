@@ -111,8 +111,10 @@ fn prometheus(state: &AppState) -> String {
         metric("relay_outbox_depth", "gauge", "Frames waiting for Redis.", vec![(String::new(), snapshot.outbox_depth as f64)]);
         metric("relay_watched_scopes", "gauge", "Scopes this node receives from Redis.", vec![(String::new(), snapshot.watched_scopes as f64)]);
         metric("relay_lag_milliseconds", "gauge", "Publication to arrival, last relayed frame.", vec![(String::new(), load(&m.lag_ms) as f64)]);
+        metric("relay_own_frames_tracked", "gauge", "Own frames delivered locally early, awaiting their Redis copy.", vec![(String::new(), snapshot.own_frames_tracked as f64)]);
         for (name, help, value) in [
             ("relay_published_total", "Frames written to Redis.", &m.published_total),
+            ("relay_duplicates_total", "Frames of retried batches that Redis already had (skipped).", &m.duplicates_total),
             ("relay_publish_errors_total", "Failed publish batches (retried).", &m.publish_errors_total),
             ("relay_outbox_dropped_total", "Frames dropped from a full outbox.", &m.outbox_dropped_total),
             ("relay_received_total", "Frames received from Redis.", &m.received_total),
