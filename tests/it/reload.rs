@@ -1,19 +1,22 @@
 //! Hot loading: swaps under a steady publisher lose and double nothing, a watched directory is
-//! followed (new, changed, broken, deleted files), rollback restores the previous version, and
-//! kv state survives a reload unless the manifest says otherwise.
+//! followed (new, changed, broken, deleted, renamed and slowly written files), failed loads are
+//! counted in `/metrics` and listed, rollback restores the previous version, and kv state
+//! survives a reload unless the manifest says otherwise.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use busbar::broadcast::Recorder;
 use busbar::bus::Bus;
 use busbar::event::Event;
-use busbar::plugins::{Installed, Manifest, Registry, Runtime, RuntimeConfig};
+use busbar::plugins::{DEBOUNCE, Installed, Manifest, Registry, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 
+use crate::server::TestServer;
 use crate::support::{self, payload};
 
 fn registry() -> (Arc<Registry>, Arc<Bus>, Arc<Recorder>) {
@@ -62,9 +65,10 @@ fn twenty_swaps_under_a_steady_publisher_lose_and_double_nothing() {
     assert_eq!(registry.install("swap", &echo_bytes(), Some(echo_manifest("swap", "v00"))).unwrap(), Installed::Created);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(0));
     let publishers: Vec<_> = (0..2)
         .map(|thread| {
-            let (bus, stop) = (bus.clone(), stop.clone());
+            let (bus, stop, published) = (bus.clone(), stop.clone(), published.clone());
             std::thread::spawn(move || {
                 let mut sent = Vec::new();
                 let mut failures = 0;
@@ -77,6 +81,7 @@ fn twenty_swaps_under_a_steady_publisher_lose_and_double_nothing() {
                     assert_eq!(names, ["first", "swap"], "order is unchanged during swaps");
                     failures += report.root().listeners.iter().filter(|l| !l.outcome.is_ok()).count();
                     n += 1;
+                    published.fetch_add(1, Ordering::Relaxed);
                 }
                 (sent, failures)
             })
@@ -84,17 +89,24 @@ fn twenty_swaps_under_a_steady_publisher_lose_and_double_nothing() {
         .collect();
 
     let bad = echo_bytes()[..4096].to_vec();
+    // Each version serves at least `PER_VERSION - 2` events (two publishers may still be on
+    // the version before): progress is counted in events, never in time.
+    const PER_VERSION: u64 = 20;
+    let publishes = |n: u64| {
+        let target = published.load(Ordering::Relaxed) + n;
+        eventually("the publishers make progress", || published.load(Ordering::Relaxed) >= target);
+    };
     for version in 1..=20 {
-        std::thread::sleep(Duration::from_millis(25));
+        publishes(PER_VERSION);
         if version == 10 {
             // A broken version dropped in halfway is refused; the last good one keeps serving.
             assert!(registry.install("swap", &bad, Some(echo_manifest("swap", "broken"))).is_err());
-            std::thread::sleep(Duration::from_millis(25));
+            publishes(PER_VERSION);
         }
         let tag = format!("v{version:02}");
         assert_eq!(registry.install("swap", &echo_bytes(), Some(echo_manifest("swap", &tag))).unwrap(), Installed::Replaced);
     }
-    std::thread::sleep(Duration::from_millis(25));
+    publishes(PER_VERSION);
     stop.store(true, Ordering::Relaxed);
     let results: Vec<(Vec<String>, usize)> = publishers.into_iter().map(|p| p.join().unwrap()).collect();
 
@@ -113,8 +125,8 @@ fn twenty_swaps_under_a_steady_publisher_lose_and_double_nothing() {
         assert!(tags.iter().all(|t| *t != "broken"));
     }
     let versions: std::collections::BTreeSet<&String> = tag_of.values().collect();
-    assert!(total > 1000, "a steady publisher: {total} events");
-    assert!(versions.len() >= 15, "most versions served events: {versions:?}");
+    assert!(total as u64 >= 22 * PER_VERSION, "a steady publisher: {total} events");
+    assert_eq!(versions.len(), 21, "every version (v00 to v20) served events: {versions:?}");
     assert_eq!(versions.last().map(|v| v.as_str()), Some("v20"));
 }
 
@@ -163,6 +175,138 @@ fn a_watched_directory_is_followed() {
     eventually("the deleted plugin is gone", || !serving(&bus, "probe"));
     bus.publish(Event::new("x", "w"));
     assert!(recorder.take().is_empty());
+}
+
+/// The failed loads the registry has counted.
+fn failures(registry: &Registry) -> u64 {
+    registry.stats().failures_total.load(Ordering::Relaxed)
+}
+
+/// The tags echoed for one event.
+fn tags_of_one_event(bus: &Bus, recorder: &Recorder) -> Vec<String> {
+    bus.publish(Event::new("x", "w"));
+    support::tags(&recorder.take())
+}
+
+#[test]
+fn a_renamed_version_that_fails_to_load_leaves_the_old_name_serving() {
+    let (registry, bus, recorder) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let _watcher = busbar::plugins::watch(dir.path(), registry.clone(), HashMap::new()).unwrap();
+    let (wasm, toml) = (dir.path().join("probe.wasm"), dir.path().join("probe.toml"));
+    write_atomically(&toml, b"subscriptions = [\"*\"]\n[config]\ntag = \"one\"\n");
+    write_atomically(&wasm, &echo_bytes());
+    eventually("the plugin serves", || serving(&bus, "probe"));
+
+    // A broken component (refused under the running name), then a manifest that renames it: the
+    // renamed version cannot load either.
+    write_atomically(&wasm, &echo_bytes()[..2000]);
+    eventually("the broken component is refused", || failures(&registry) == 1);
+    write_atomically(&toml, b"name = \"renamed\"\nsubscriptions = [\"*\"]\n[config]\ntag = \"two\"\n");
+    eventually("the renamed version is refused", || failures(&registry) == 2);
+    assert!(serving(&bus, "probe") && !serving(&bus, "renamed"));
+    assert_eq!(tags_of_one_event(&bus, &recorder), ["one"], "the old name keeps serving");
+    let view = registry.get("probe").unwrap();
+    assert_eq!(view.status, "active");
+    let failure = view.last_failure.expect("the failure is recorded on the running plugin");
+    assert!(failure.error.contains("`renamed`"), "{}", failure.error);
+    assert!(registry.get("renamed").is_none());
+
+    // Once the new version loads, the new name takes the old one's place.
+    write_atomically(&wasm, &echo_bytes());
+    eventually("the renamed plugin serves", || serving(&bus, "renamed"));
+    assert!(!serving(&bus, "probe") && registry.get("probe").is_none());
+    assert_eq!(tags_of_one_event(&bus, &recorder), ["two"]);
+    assert_eq!(failures(&registry), 2);
+}
+
+#[test]
+fn a_slowly_written_component_is_loaded_only_once_complete() {
+    let (registry, bus, recorder) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slow.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"slow\"\n").unwrap();
+    let _watcher = busbar::plugins::watch(dir.path(), registry.clone(), HashMap::new()).unwrap();
+    let bytes = echo_bytes();
+    // Six chunks, each written after a pause well under the debounce: every prefix is a
+    // truncated component that would fail to load.
+    let mut file = std::fs::File::create(dir.path().join("slow.wasm")).unwrap();
+    for chunk in bytes.chunks(bytes.len().div_ceil(6)) {
+        std::thread::sleep(DEBOUNCE / 5);
+        file.write_all(chunk).unwrap();
+    }
+    drop(file);
+    eventually("the complete component serves", || serving(&bus, "slow"));
+    assert_eq!(failures(&registry), 0, "no half-written file was loaded");
+    let view = registry.get("slow").unwrap();
+    assert!(view.last_failure.is_none());
+    assert_eq!(view.plugin.unwrap().hash, busbar::plugins::content_hash(&bytes));
+    assert_eq!(tags_of_one_event(&bus, &recorder), ["slow"]);
+    // Reading the file to load it does not schedule it again.
+    std::thread::sleep(DEBOUNCE * 4);
+    assert_eq!(registry.stats().unchanged_total.load(Ordering::Relaxed), 0, "the file was loaded once");
+    assert_eq!(failures(&registry), 0);
+}
+
+/// `busbar_plugin_reloads_total{result="failed"}`, scraped from `/metrics`.
+async fn failed_reloads(server: &TestServer) -> f64 {
+    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let sample = text.lines().find_map(|l| l.strip_prefix("busbar_plugin_reloads_total{result=\"failed\"} "));
+    sample.unwrap_or_else(|| panic!("no failed-reload sample in:\n{text}")).parse().unwrap()
+}
+
+/// `GET /v1/plugins`, by plugin name.
+async fn plugin_list(server: &TestServer) -> HashMap<String, Value> {
+    let body: Value = reqwest::get(server.url("/v1/plugins")).await.unwrap().json().await.unwrap();
+    let plugins = body["plugins"].as_array().expect("a plugin list").iter();
+    plugins.map(|p| (p["name"].as_str().unwrap().to_string(), p.clone())).collect()
+}
+
+/// Polls `check` every 10 ms for up to 10 s.
+async fn eventually_async(what: &str, check: impl AsyncFn() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(10), "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_loads_are_counted_in_metrics_and_listed_while_the_old_version_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wasm, toml) = (dir.path().join("probe.wasm"), dir.path().join("probe.toml"));
+    std::fs::write(&toml, "subscriptions = [\"probe:*\"]\n[config]\ntag = \"one\"\n").unwrap();
+    std::fs::write(&wasm, echo_bytes()).unwrap();
+    std::fs::write(dir.path().join("broken.wasm"), &echo_bytes()[..2000]).unwrap();
+    let server = TestServer::start(|c| c.plugins_dir = Some(dir.path().to_path_buf())).await;
+    assert_eq!(failed_reloads(&server).await, 1.0, "the file that failed at start-up counts");
+    let listed = plugin_list(&server).await;
+    assert_eq!(listed["broken"]["status"], "failed");
+    assert!(listed["broken"]["last_failure"]["error"].is_string(), "{}", listed["broken"]);
+
+    // A broken version dropped into the watched directory.
+    write_atomically(&wasm, &echo_bytes()[..2000]);
+    eventually_async("the broken version is counted", async || failed_reloads(&server).await == 2.0).await;
+    let probe = plugin_list(&server).await.remove("probe").unwrap();
+    assert_eq!(probe["status"], "active");
+    assert!(probe["last_failure"]["error"].is_string(), "{probe}");
+    assert_eq!(probe["plugin"]["hash"], busbar::plugins::content_hash(&echo_bytes()), "the old version runs");
+    let result = server.publish_ok(json!({"type": "probe:x", "workspace_id": "w"})).await;
+    let listener = &result["results"][0]["events"][0]["listeners"][0];
+    assert_eq!((&listener["listener"], &listener["outcome"]), (&json!("probe"), &json!("ok")), "{result}");
+
+    // A file that cannot be read (a directory named like a component) and a bad manifest.
+    std::fs::create_dir(dir.path().join("unreadable.wasm")).unwrap();
+    eventually_async("the unreadable file is counted", async || failed_reloads(&server).await == 3.0).await;
+    assert_eq!(plugin_list(&server).await["unreadable"]["status"], "failed");
+    std::fs::write(&toml, "limits = 3\n").unwrap();
+    eventually_async("the bad manifest is counted", async || failed_reloads(&server).await == 4.0).await;
+    let probe = plugin_list(&server).await.remove("probe").unwrap();
+    assert_eq!(probe["status"], "active");
+    assert!(probe["last_failure"]["error"].as_str().unwrap().contains("probe.toml"), "{probe}");
+    // Each failure is counted once: the watcher's own reads of the files schedule nothing.
+    tokio::time::sleep(DEBOUNCE * 4).await;
+    assert_eq!(failed_reloads(&server).await, 4.0);
+    server.stop().await;
 }
 
 #[test]

@@ -18,7 +18,6 @@ fn request(echo: serde_json::Value) -> Event {
 fn a_trapped_instance_is_replaced_and_kv_survives() {
     let (bus, recorder) = recording_bus();
     let plugin = support::echo("kv-survivor", &["*"]);
-    let instantiations = plugin.info().instantiations;
     busbar::plugins::register(&bus, plugin).unwrap();
     let count = |recorder: &busbar::broadcast::Recorder| -> Vec<u64> {
         recorder.take().iter().filter(|d| d.frame.event_type == "echo:count").map(|d| payload(d)["count"].as_u64().unwrap()).collect()
@@ -35,7 +34,27 @@ fn a_trapped_instance_is_replaced_and_kv_survives() {
     let actions = reloaded.handle(&request(json!({"count": "n"}))).unwrap();
     assert_eq!(actions.len(), 2);
     assert!(format!("{actions:?}").contains(r#""count":3"#), "{actions:?}");
-    let _ = instantiations;
+}
+
+#[test]
+fn warm_instances_are_reused_and_a_trap_costs_exactly_one_instantiation() {
+    let plugin = support::echo("warm", &["*"]);
+    let probed = plugin.info().instantiations;
+    assert_eq!(probed, 1, "loading instantiates once, for the probe");
+    assert_eq!(plugin.info().idle_instances, 1, "the probe instance is kept warm");
+    for n in 0..20 {
+        plugin.handle(&Event::new("x", "w")).unwrap_or_else(|e| panic!("call {n}: {e}"));
+    }
+    assert_eq!(plugin.info().instantiations, probed, "good calls reuse the warm instance");
+    let trapped = plugin.handle(&request(json!({"panic": true}))).unwrap_err();
+    assert!(matches!(trapped, busbar::ListenerError::Trap(_)), "{trapped}");
+    assert_eq!(plugin.info().idle_instances, 0, "the trapped instance is dropped");
+    plugin.handle(&Event::new("x", "w")).unwrap();
+    assert_eq!(plugin.info().instantiations, probed + 1, "the call after a trap instantiates once");
+    for _ in 0..20 {
+        plugin.handle(&Event::new("x", "w")).unwrap();
+    }
+    assert_eq!(plugin.info().instantiations, probed + 1, "and that instance is reused");
 }
 
 #[test]

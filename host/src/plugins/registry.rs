@@ -5,7 +5,9 @@
 //! (off the bus) and only then registers it, or swaps it in place of the running version at the
 //! same position, atomically: calls in flight finish on the old version, later events see the new
 //! one. A bad component leaves the running version serving and is recorded as the plugin's last
-//! failure. The HTTP API, the directory watcher and `busbar dev` all go through here.
+//! failure; every recorded failure also counts in `ReloadStats::failures_total`. A new version
+//! whose manifest renames the plugin is loaded before the old name is unregistered. The HTTP API,
+//! the directory watcher and `busbar dev` all go through here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -96,6 +98,19 @@ pub enum RollbackError {
     Bus(#[from] BusError),
 }
 
+/// A version loaded and probed but not yet on the bus.
+struct Loaded {
+    plugin: Plugin,
+    /// The empty store to install under the plugin's name once it is active
+    /// (`reset-kv-on-reload`).
+    fresh_kv: Option<Arc<KvStore>>,
+}
+
+/// The bus registration of `plugin` under `name`, at its manifest's position.
+fn registration(name: &str, plugin: &Arc<Plugin>) -> Registration {
+    Registration::new(name.to_string(), plugin.subscriptions().to_vec(), plugin.clone()).with_order(plugin.manifest().order)
+}
+
 pub struct Registry {
     runtime: Arc<Runtime>,
     bus: Arc<Bus>,
@@ -119,19 +134,20 @@ impl Registry {
     /// Puts a loaded plugin on the bus: registered at its manifest's position, or swapped in
     /// for the running version of the same name (keeping that one's position).
     pub fn activate(&self, plugin: Plugin) -> Result<Installed, BusError> {
-        let plugin = Arc::new(plugin);
+        self.activate_in(&mut self.slots.lock(), Arc::new(plugin))
+    }
+
+    /// `activate` with the slots already locked.
+    fn activate_in(&self, slots: &mut BTreeMap<String, Slot>, plugin: Arc<Plugin>) -> Result<Installed, BusError> {
         let name = plugin.name().to_string();
-        let registration = Registration::new(name.clone(), plugin.subscriptions().to_vec(), plugin.clone())
-            .with_order(plugin.manifest().order);
-        let mut slots = self.slots.lock();
         let slot = slots.entry(name.clone()).or_default();
         let installed = if slot.current.is_some() {
-            self.bus.replace(registration)?;
+            self.bus.replace(registration(&name, &plugin))?;
             slot.previous = slot.current.take();
             self.stats.replacements_total.fetch_add(1, Relaxed);
             Installed::Replaced
         } else {
-            self.bus.register(registration)?;
+            self.bus.register(registration(&name, &plugin))?;
             self.stats.installs_total.fetch_add(1, Relaxed);
             Installed::Created
         };
@@ -141,14 +157,33 @@ impl Registry {
         Ok(installed)
     }
 
+    /// Takes plugin `old` off the bus and activates `plugin` (named differently) in its place,
+    /// under one lock. If the bus refuses `plugin`, `old` is registered again and keeps serving.
+    fn activate_renamed(&self, old: &str, plugin: Plugin) -> Result<Installed, BusError> {
+        let mut slots = self.slots.lock();
+        let old_slot = slots.remove(old);
+        self.bus.unregister(old);
+        let error = match self.activate_in(&mut slots, Arc::new(plugin)) {
+            Ok(installed) => return Ok(installed),
+            Err(error) => error,
+        };
+        if let Some(slot) = old_slot {
+            if let Some(running) = &slot.current
+                && let Err(e) = self.bus.register(registration(old, running))
+            {
+                tracing::error!(plugin = %old, "cannot register the running version again: {e}");
+            }
+            slots.insert(old.to_string(), slot);
+        }
+        Err(error)
+    }
+
     /// Swaps the running version and the previous one, at the same position.
     pub fn rollback(&self, name: &str) -> Result<Arc<Plugin>, RollbackError> {
         let mut slots = self.slots.lock();
         let slot = slots.get_mut(name).ok_or_else(|| RollbackError::Unknown(name.to_string()))?;
         let previous = slot.previous.clone().ok_or_else(|| RollbackError::NoPrevious(name.to_string()))?;
-        let registration = Registration::new(name.to_string(), previous.subscriptions().to_vec(), previous.clone())
-            .with_order(previous.manifest().order);
-        self.bus.replace(registration)?;
+        self.bus.replace(registration(name, &previous))?;
         slot.previous = slot.current.replace(previous.clone());
         self.stats.rollbacks_total.fetch_add(1, Relaxed);
         tracing::info!(plugin = %name, hash = &previous.hash()[..12], "plugin rolled back");
@@ -157,8 +192,67 @@ impl Registry {
 
     /// Loads `bytes` as plugin `name` and activates it. Blocking: compiling can take seconds,
     /// so async callers run this on a blocking thread. Without a manifest, a running plugin's
-    /// manifest is kept, else defaults apply.
+    /// manifest is kept, else defaults apply. A failure (load or bus) is recorded and counted.
     pub fn install(&self, name: &str, bytes: &[u8], manifest: Option<Manifest>) -> Result<Installed, InstallError> {
+        let loaded = match self.prepare(name, bytes, manifest) {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return Ok(Installed::Unchanged),
+            Err(error) => {
+                self.record_failure(name, &error.to_string());
+                return Err(error.into());
+            }
+        };
+        let fresh_kv = loaded.fresh_kv.clone();
+        match self.activate(loaded.plugin) {
+            Ok(installed) => {
+                if let Some(kv) = fresh_kv {
+                    self.runtime.kv().replace(name, kv);
+                }
+                Ok(installed)
+            }
+            Err(error) => {
+                self.record_failure(name, &error.to_string());
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Installs a new version of plugin `old` whose manifest renames it. The new version is
+    /// loaded and probed first; only then is `old` unregistered and the new name activated, so a
+    /// version that fails to load leaves `old` serving, with the failure recorded on `old`. The
+    /// new name starts with its own kv store.
+    pub fn install_renamed(&self, old: &str, bytes: &[u8], manifest: Manifest) -> Result<Installed, InstallError> {
+        let name = manifest.name.clone();
+        let refused = |error: &dyn std::fmt::Display| {
+            self.record_failure(old, &format!("new version named `{name}`: {error}"));
+        };
+        let loaded = match self.prepare(&name, bytes, Some(manifest)) {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => {
+                // The new name already runs exactly this version: only the old name goes.
+                self.remove(old);
+                return Ok(Installed::Unchanged);
+            }
+            Err(error) => {
+                refused(&error);
+                return Err(error.into());
+            }
+        };
+        match self.activate_renamed(old, loaded.plugin) {
+            Ok(installed) => {
+                tracing::info!(plugin = %name, previous_name = %old, "plugin renamed");
+                Ok(installed)
+            }
+            Err(error) => {
+                refused(&error);
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Loads and probes a version of `name`, off the bus. `None` when it is the running version
+    /// already (same component, same manifest): that clears any earlier failure.
+    fn prepare(&self, name: &str, bytes: &[u8], manifest: Option<Manifest>) -> Result<Option<Loaded>, LoadError> {
         let current = self.current(name);
         let manifest = manifest.unwrap_or_else(|| {
             current.as_ref().map(|p| p.manifest().clone()).unwrap_or_else(|| Manifest::named(name))
@@ -167,36 +261,31 @@ impl Registry {
             && running.hash() == super::content_hash(bytes)
             && *running.manifest() == manifest
         {
-            // What was offered is what runs: any earlier failed attempt is moot.
-            if let Some(slot) = self.slots.lock().get_mut(name) {
-                slot.failure = None;
-            }
-            self.stats.unchanged_total.fetch_add(1, Relaxed);
-            return Ok(Installed::Unchanged);
+            self.record_unchanged(name);
+            return Ok(None);
         }
         // A reload keeps the plugin's kv state unless its manifest asks for a fresh store.
-        let fresh_kv = current.is_some() && manifest.reset_kv_on_reload;
-        let kv = if fresh_kv { Arc::new(KvStore::default()) } else { self.runtime.kv().store(name) };
-        match self.runtime.load_with_kv(bytes, manifest, kv.clone()) {
-            Ok(plugin) => {
-                let installed = self.activate(plugin)?;
-                if fresh_kv {
-                    self.runtime.kv().replace(name, kv);
-                }
-                Ok(installed)
-            }
-            Err(error) => {
-                self.stats.failures_total.fetch_add(1, Relaxed);
-                self.record_failure(name, &error.to_string());
-                Err(error.into())
-            }
-        }
+        let fresh_kv = (current.is_some() && manifest.reset_kv_on_reload).then(|| Arc::new(KvStore::default()));
+        let kv = fresh_kv.clone().unwrap_or_else(|| self.runtime.kv().store(name));
+        let plugin = self.runtime.load_with_kv(bytes, manifest, kv)?;
+        Ok(Some(Loaded { plugin, fresh_kv }))
     }
 
-    /// Records a failed load of `name`; a running version is left alone.
+    /// What was offered is what runs: any earlier failed attempt is moot.
+    fn record_unchanged(&self, name: &str) {
+        if let Some(slot) = self.slots.lock().get_mut(name) {
+            slot.failure = None;
+        }
+        self.stats.unchanged_total.fetch_add(1, Relaxed);
+    }
+
+    /// Records a failed load of `name` (watcher, start-up or upload): it becomes the plugin's
+    /// `last_failure` and counts in `failures_total` (`result="failed"` in `/metrics`). A
+    /// running version is left alone.
     pub fn record_failure(&self, name: &str, error: &str) {
         let failure = Failure { error: error.to_string(), at_ms: event::now_ms() };
         self.slots.lock().entry(name.to_string()).or_default().failure = Some(failure);
+        self.stats.failures_total.fetch_add(1, Relaxed);
     }
 
     /// Unregisters and forgets a plugin; returns whether it existed.

@@ -4,8 +4,11 @@
 //! optional `name.toml` beside it) with `notify`, waits until a file has been quiet for the
 //! debounce interval (so half-written files are not loaded; deployers should still write to a
 //! temporary name and rename), then installs, replaces or removes the plugin through the
-//! `Registry`. Loading happens on the watcher's thread, never on the event path; a file that
-//! fails to load leaves the running version serving and is recorded as its last failure.
+//! `Registry`. Files not ending in `.wasm` or `.toml`, and names starting with `.`, are ignored
+//! (so `.x.wasm.tmp` is a safe temporary name). Loading happens on the watcher's thread, never
+//! on the event path; a file that fails to read or load (a manifest that renames the plugin
+//! included) leaves the running version serving and is recorded, and counted, as its last
+//! failure.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::{Manifest, ManifestError, Registry, check_plugin_name};
 
@@ -70,13 +74,14 @@ impl Sync {
         let mut pending: HashMap<String, Instant> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
             match rx.recv_timeout(Duration::from_millis(25)) {
-                Ok(Ok(event)) => {
+                Ok(Ok(event)) if may_change_content(&event.kind) => {
                     for path in event.paths {
                         if let Some(stem) = plugin_stem(&path) {
                             pending.insert(stem, Instant::now());
                         }
                     }
                 }
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(dir = %self.dir.display(), "watch error: {e}"),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -99,29 +104,34 @@ impl Sync {
             }
             return;
         }
-        let manifest = match read_manifest(&wasm, stem) {
-            Ok(manifest) => manifest,
-            Err(e) => {
-                tracing::error!(file = %wasm.display(), "plugin not reloaded: {e}");
-                self.registry.record_failure(self.names.get(stem).map_or(stem, String::as_str), &e.to_string());
-                return;
-            }
-        };
-        let bytes = match std::fs::read(&wasm) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::error!(file = %wasm.display(), "plugin not reloaded: {e}");
-                return;
-            }
-        };
-        let name = manifest.name.clone();
-        if let Some(previous) = self.names.get(stem)
-            && *previous != name
-        {
-            // The manifest renamed the plugin: the old name goes away.
-            self.registry.remove(previous);
+        if let Some((manifest, bytes)) = self.read(&wasm, stem) {
+            self.install(&wasm, stem, manifest, bytes);
         }
-        match self.registry.install(&name, &bytes, Some(manifest)) {
+    }
+
+    /// The manifest and component of `stem`; a failure to read either is logged and recorded
+    /// against the plugin the file currently serves as.
+    fn read(&self, wasm: &Path, stem: &str) -> Option<(Manifest, Vec<u8>)> {
+        let read = read_manifest(wasm, stem).map_err(|e| e.to_string()).and_then(|manifest| {
+            let bytes = std::fs::read(wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+            Ok((manifest, bytes))
+        });
+        read.inspect_err(|error| {
+            tracing::error!(file = %wasm.display(), "plugin not reloaded, the running version keeps serving: {error}");
+            self.registry.record_failure(self.names.get(stem).map_or(stem, String::as_str), error);
+        })
+        .ok()
+    }
+
+    /// Installs the version read for `stem`. When its manifest renamed the plugin, the new name
+    /// replaces the old one only once the new version has loaded.
+    fn install(&mut self, wasm: &Path, stem: &str, manifest: Manifest, bytes: Vec<u8>) {
+        let name = manifest.name.clone();
+        let result = match self.names.get(stem).filter(|previous| **previous != name) {
+            Some(previous) => self.registry.install_renamed(previous, &bytes, manifest),
+            None => self.registry.install(&name, &bytes, Some(manifest)),
+        };
+        match result {
             Ok(installed) => {
                 tracing::info!(plugin = %name, file = %wasm.display(), ?installed, "plugin file loaded");
                 self.names.insert(stem.to_string(), name);
@@ -141,6 +151,15 @@ pub fn read_manifest(wasm: &Path, stem: &str) -> Result<Manifest, ManifestError>
     check_plugin_name(&name)
         .map_err(|problem| ManifestError::Invalid { path: wasm.display().to_string(), key: "name", problem })?;
     Ok(Manifest::named(name))
+}
+
+/// Whether an event of `kind` may have changed a file. Opening and reading do not: counting
+/// them would make the watcher's own reads schedule the file again, forever.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(access) => *access == AccessKind::Close(AccessMode::Write),
+        _ => true,
+    }
 }
 
 /// `name` for `name.wasm` and `name.toml`; nothing for other files (temporary files included).
