@@ -781,13 +781,20 @@ async fn plugins_are_uploaded_replaced_refused_and_deleted_over_http() {
     let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("busbar_plugin_calls_total{plugin=\"echo\",outcome=\"ok\"} 2"), "{metrics}");
     assert!(metrics.contains("busbar_active_connections 1"), "{metrics}");
+    // Three refused components and one refused manifest; the bad name never named a plugin.
+    assert!(metrics.contains("busbar_plugin_reloads_total{result=\"failed\"} 4"), "{metrics}");
     let realtime = server.realtime().await;
     assert_eq!(realtime["plugins"][0]["name"], "echo");
+    assert!(echo["last_failure"]["error"].as_str().unwrap().contains("upload refused: manifest names `other`"), "{echo}");
 
     // Delete.
     assert_eq!(http.delete(server.url("/v1/plugins/echo")).send().await.unwrap().status(), 204);
     assert_eq!(http.delete(server.url("/v1/plugins/echo")).send().await.unwrap().status(), 404);
     assert_eq!(http.get(server.url("/v1/plugins/echo")).send().await.unwrap().status(), 404);
+    let realtime = server.realtime().await;
+    assert!(realtime["plugins"].as_array().unwrap().iter().all(|p| p["name"] != "echo"), "{realtime}");
+    let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("plugin=\"echo\""), "{metrics}");
     server.publish_ok(json!({"type": "probe:three", "workspace_id": "ws-1"})).await;
     barrier(&server).await;
     assert!(client.until_barrier().await.iter().all(|f| f["payload"].get("tag").is_none()));

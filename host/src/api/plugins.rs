@@ -20,7 +20,8 @@ pub async fn get(_: Admin, State(state): State<AppState>, Path(name): Path<Strin
 }
 
 /// Upload a component: the raw bytes (`application/wasm`), or `multipart/form-data` with a
-/// `component` part and an optional `manifest` part (TOML).
+/// `component` part and an optional `manifest` part (TOML). Every refused upload is recorded as
+/// the plugin's last failure and counted, like a failed load from the plugin directory.
 pub async fn put(
     _: Admin,
     State(state): State<AppState>,
@@ -28,6 +29,30 @@ pub async fn put(
     request: Request,
 ) -> Result<(StatusCode, Json<PluginView>), ApiError> {
     check_plugin_name(&name).map_err(|p| ApiError::BadRequest(format!("plugin name {p}")))?;
+    let (component, manifest) = match read_upload(&state, &name, request).await {
+        Ok(upload) => upload,
+        Err(e) => {
+            state.registry.record_failure(&name, &format!("upload refused: {e}"));
+            return Err(e);
+        }
+    };
+    let registry = state.registry.clone();
+    let install_name = name.clone();
+    let installed = tokio::task::spawn_blocking(move || registry.install(&install_name, &component, manifest))
+        .await
+        .map_err(|e| ApiError::Internal(format!("install task failed: {e}")))?;
+    let status = match installed {
+        Ok(Installed::Created) => StatusCode::CREATED,
+        Ok(Installed::Replaced | Installed::Unchanged) => StatusCode::OK,
+        Err(InstallError::Load(e)) => return Err(ApiError::Unprocessable(e.to_string())),
+        Err(InstallError::Bus(e)) => return Err(ApiError::Conflict(e.to_string())),
+    };
+    let view = state.registry.get(&name).ok_or_else(|| ApiError::Internal("installed plugin vanished".into()))?;
+    Ok((status, Json(view)))
+}
+
+/// The component bytes and the manifest of an upload, read and checked.
+async fn read_upload(state: &AppState, name: &str, request: Request) -> Result<(Bytes, Option<Manifest>), ApiError> {
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -35,7 +60,7 @@ pub async fn put(
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     let too_large = |max: usize| ApiError::TooLarge(format!("upload larger than {max} bytes"));
     let (component, manifest_text) = if is_multipart {
-        let mut multipart = Multipart::from_request(request, &state)
+        let mut multipart = Multipart::from_request(request, state)
             .await
             .map_err(|e| ApiError::BadRequest(e.body_text()))?;
         let (mut component, mut manifest) = (None, None);
@@ -56,7 +81,7 @@ pub async fn put(
         }
         (component.ok_or_else(|| ApiError::BadRequest("missing form field `component`".into()))?, manifest)
     } else {
-        let body = Bytes::from_request(request, &state).await.map_err(|e| {
+        let body = Bytes::from_request(request, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE { too_large(state.max_upload) } else { ApiError::BadRequest(e.body_text()) }
         })?;
         (body, None)
@@ -67,7 +92,7 @@ pub async fn put(
     let manifest = match manifest_text {
         Some(text) => {
             let origin = format!("manifest of `{name}`");
-            let manifest = Manifest::parse(&text, &name, &origin, std::path::Path::new("."))
+            let manifest = Manifest::parse(&text, name, &origin, std::path::Path::new("."))
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             if manifest.name != name {
                 return Err(ApiError::BadRequest(format!("manifest names `{}` but the path names `{name}`", manifest.name)));
@@ -81,19 +106,7 @@ pub async fn put(
         }
         None => None,
     };
-    let registry = state.registry.clone();
-    let install_name = name.clone();
-    let installed = tokio::task::spawn_blocking(move || registry.install(&install_name, &component, manifest))
-        .await
-        .map_err(|e| ApiError::Internal(format!("install task failed: {e}")))?;
-    let status = match installed {
-        Ok(Installed::Created) => StatusCode::CREATED,
-        Ok(Installed::Replaced | Installed::Unchanged) => StatusCode::OK,
-        Err(InstallError::Load(e)) => return Err(ApiError::Unprocessable(e.to_string())),
-        Err(InstallError::Bus(e)) => return Err(ApiError::Conflict(e.to_string())),
-    };
-    let view = state.registry.get(&name).ok_or_else(|| ApiError::Internal("installed plugin vanished".into()))?;
-    Ok((status, Json(view)))
+    Ok((component, manifest))
 }
 
 /// Restores the previous version at the same position (and makes the current one previous).

@@ -37,11 +37,13 @@ pub struct LoadFailure {
 }
 
 /// Loads every `*.wasm` in `dir` (each with its optional `name.toml` beside it), sorted by
-/// manifest order, then name. A file that fails does not stop the others.
+/// manifest order, then name. A file that fails does not stop the others. Hidden files (a
+/// deployer's `.x.wasm` before its rename) are skipped, as the watcher skips them.
 pub fn load_dir(runtime: &Runtime, dir: &Path) -> std::io::Result<(Vec<Plugin>, Vec<LoadFailure>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+        .filter(|path| !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
     files.sort();
     let mut plugins = Vec::new();
