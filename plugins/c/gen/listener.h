@@ -56,7 +56,9 @@ typedef uint8_t busbar_plugin_types_scope_kind_t;
 
 // A scope: a kind and the id of the workspace, user, task or chat session.
 typedef struct busbar_plugin_types_scope_t {
+  // What kind of room this is.
   busbar_plugin_types_scope_kind_t   kind;
+  // The id of the workspace, user, task or chat session.
   listener_string_t   id;
 } busbar_plugin_types_scope_t;
 
@@ -64,7 +66,9 @@ typedef struct busbar_plugin_types_scope_t {
 // 
 // The exclusion avoids a double delivery when the same message also goes to that workspace.
 typedef struct busbar_plugin_types_user_target_t {
+  // The user whose connections receive the message.
   listener_string_t   user_id;
+  // A workspace whose connections of this user are skipped; none for all of them.
   listener_option_string_t   exclude_workspace;
 } busbar_plugin_types_user_target_t;
 
@@ -102,13 +106,19 @@ typedef struct busbar_plugin_types_message_t {
 
 // A new event to publish on the bus once the current one has been through every listener.
 typedef struct busbar_plugin_types_follow_up_t {
+  // The new event's type, `resource:verb` by convention.
   listener_string_t   event_type;
+  // The workspace it belongs to; empty for none.
   listener_string_t   workspace_id;
+  // Who caused it, usually the handled event's actor: `member`, `agent`, `system`...
   listener_string_t   actor_type;
+  // The id of that actor.
   listener_string_t   actor_id;
   // JSON text. Invalid JSON makes the whole call fail.
   listener_string_t   payload;
+  // The task it concerns, if any.
   listener_option_string_t   task_id;
+  // The chat session it concerns, if any.
   listener_option_string_t   chat_session_id;
 } busbar_plugin_types_follow_up_t;
 
@@ -129,10 +139,15 @@ typedef struct busbar_plugin_types_action_t {
 // Severity of a log line.
 typedef uint8_t busbar_plugin_types_level_t;
 
+// Step-by-step detail, off unless the operator asks for it.
 #define BUSBAR_PLUGIN_TYPES_LEVEL_TRACE 0
+// Detail useful while developing a plugin.
 #define BUSBAR_PLUGIN_TYPES_LEVEL_DEBUG 1
+// Normal operation worth recording.
 #define BUSBAR_PLUGIN_TYPES_LEVEL_INFO 2
+// Something unexpected that the plugin handled.
 #define BUSBAR_PLUGIN_TYPES_LEVEL_WARN 3
+// Something the plugin could not handle.
 #define BUSBAR_PLUGIN_TYPES_LEVEL_ERROR 4
 
 typedef busbar_plugin_types_level_t busbar_plugin_log_level_t;

@@ -48,7 +48,9 @@ type ScopeKind = uint8
 
 // A scope: a kind and the id of the workspace, user, task or chat session.
 type Scope struct {
-        Kind ScopeKind
+        // What kind of room this is.
+Kind ScopeKind
+// The id of the workspace, user, task or chat session.
 Id string
 }
 
@@ -56,7 +58,9 @@ Id string
 // 
 // The exclusion avoids a double delivery when the same message also goes to that workspace.
 type UserTarget struct {
-        UserId string
+        // The user whose connections receive the message.
+UserId string
+// A workspace whose connections of this user are skipped; none for all of them.
 ExcludeWorkspace witTypes.Option[string]
 }
 
@@ -133,13 +137,19 @@ Payload string
 
 // A new event to publish on the bus once the current one has been through every listener.
 type FollowUp struct {
-        EventType string
+        // The new event's type, `resource:verb` by convention.
+EventType string
+// The workspace it belongs to; empty for none.
 WorkspaceId string
+// Who caused it, usually the handled event's actor: `member`, `agent`, `system`...
 ActorType string
+// The id of that actor.
 ActorId string
 // JSON text. Invalid JSON makes the whole call fail.
 Payload string
+// The task it concerns, if any.
 TaskId witTypes.Option[string]
+// The chat session it concerns, if any.
 ChatSessionId witTypes.Option[string]
 }
 
@@ -185,10 +195,15 @@ func MakeActionPublish(value FollowUp) Action {
 
 
 const (
-        Level_Trace uint8 = 0
+        // Step-by-step detail, off unless the operator asks for it.
+Level_Trace uint8 = 0
+// Detail useful while developing a plugin.
 Level_Debug uint8 = 1
+// Normal operation worth recording.
 Level_Info uint8 = 2
+// Something unexpected that the plugin handled.
 Level_Warn uint8 = 3
+// Something the plugin could not handle.
 Level_Error uint8 = 4
 )
 // Severity of a log line.
