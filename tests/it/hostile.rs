@@ -110,6 +110,10 @@ fn sandbox_escapes_fail_inside_the_plugin() {
     assert_eq!(report["env_home"], Value::Null);
     assert_eq!(report["env_path"], Value::Null);
     assert_eq!(report["args"], 0);
+    // And the bus keeps serving, the sandboxed plugin included.
+    let again = bus.publish(Event::new("probe:after", "w1"));
+    assert!(again.root().listeners.iter().all(|l| l.outcome.is_ok()), "{again:?}");
+    assert_eq!(tags(&recorder.take()), ["before-sandbox", "after-sandbox"]);
 }
 
 #[test]
@@ -132,4 +136,28 @@ fn follow_up_loop_ends_with_a_clear_outcome() {
         let names: Vec<&str> = event.listeners.iter().map(|l| l.listener.as_str()).collect();
         assert_eq!(names, ["before-loop", "follow-up-loop", "after-loop"]);
     }
+    // The bus keeps serving afterwards.
+    let again = bus.publish(Event::new("other:ping", "w1"));
+    assert_eq!(again.events.len(), 1);
+    assert!(again.root().listeners.is_empty(), "nobody subscribes to other:*");
+}
+
+#[test]
+fn a_follow_up_chain_from_a_plugin_ends_at_the_depth_limit() {
+    let (bus, recorder) = recording_bus();
+    busbar::plugins::register(&bus, support::echo("before-chain", &["loop:*"])).unwrap();
+    let mut manifest = support::manifest("hostile", "follow-up-loop", "follow-up-chain");
+    manifest.config.insert("fanout".into(), "1".into());
+    busbar::plugins::register(&bus, support::load("hostile", "follow-up-loop", manifest)).unwrap();
+    busbar::plugins::register(&bus, support::echo("after-chain", &["loop:*"])).unwrap();
+    let report: PublishReport = bus.publish(Event::new("loop:ping", "w1"));
+    let limits = bus.limits();
+    let depths: Vec<u32> = report.events.iter().filter(|e| e.status == EventStatus::Dispatched).map(|e| e.depth).collect();
+    assert_eq!(depths, (0..=limits.max_depth).collect::<Vec<_>>(), "one event per depth, the root included");
+    let last = report.events.last().expect("the refused follow-up is reported");
+    assert_eq!((last.status, last.depth), (EventStatus::DepthLimitExceeded, limits.max_depth + 1));
+    assert!(last.listeners.is_empty(), "its listeners were not run");
+    assert_eq!(tags(&recorder.take()).len(), 2 * depths.len(), "both good plugins saw every dispatched event");
+    let again = bus.publish(Event::new("loop:pong", "w1"));
+    assert_eq!(again.events.len(), limits.max_depth as usize + 2, "and the next publish behaves the same");
 }

@@ -1,7 +1,9 @@
-//! Hostile test plugin: answers every event it sees with a follow-up event of the same type,
-//! forever. The bus's follow-up depth limit must end the chain.
+//! Hostile test plugin: answers every event it sees with follow-up events of the same type,
+//! forever: two per event by default (a tree, which hits the cap on follow-ups per publish), or
+//! `fanout` from its config (1 makes a chain, which hits the depth limit). The bus must end
+//! either with a clear outcome.
 
-use busbar_plugin_sdk::{Action, Error, Event, Plugin, export};
+use busbar_plugin_sdk::{Action, Error, Event, Plugin, config, export};
 
 struct FollowUpLoop;
 
@@ -11,8 +13,8 @@ impl Plugin for FollowUpLoop {
     }
 
     fn handle(event: Event) -> Result<Vec<Action>, Error> {
-        let next = event.follow_up(event.event_type.clone(), &serde_json::json!({"again": true}));
-        Ok(vec![next?, event.follow_up(event.event_type.clone(), &serde_json::json!({"twice": true}))?])
+        let fanout: usize = config::get("fanout").and_then(|f| f.parse().ok()).unwrap_or(2);
+        (0..fanout).map(|n| event.follow_up(event.event_type.clone(), &serde_json::json!({"again": n}))).collect()
     }
 }
 
