@@ -168,6 +168,19 @@ async fn barrier(server: &TestServer) {
     server.publish_ok(json!({"type": "daemon:barrier"})).await;
 }
 
+/// Per room (scope and id), the `seq` of the frames a client got must run 1, 2, 3... with no
+/// gap: every room here is new and the client missed nothing.
+fn assert_consecutive_per_room(who: &str, frames: &[Value]) {
+    let mut rooms: std::collections::BTreeMap<(String, String), Vec<u64>> = Default::default();
+    for frame in frames.iter().filter(|f| f.get("scope").is_some()) {
+        let room = (frame["scope"].as_str().unwrap().to_string(), frame["scope_id"].as_str().unwrap_or_default().to_string());
+        rooms.entry(room).or_default().push(frame["seq"].as_u64().unwrap());
+    }
+    for (room, seqs) in rooms {
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{who}: seq in {room:?}");
+    }
+}
+
 fn types(frames: &[Value]) -> Vec<String> {
     frames.iter().map(|f| f["type"].as_str().unwrap_or_default().to_string()).collect()
 }
@@ -193,14 +206,18 @@ async fn events_reach_exactly_the_right_clients() {
             {"type": "task:message", "workspace_id": "ws-1", "task_id": "task-1", "payload": {"seq": 1}},
             {"type": "chat:message", "workspace_id": "ws-1", "chat_session_id": "chat-1", "payload": {"content": "private"}},
             {"type": "issue:updated", "workspace_id": "ws-1", "payload": {"n": 3}},
+            {"type": "daemon:heartbeat", "payload": {}},
         ]))
         .await;
     barrier(&server).await;
 
     let alice_frames = alice.until_barrier().await;
+    assert_consecutive_per_room("alice", &alice_frames);
+    let rooms: std::collections::BTreeSet<&str> = alice_frames.iter().filter_map(|f| f["scope"].as_str()).collect();
+    assert_eq!(rooms, ["chat", "everyone", "task", "workspace"].into(), "numbered rooms of every kind");
     assert_eq!(
         types(&alice_frames),
-        ["issue:created", "member:added", "task:message", "task:message", "chat:message", "issue:updated"]
+        ["issue:created", "member:added", "task:message", "task:message", "chat:message", "issue:updated", "daemon:heartbeat"]
     );
     // The task event arrives once per scope it was sent to: the task scope and the workspace.
     let task_scopes: Vec<&str> = alice_frames.iter().filter(|f| f["type"] == "task:message").map(|f| f["scope"].as_str().unwrap()).collect();
@@ -214,16 +231,24 @@ async fn events_reach_exactly_the_right_clients() {
     assert!(first["event_id"].as_str().is_some_and(|id| !id.is_empty()));
 
     // Bob: the workspace's public events and his own inbox; no chat, no task scope.
-    assert_eq!(types(&bob.until_barrier().await), ["issue:created", "member:added", "inbox:new", "task:message", "issue:updated"]);
+    let bob_frames = bob.until_barrier().await;
+    assert_consecutive_per_room("bob", &bob_frames);
+    assert_eq!(types(&bob_frames), ["issue:created", "member:added", "inbox:new", "task:message", "issue:updated", "daemon:heartbeat"]);
+    assert_eq!(bob_frames[2]["scope"], "user");
     // Carol, in another workspace, sees only that workspace.
     let carol_frames = carol.until_barrier().await;
-    assert_eq!(types(&carol_frames), ["issue:created"]);
+    assert_consecutive_per_room("carol", &carol_frames);
+    assert_eq!(types(&carol_frames), ["issue:created", "daemon:heartbeat"]);
     assert_eq!(carol_frames[0]["payload"], json!({"n": 2}));
     // Dave in ws-1 gets member:added once (workspace room; the user copy excludes ws-1)...
-    assert_eq!(types(&dave_ws1.until_barrier().await), ["issue:created", "member:added", "task:message", "issue:updated"]);
+    assert_eq!(
+        types(&dave_ws1.until_barrier().await),
+        ["issue:created", "member:added", "task:message", "issue:updated", "daemon:heartbeat"]
+    );
     // ...and his ws-2 connection gets it through his user room.
     let dave2 = dave_ws2.until_barrier().await;
-    assert_eq!(types(&dave2), ["issue:created", "member:added"]);
+    assert_consecutive_per_room("dave in ws-2", &dave2);
+    assert_eq!(types(&dave2), ["issue:created", "member:added", "daemon:heartbeat"]);
     assert_eq!(dave2[1]["scope"], "user");
     server.stop().await;
 }
