@@ -333,3 +333,35 @@ fn publishes_from_many_threads_run_concurrently_and_completely() {
     let stats = bus.listeners();
     assert!(stats.iter().all(|l| l.stats.calls == 1600 && l.stats.ok == 1600), "{stats:?}");
 }
+
+#[test]
+fn two_publishes_are_inside_the_same_listener_at_once() {
+    // If the bus serialized publishes (one global lock), the second thread could never reach the
+    // listener while the first waits in it, and the rendezvous below would time out.
+    let (bus, _recorder) = recording_bus();
+    let inside = Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+    let rendezvous = inside.clone();
+    bus.subscribe("rendezvous", &["*"], move |_: &Event| {
+        let (count, arrived) = &*rendezvous;
+        let mut count = count.lock().unwrap();
+        *count += 1;
+        arrived.notify_all();
+        let (count, timeout) = arrived.wait_timeout_while(count, std::time::Duration::from_secs(10), |c| *c < 2).unwrap();
+        if timeout.timed_out() {
+            return Err(busbar::bus::ListenerError::Failed(format!("alone in the listener: {} of 2 publishes arrived", *count)));
+        }
+        Ok(vec![])
+    })
+    .unwrap();
+    let bus = Arc::new(bus);
+    let publishers: Vec<_> = (0..2)
+        .map(|i| {
+            let bus = bus.clone();
+            std::thread::spawn(move || bus.publish(event(&format!("meet:{i}"))))
+        })
+        .collect();
+    for publisher in publishers {
+        let report = publisher.join().unwrap();
+        assert!(report.root().listeners[0].outcome.is_ok(), "{report:?}");
+    }
+}
