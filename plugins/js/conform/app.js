@@ -43,9 +43,12 @@ export function handle(event) {
       return [send(target.everyone(), 'conf:parse', `{"hello":${JSON.stringify(name)}}`)];
     }
     case 'conf:sandbox': {
-      // busbar builds JavaScript plugins with no filesystem, environment or network access
-      // linked: every attempt must fail here, inside the plugin. (`fetch` exists but is not
-      // wired to anything: calling it traps, which busbar contains like any trap.)
+      // The JavaScript engine (StarlingMonkey) offers no file, environment or socket API, and
+      // busbar builds plugins without its HTTP client: these attempts check that none of Node's
+      // ways in (`require('fs')`, `process.env`, `WebSocket`) exists, so each fails here, inside
+      // the plugin. The WASI layer underneath grants nothing either (the Rust, Python and Go
+      // versions reach it with real calls). `fetch` exists but is not wired to anything:
+      // calling it traps, which busbar contains like any trap.
       const attempt = (f) => { try { f(); return 'allowed'; } catch { return 'denied'; } };
       const file = attempt(() => globalThis.require('fs').readFileSync('/etc/passwd'));
       const env = globalThis.process?.env?.HOME !== undefined ? 'present' : 'absent';
