@@ -1,11 +1,14 @@
 //! Several nodes sharing fan-out through a real `redis-server` (started here, on a free port):
 //! delivery across nodes in order for every target kind, recovery with `since` after a Redis
 //! restart and after a node restart, scopes only reaching nodes that have subscribers, a retried
-//! publish batch appended once, and live clients carried through a Redis restart.
+//! publish batch appended once, live clients carried through a Redis restart, one order per scope
+//! with every node publishing at once, history caps and TTL as Redis holds them, and resumes that
+//! cannot be proven complete (trimmed history, an epoch Redis lost) answered `recovered: false`.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use busbar::hub::Position;
@@ -44,6 +47,19 @@ impl Redis {
             assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Restarts Redis without its data, as a Redis without persistence comes back: a fresh
+    /// directory, so no append-only file to load. Every scope's epoch is gone.
+    fn restart_empty(&mut self) {
+        self.kill();
+        self.dir = tempfile::tempdir().unwrap();
+        self.run();
+    }
+
+    /// A connection of the test's own, to look at what the relay keeps in Redis.
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
     fn kill(&mut self) {
@@ -85,11 +101,17 @@ impl Drop for Redis {
 }
 
 async fn node(redis: &Redis, name: &str) -> TestServer {
+    node_with(redis, name, |_| {}).await
+}
+
+/// A node whose relay settings are changed by `configure`.
+async fn node_with(redis: &Redis, name: &str, configure: impl FnOnce(&mut RelayConfig)) -> TestServer {
     let url = redis.url();
     let name = name.to_string();
     TestServer::start(move |c| {
         let mut relay = RelayConfig::new(url);
         relay.node_id = name;
+        configure(&mut relay);
         c.relay = Some(relay);
     })
     .await
@@ -152,6 +174,26 @@ async fn relay_until(node: &TestServer, what: &str, check: impl Fn(&Value) -> bo
 
 fn position(frame: &Value) -> Position {
     Position { epoch: frame["epoch"].as_str().unwrap().to_string(), offset: frame["seq"].as_u64().unwrap() }
+}
+
+/// Connects to `node`'s `workspace` and resumes its workspace room from `since`; returns the
+/// client and the room's `subscribe_ack` (which comes before any replayed frame).
+async fn resume(node: &TestServer, workspace: &str, token: &str, since: &Position) -> (Client, Value) {
+    let mut client = Client::open(node, workspace).await;
+    client.send(json!({"type": "auth", "payload": {"token": token, "since": {"workspace": since}}})).await;
+    assert_eq!(client.next().await["type"], "auth_ack");
+    let ack = client.next().await;
+    assert_eq!((ack["type"].as_str(), ack["payload"]["scope"].as_str()), (Some("subscribe_ack"), Some("workspace")), "{ack}");
+    (client, ack)
+}
+
+/// `(from, i)` of every `task:message` frame of `scope`, in the order received.
+fn messages(frames: &[Value], scope: &str) -> Vec<(u64, u64)> {
+    of_type(frames, "task:message")
+        .into_iter()
+        .filter(|f| f["scope"] == scope)
+        .map(|f| (f["payload"]["from"].as_u64().unwrap(), f["payload"]["i"].as_u64().unwrap()))
+        .collect()
 }
 
 /// Waits until the node watches `n` scopes or more (subscriptions are asynchronous).
@@ -440,6 +482,212 @@ async fn a_client_connected_through_a_redis_restart_gets_every_event_once_in_ord
     assert!(counter("busbar_relay_degraded_local_total") >= 10.0, "frames delivered locally while Redis was away");
     assert!(counter("busbar_relay_publish_errors_total") >= 1.0, "failed batches were counted");
     assert!(counter("busbar_relay_reconnects_total") >= 1.0, "the pub/sub connection came back");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_scope_order_holds_across_nodes_all_publishing_at_once() {
+    const PER_NODE: u64 = 40;
+    let redis = Redis::start();
+    let nodes = [node(&redis, "node-a").await, node(&redis, "node-b").await, node(&redis, "node-c").await];
+    let mut clients = Vec::new();
+    for (k, node) in nodes.iter().enumerate() {
+        for user in ["ann", "ben"] {
+            let t = token(&format!("{user}-{k}"), &["ws-1"], &[("ws-1", "task", "t-1")]);
+            let mut client = Client::connect(node, "ws-1", &t).await;
+            assert_eq!(client.subscribe("task", "t-1").await["type"], "subscribe_ack");
+            clients.push(client);
+        }
+        // ws-1, t-1, both users, everyone.
+        watching(node, 5).await;
+    }
+    // Every node publishes its own events over HTTP, all at the same time.
+    let message = |from: usize, i: u64| {
+        json!({"type": "task:message", "workspace_id": "ws-1", "task_id": "t-1", "payload": {"from": from, "i": i}})
+    };
+    let start = Arc::new(tokio::sync::Barrier::new(nodes.len()));
+    let publishers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(k, node)| {
+            let (url, start) = (node.url("/v1/events"), start.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                start.wait().await;
+                for i in 0..PER_NODE {
+                    let response = http.post(&url).json(&message(k, i)).send().await;
+                    assert!(response.is_ok_and(|r| r.status() == 200), "publish {k}/{i} failed");
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    // A last event once every other one is in Redis: anything duplicated would come before it.
+    for node in &nodes {
+        relay_until(node, "drained its outbox", |r| r["outbox_depth"] == 0).await;
+    }
+    nodes[0].publish_ok(message(nodes.len(), 0)).await;
+
+    let last = (nodes.len() as u64, 0);
+    let total = PER_NODE * nodes.len() as u64 + 1;
+    let mut orders = Vec::new();
+    for (c, client) in clients.iter_mut().enumerate() {
+        let frames = collect(client, |f| messages(f, "task").contains(&last) && messages(f, "workspace").contains(&last)).await;
+        let (task, workspace) = (messages(&frames, "task"), messages(&frames, "workspace"));
+        for (scope, seen) in [("task", &task), ("workspace", &workspace)] {
+            assert_eq!(offsets(&frames, scope), (1..=total).collect::<Vec<_>>(), "client {c}: {scope} offsets, no gap or duplicate");
+            assert_eq!(seen.len() as u64, total, "client {c}: every {scope} event once");
+            for k in 0..nodes.len() as u64 {
+                let from_k: Vec<u64> = seen.iter().filter(|m| m.0 == k).map(|m| m.1).collect();
+                assert_eq!(from_k, (0..PER_NODE).collect::<Vec<_>>(), "client {c}: node {k}'s events in its order in {scope}");
+            }
+        }
+        orders.push((task, workspace));
+    }
+    for (c, (task, workspace)) in orders.iter().enumerate().skip(1) {
+        assert_eq!(task, &orders[0].0, "client {c} saw the task scope in the same order as client 0");
+        assert_eq!(workspace, &orders[0].1, "client {c} saw the workspace scope in the same order as client 0");
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_history_keeps_exactly_its_cap_and_expires() {
+    let redis = Redis::start();
+    let a = node_with(&redis, "node-a", |r| {
+        r.history.task = 5;
+        r.history.workspace = 8;
+        r.history_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let events: Vec<Value> = (0..12)
+        .map(|i| json!({"type": "task:message", "workspace_id": "ws-1", "task_id": "t-1", "payload": {"i": i}}))
+        .collect();
+    a.publish_ok(json!(events)).await;
+    // 12 frames each to the task and the workspace scopes.
+    relay_until(&a, "published 24 frames", |r| r["published_total"] == 24 && r["outbox_depth"] == 0).await;
+
+    let mut conn = redis.conn().await;
+    for (scope, cap) in [("task:t-1", 5u64), ("workspace:ws-1", 8)] {
+        let (meta, stream) = (format!("busbar:{{{scope}}}:meta"), format!("busbar:{{{scope}}}:stream"));
+        let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
+        assert_eq!(len, cap, "{stream} holds exactly its cap");
+        let kept: Vec<(String, Vec<(String, String)>)> =
+            redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        let ids: Vec<String> = kept.iter().map(|(id, _)| id.clone()).collect();
+        let newest: Vec<String> = (12 - cap + 1..=12).map(|o| format!("{o}-0")).collect();
+        assert_eq!(ids, newest, "{stream} keeps the newest frames");
+        let offset: u64 = redis::cmd("HGET").arg(&meta).arg("offset").query_async(&mut conn).await.unwrap();
+        assert_eq!(offset, 12, "trimming does not move the offset");
+        for key in [&meta, &stream] {
+            let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
+            assert!(ttl > 0 && ttl <= 60_000, "{key} expires within the history TTL: PTTL {ttl}");
+        }
+    }
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_before_the_trimmed_history_is_not_recovered() {
+    let redis = Redis::start();
+    let capped = |r: &mut RelayConfig| r.history.workspace = 5;
+    let a = node_with(&redis, "node-a", capped).await;
+    let b = node_with(&redis, "node-b", capped).await;
+    let t = token("carol", &["ws-1"], &[]);
+    let mut carol = Client::connect(&b, "ws-1", &t).await;
+    watching(&b, 3).await;
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        publish_item(&http, &a, "ws-1", i).await;
+    }
+    let seen = items_through(&mut carol, 2).await;
+    let at = position(seen.iter().rev().find(|f| f["scope"] == "workspace").unwrap());
+    assert_eq!(at.offset, 3);
+    drop(carol);
+    // Ten more: offsets 4 to 13, of which the stream keeps 9 to 13.
+    for i in 3..13 {
+        publish_item(&http, &a, "ws-1", i).await;
+    }
+    relay_until(&a, "published 13 frames", |r| r["published_total"] == 13 && r["outbox_depth"] == 0).await;
+
+    // From carol's position, and from the last one the stream cannot complete: not recovered.
+    let (mut carol, ack) = resume(&b, "ws-1", &t, &at).await;
+    assert_eq!(ack["payload"], json!({"scope": "workspace", "id": "ws-1", "epoch": at.epoch, "offset": 13, "recovered": false}));
+    let before_trim = Position { epoch: at.epoch.clone(), offset: 7 };
+    let (mut edgar, ack) = resume(&b, "ws-1", &token("edgar", &["ws-1"], &[]), &before_trim).await;
+    assert_eq!(ack["payload"]["recovered"], false, "offset 8 was trimmed: {ack}");
+    // From the oldest position the stream can complete: recovered, with exactly what was missed.
+    let in_window = Position { epoch: at.epoch.clone(), offset: 8 };
+    let (mut fay, ack) = resume(&b, "ws-1", &token("fay", &["ws-1"], &[]), &in_window).await;
+    assert_eq!(ack["payload"]["recovered"], true, "offsets 9 to 13 are all there: {ack}");
+
+    publish_item(&http, &a, "ws-1", 13).await;
+    for (name, client) in [("carol", &mut carol), ("edgar", &mut edgar)] {
+        let frames = items_through(client, 13).await;
+        assert_eq!(items(&frames), [13], "{name}: nothing replayed, then live frames");
+        assert_eq!(offsets(&frames, "workspace"), [14], "{name}: live from the room's offset");
+    }
+    let frames = items_through(&mut fay, 13).await;
+    assert_eq!(items(&frames), (8..=13).collect::<Vec<_>>(), "the missed frames, then live ones");
+    assert_eq!(offsets(&frames, "workspace"), (9..=14).collect::<Vec<_>>());
+    let metrics = b.realtime().await;
+    assert_eq!(metrics["recoveries_total"], json!({"recovered": 1, "not_recovered": 2}));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_into_an_epoch_redis_lost_is_not_recovered() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    // carol's room closes while Redis is up, dan's while it is away.
+    let (carol_t, dan_t) = (token("carol", &["ws-1"], &[]), token("dan", &["ws-2"], &[]));
+    let mut carol = Client::connect(&b, "ws-1", &carol_t).await;
+    let mut dan = Client::connect(&b, "ws-2", &dan_t).await;
+    watching(&b, 5).await;
+    let http = reqwest::Client::new();
+    for i in 0..5 {
+        publish_item(&http, &a, "ws-1", i).await;
+        publish_item(&http, &a, "ws-2", i).await;
+    }
+    let last_of = |frames: Vec<Value>| position(frames.iter().rev().find(|f| f["scope"] == "workspace").unwrap());
+    let carol_at = last_of(items_through(&mut carol, 4).await);
+    let dan_at = last_of(items_through(&mut dan, 4).await);
+    assert_eq!((carol_at.offset, dan_at.offset), (5, 5));
+
+    drop(carol);
+    relay_until(&b, "stopped watching carol's scopes", |r| r["watched_scopes"] == 3).await;
+    redis.kill();
+    relay_until(&b, "lost its subscription", |r| r["last_error"].as_str().is_some_and(|e| e.starts_with("subscribing"))).await;
+    drop(dan);
+    relay_until(&b, "stopped watching dan's scopes", |r| r["watched_scopes"] == 1).await;
+    // Redis comes back without its data: the next frames start new epochs.
+    redis.restart_empty();
+    for i in 5..8 {
+        publish_item(&http, &a, "ws-1", i).await;
+        publish_item(&http, &a, "ws-2", i).await;
+    }
+    relay_until(&a, "published into the new Redis", |r| r["published_total"] == 16 && r["outbox_depth"] == 0).await;
+    relay_until(&b, "subscribed again", |r| r["reconnects_total"].as_u64() >= Some(1)).await;
+
+    for (workspace, t, at) in [("ws-1", &carol_t, &carol_at), ("ws-2", &dan_t, &dan_at)] {
+        let (mut client, ack) = resume(&b, workspace, t, at).await;
+        assert_eq!(ack["payload"]["recovered"], false, "{workspace}: {ack}");
+        let epoch = ack["payload"]["epoch"].as_str().unwrap().to_string();
+        assert!(!epoch.is_empty() && epoch != at.epoch, "{workspace}: a new epoch: {ack}");
+        assert_eq!(ack["payload"]["offset"], 3, "{workspace}: {ack}");
+        publish_item(&http, &a, workspace, 8).await;
+        let frames = items_through(&mut client, 8).await;
+        assert_eq!(items(&frames), [8], "{workspace}: nothing replayed, then live frames");
+        assert_eq!(position(of_type(&frames, "feed:item")[0]), Position { epoch, offset: 4 });
+    }
+    assert_eq!(b.realtime().await["recoveries_total"], json!({"recovered": 0, "not_recovered": 2}));
     a.stop().await;
     b.stop().await;
 }

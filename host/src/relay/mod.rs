@@ -538,7 +538,7 @@ impl Relay {
                                     }
                                 }
                                 Some(Command::Unwatch(target)) => {
-                                    watched.remove(&target);
+                                    self.unwatch(&mut watched, &target);
                                 }
                                 None => return,
                             },
@@ -579,19 +579,8 @@ impl Relay {
                             }
                         }
                         Some(Command::Unwatch(target)) => {
-                            let reopened = match &target {
-                                Target::Scope(scope) => self.inner.hub.has_room(scope),
-                                Target::Everyone => true,
-                            };
-                            if reopened {
-                                continue;
-                            }
-                            if watched.remove(&target) {
-                                self.inner.cursors.lock().remove(&target);
-                                self.inner.ledger.lock().cursor_moved(&target, None, None);
-                                if sink.unsubscribe(target.channel()).await.is_err() {
-                                    break;
-                                }
+                            if self.unwatch(&mut watched, &target) && sink.unsubscribe(target.channel()).await.is_err() {
+                                break;
                             }
                         }
                         None => return,
@@ -608,6 +597,23 @@ impl Relay {
 }
 
 impl Relay {
+    /// A room closed: stops following its target (unless the room opened again meanwhile) and
+    /// drops its cursor, connected or not, so that a later watch starts from where Redis is
+    /// rather than from a stale position (perhaps of an epoch Redis lost meanwhile). True if
+    /// the target was followed: unsubscribe from its channel.
+    fn unwatch(&self, watched: &mut HashSet<Target>, target: &Target) -> bool {
+        let reopened = match target {
+            Target::Scope(scope) => self.inner.hub.has_room(scope),
+            Target::Everyone => true,
+        };
+        if reopened || !watched.remove(target) {
+            return false;
+        }
+        self.inner.cursors.lock().remove(target);
+        self.inner.ledger.lock().cursor_moved(target, None, None);
+        true
+    }
+
     /// The cursor of a watched target.
     fn cursor(&self, target: &Target) -> Option<Arc<Mutex<Cursor>>> {
         self.inner.cursors.lock().get(target).cloned()
