@@ -10,6 +10,10 @@
 //!   instantiate a fresh instance; the difference is the cost of a trap and a replacement.
 //! - `runtime/recycle-instance`: dropping an instance and instantiating its replacement alone.
 //! - `runtime/{compile-cold,load-cached}`: loading a component without and with the cache.
+//! - `paired`: the dispatch and floor pairs again, native and WASM measured in alternation,
+//!   round after round, so that both see the same machine; prints the median ratio and its
+//!   spread. Criterion measures one side, then the other, and on a shared host the load can
+//!   change in between: this is the ratio to quote.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +25,7 @@ use busbar::broadcast::{Broadcaster, Frame};
 use busbar::bus::{Bus, Listener, ListenerError};
 use busbar::event::{Event, Json};
 use busbar::plugins::{Manifest, Plugin, Runtime, RuntimeConfig};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 
 /// A Broadcaster that counts and drops frames, so fan-out does not enter the measurement.
 #[derive(Default)]
@@ -179,9 +183,95 @@ fn runtime_costs(c: &mut Criterion) {
     group.finish();
 }
 
+/// Measures `native` and `wasm` in alternation for `rounds` rounds of `per_round` publishes
+/// each (which goes first alternates too); returns the per-call medians and the quartiles of
+/// the per-round ratio wasm / native, and the median per-round difference.
+fn paired(native: &Bus, wasm: &Bus, event: &Event, rounds: usize, per_round: u32) -> Paired {
+    let time = |bus: &Bus| {
+        let started = Instant::now();
+        for _ in 0..per_round {
+            std::hint::black_box(bus.publish(event.clone()));
+        }
+        started.elapsed().as_secs_f64() * 1e6 / f64::from(per_round)
+    };
+    let (mut natives, mut wasms, mut ratios, mut differences) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds + 2 {
+        let (n, w) = if round % 2 == 0 {
+            let n = time(native);
+            (n, time(wasm))
+        } else {
+            let w = time(wasm);
+            (time(native), w)
+        };
+        if round >= 2 {
+            // The first two rounds warm both up.
+            natives.push(n);
+            wasms.push(w);
+            ratios.push(w / n);
+            differences.push(w - n);
+        }
+    }
+    let quantile = |values: &mut Vec<f64>, q: f64| {
+        values.sort_by(f64::total_cmp);
+        values[((values.len() - 1) as f64 * q).round() as usize]
+    };
+    Paired {
+        native_us: quantile(&mut natives, 0.5),
+        wasm_us: quantile(&mut wasms, 0.5),
+        ratio: [quantile(&mut ratios, 0.25), quantile(&mut ratios, 0.5), quantile(&mut ratios, 0.75)],
+        difference_us: quantile(&mut differences, 0.5),
+    }
+}
+
+struct Paired {
+    native_us: f64,
+    wasm_us: f64,
+    ratio: [f64; 3],
+    difference_us: f64,
+}
+
+/// The `paired` table (see the top of this file). A smoke run under `cargo test`.
+fn paired_ratios(rounds: usize, per_round: u32) {
+    let runtime = runtime(Some("bench-cache"));
+    println!("paired: native and WASM alternately, {rounds} rounds of {per_round} publishes each");
+    println!("| payload | native | wasm | wasm / native (median) | p25 - p75 |");
+    println!("|---|---|---|---|---|");
+    let row = |label: &str, p: &Paired| {
+        println!(
+            "| {label} | {:.2} µs | {:.2} µs | {:.2}x | {:.2}x - {:.2}x |",
+            p.native_us, p.wasm_us, p.ratio[1], p.ratio[0], p.ratio[2]
+        )
+    };
+    for (label, size) in [("100 B", 100), ("1 KiB", 1024), ("16 KiB", 16 << 10)] {
+        let native = bus_with(vec![("native".into(), Arc::new(native_router))]);
+        let wasm = bus_with(vec![("wasm".into(), Arc::new(plugin(&runtime, "testing", "bench-router", "wasm")))]);
+        row(label, &paired(&native, &wasm, &event(size), rounds, per_round));
+    }
+    let noop = |_: &Event| -> Result<Vec<Action>, ListenerError> { Ok(Vec::new()) };
+    let native = bus_with(vec![("native".into(), Arc::new(noop))]);
+    let wasm = bus_with(vec![("wasm".into(), Arc::new(plugin(&runtime, "testing", "noop", "wasm")))]);
+    let floor = paired(&native, &wasm, &event(100), rounds, per_round);
+    row("floor (no-op)", &floor);
+    println!("crossing into a component and back (median of wasm - native per round): {:.2} µs", floor.difference_us);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     targets = dispatch, throughput, runtime_costs
 }
-criterion_main!(benches);
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test` does not, and gets a smoke run. A filter
+    // that does not mention `paired` skips the table.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let measuring = args.iter().any(|a| a == "--bench");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if filters.is_empty() || filters.iter().any(|f| f.contains("paired")) {
+        if measuring { paired_ratios(200, 2000) } else { paired_ratios(2, 10) }
+    }
+    if filters.iter().all(|f| f.as_str() != "paired") {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    }
+}
