@@ -92,7 +92,8 @@ fn pip_toolchain(name: &str, requirements: &str, what: &str) -> anyhow::Result<P
 
 fn root() -> anyhow::Result<PathBuf> {
     let root = match std::env::var_os("BUSBAR_TOOLCHAINS") {
-        Some(dir) => PathBuf::from(dir),
+        // Absolute, because the tools run in each build's staging directory.
+        Some(dir) => std::path::absolute(PathBuf::from(dir)).context("BUSBAR_TOOLCHAINS")?,
         None => busbar::config::default_cache_dir(&|k| std::env::var(k).ok())
             .context("no cache directory (set BUSBAR_TOOLCHAINS)")?
             .join("toolchains"),

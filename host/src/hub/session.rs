@@ -295,6 +295,11 @@ where
         }
         sink.flush().await
     };
+    let mut write = std::pin::pin!(write);
+    // Most writes finish at once (the socket has room): those need no timer.
+    if let std::task::Poll::Ready(written) = futures_util::poll!(&mut write) {
+        return written.map_err(|_| ());
+    }
     let evicted = async {
         conn.gone.cancelled().await;
         if conn.outbox().drains() {
@@ -304,7 +309,7 @@ where
     tokio::select! {
         biased;
         _ = evicted => Err(()),
-        result = tokio::time::timeout(conn.outbox().max_age(), write) => match result {
+        result = tokio::time::timeout(conn.outbox().max_age(), &mut write) => match result {
             Ok(written) => written.map_err(|_| ()),
             Err(_) => {
                 hub.evict_slow(conn);
