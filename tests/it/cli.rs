@@ -223,3 +223,94 @@ fn token_tail_and_publish_work_against_a_running_server() {
         server.stop().await;
     });
 }
+
+/// Reads a child's lines on a thread; `wait_for` blocks until a line matches.
+struct Lines(std::sync::mpsc::Receiver<String>, Vec<String>);
+
+impl Lines {
+    fn of(stream: impl std::io::Read + Send + 'static) -> Lines {
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stream)).map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(receive, Vec::new())
+    }
+
+    fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        loop {
+            let line = self.0.recv_timeout(std::time::Duration::from_secs(30)).unwrap_or_else(|_| panic!("{what}: {:#?}", self.1));
+            self.1.push(line.clone());
+            if matches(&line) {
+                return line;
+            }
+        }
+    }
+}
+
+#[test]
+fn busbar_serve_publish_and_tail_end_to_end_and_sigterm_stops_the_server_cleanly() {
+    // The README's main command, as a process: the example plugins, the development secret.
+    let mut serve = busbar()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("BUSBAR_JWT_SECRET")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = Lines::of(serve.stderr.take().unwrap());
+    let listening = log.wait_for("busbar serve started", |l| l.starts_with("busbar listening on http://"));
+    let addr = listening.trim_start_matches("busbar listening on http://").split_whitespace().next().unwrap().to_string();
+    assert!(log.1.iter().any(|l| l.contains("no JWT secret configured")), "the development secret is announced: {:#?}", log.1);
+
+    let mut tail = busbar()
+        .args(["tail", "--url", &format!("ws://{addr}/ws"), "--workspace", "ws-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut frames = Lines::of(tail.stdout.take().unwrap());
+    frames.wait_for("tail authenticated", |l| l.contains("auth_ack"));
+
+    let events = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        events.path(),
+        r#"[{"type": "issue:created", "workspace_id": "ws-1", "payload": {"issue": {"id": "iss-1"}}},
+            {"type": "issue:created", "workspace_id": "ws-2", "payload": {"issue": {"id": "iss-2"}}},
+            {"type": "issue:updated", "workspace_id": "ws-1", "payload": {"issue": {"id": "iss-1"}, "prev_title": "x"}}]"#,
+    )
+    .unwrap();
+    let published = busbar().args(["publish", "--url", &format!("http://{addr}"), "--file"]).arg(events.path()).output().unwrap();
+    assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
+    let created = frames.wait_for("issue:created in ws-1", |l| l.contains("\"issue:created\""));
+    assert!(created.contains("iss-1") && !created.contains("iss-2"), "{created}");
+    let updated = frames.wait_for("issue:updated", |l| l.contains("\"issue:updated\""));
+    assert!(!updated.contains("prev_title"), "the forwarder strips internal keys: {updated}");
+
+    // SIGTERM: the server closes the client with 1001 and exits successfully.
+    // SAFETY: kill(2) on the child's pid, which this test owns.
+    assert_eq!(unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let mut tail_err = Lines::of(tail.stderr.take().unwrap());
+    tail_err.wait_for("tail saw the close", |l| l.starts_with("closed: 1001"));
+    assert!(exit_within(&mut tail, std::time::Duration::from_secs(30)).success());
+    log.wait_for("the server stopped", |l| l.contains("stopped"));
+    let status = exit_within(&mut serve, std::time::Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+}
+
+/// The child's exit status, killing it (and failing) if it has not exited in time.
+fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
