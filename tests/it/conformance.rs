@@ -216,6 +216,31 @@ fn scaffolded_plugins_build_and_pass_their_own_test_in_every_language() {
         results.push((*language, result));
     }
     report("busbar plugin new, build, test", results);
+
+    // Every scaffolded component, as built, in one plugin directory served by `busbar serve`.
+    let served = parent.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    for (language, _) in LANGUAGES {
+        let dist = parent.path().join(format!("hello-{language}/dist"));
+        for extension in ["wasm", "toml"] {
+            let file = format!("hello-{language}.{extension}");
+            std::fs::copy(dist.join(&file), served.join(&file)).unwrap();
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = crate::server::TestServer::start(|c| c.plugins_dir = Some(served)).await;
+        let list: serde_json::Value = reqwest::get(server.url("/v1/plugins")).await.unwrap().json().await.unwrap();
+        let mut active: Vec<&str> =
+            list["plugins"].as_array().unwrap().iter().filter(|p| p["status"] == "active").map(|p| p["name"].as_str().unwrap()).collect();
+        active.sort();
+        assert_eq!(active, ["hello-c", "hello-go", "hello-js", "hello-python"], "{list}");
+        let published = server.publish_ok(serde_json::json!({"type": "issue:created", "workspace_id": "ws-1"})).await;
+        let outcomes = &published["results"][0]["events"][0]["listeners"];
+        assert_eq!(outcomes.as_array().unwrap().len(), 4, "{published}");
+        assert!(outcomes.as_array().unwrap().iter().all(|l| l["outcome"] == "ok" && l["actions"] == 1), "{published}");
+        server.stop().await;
+    });
 }
 
 #[test]
