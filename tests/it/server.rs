@@ -325,7 +325,8 @@ async fn bad_credentials_are_refused() {
 
 /// The original system's rules, from the application's own data: a chat session is visible to
 /// its creator only; a task to members of the one workspace it belongs to. Ids starting with
-/// `broken` fail the lookup, `slow` ones outlast the hub's authorizer timeout.
+/// `broken` fail the lookup, `slow` ones outlast the hub's authorizer timeout, `late` ones are
+/// allowed after 300 ms.
 struct OriginalRules {
     chat_creators: std::collections::HashMap<&'static str, &'static str>,
     task_workspaces: std::collections::HashMap<&'static str, &'static str>,
@@ -343,6 +344,10 @@ impl busbar::hub::ScopeAuthorizer for OriginalRules {
             }
             if scope.id.starts_with("slow") {
                 tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            if scope.id.starts_with("late") {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Ok(true);
             }
             Ok(match scope.kind {
                 busbar::action::ScopeKind::Chat => self.chat_creators.get(scope.id.as_str()) == Some(&who.user_id.as_str()),
@@ -389,6 +394,38 @@ async fn an_application_authorizer_expresses_the_original_rules() {
         .map(|f| format!("{}:{}", f["scope"].as_str().unwrap(), f["scope_id"].as_str().unwrap()))
         .collect();
     assert_eq!(scoped, ["task:task-1", "chat:chat-a"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_evicted_while_its_subscribe_is_authorised_leaves_no_room_behind() {
+    let rules = OriginalRules { chat_creators: Default::default(), task_workspaces: Default::default() };
+    let server = TestServer::start_with_authorizer(|c| c.hub.max_queue_bytes = 4 << 10, std::sync::Arc::new(rules)).await;
+    let mut client = stalled_client(&server, &token("u", &["ws-1"], &[])).await;
+    client.send(Message::text(json!({"type": "subscribe", "payload": {"scope": "task", "id": "late-1"}}).to_string())).await.unwrap();
+    // While the authorizer thinks, the connection overflows its outbox and is evicted.
+    let padding = "e".repeat(8 << 10);
+    server.publish_ok(json!({"type": "bulk:item", "workspace_id": "ws-1", "payload": {"padding": padding}})).await;
+    let mut metrics = server.realtime().await;
+    for _ in 0..50 {
+        if metrics["slow_evictions_total"] == 1 && metrics["active_connections"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = server.realtime().await;
+    }
+    assert_eq!((metrics["slow_evictions_total"].as_u64(), metrics["active_connections"].as_u64()), (Some(1), Some(0)), "{metrics}");
+    // The authorizer answers "yes" after the connection is gone (the subscribe is counted, then
+    // joined at once): no room may stay open for it.
+    for _ in 0..100 {
+        if metrics["subscribes_total"]["task"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = server.realtime().await;
+    }
+    assert_eq!(metrics["subscribes_total"]["task"], 1, "the late subscribe was allowed: {metrics}");
+    assert_eq!(server.realtime().await["active_scope_rooms"], json!({}));
     server.stop().await;
 }
 

@@ -425,6 +425,12 @@ impl Hub {
             if !conn.gone.is_cancelled() && scopes.insert(scope.clone()) {
                 room.members.push(conn.clone());
             }
+            // A room opened for a connection that closed meanwhile would stay, empty, forever.
+            if opened && room.members.is_empty() {
+                drop(room);
+                shard.remove(scope);
+                opened = false;
+            }
             Joined { position, recovered }
         };
         drop(scopes);
