@@ -143,17 +143,7 @@ impl Client {
 
     /// Reads until the server closes; returns the close code.
     pub async fn close_code(&mut self) -> Option<u16> {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), self.socket.next()).await.expect("closed within 10 s") {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    eprintln!("connection ended without a close frame: {e}");
-                    return None;
-                }
-                None => return None,
-            }
-        }
+        read_until_close(&mut self.socket).await
     }
 
     pub async fn subscribe(&mut self, scope: &str, id: &str) -> Value {
@@ -652,7 +642,10 @@ async fn connects_disconnects_and_evictions_race_publishing_without_harm() {
 }
 
 /// Reads (and discards) frames until the close frame; its code.
-async fn read_until_close(socket: &mut WebSocketStream<TcpStream>) -> Option<u16> {
+async fn read_until_close<S>(socket: &mut WebSocketStream<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let read = async {
         while let Some(message) = socket.next().await {
             match message {
