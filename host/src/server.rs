@@ -2,9 +2,9 @@
 //! already-bound listener until a shutdown token is cancelled.
 //!
 //! This module owns the wiring (runtime -> registry -> bus -> hub) and the shutdown order: stop
-//! accepting, let in-flight requests (publishes) finish, close WebSockets with 1001. Tests bind
-//! port 0 and cancel the token; the binary binds the configured address and cancels on SIGTERM or
-//! SIGINT.
+//! accepting, let in-flight requests (publishes) finish, let the relay publish what they queued
+//! for other nodes, close WebSockets with 1001 after their queued frames. Tests bind port 0 and
+//! cancel the token; the binary binds the configured address and cancels on SIGTERM or SIGINT.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -75,7 +75,7 @@ pub fn build_with_authorizer(
     // Several nodes: the relay is the bus's Broadcaster and delivers into the hub.
     let relay = match &config.relay {
         Some(relay) => Some(
-            Relay::start(relay.clone(), hub.clone(), shutdown.clone()).map_err(|e| StartError::Relay(e.to_string()))?,
+            Relay::start(relay.clone(), hub.clone()).map_err(|e| StartError::Relay(e.to_string()))?,
         ),
         None => None,
     };
@@ -156,15 +156,20 @@ fn native_forwarder(event: &Event) -> Result<Vec<Action>, ListenerError> {
 /// How long in-flight HTTP requests get to finish at shutdown before sockets close anyway.
 const REQUEST_GRACE: Duration = Duration::from_secs(10);
 
+/// How long the relay gets to publish the frames still waiting for Redis at shutdown.
+const RELAY_GRACE: Duration = Duration::from_secs(5);
+
 /// How long WebSockets get to receive their queued frames and the close at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves until `state.shutdown` is cancelled, then shuts down gracefully: stop accepting, let
-/// in-flight requests (publishes, whose frames are queued for clients) finish, then close every
-/// WebSocket with 1001 once the frames queued for it are written.
+/// in-flight requests (publishes, whose frames are queued for clients) finish, let the relay
+/// publish what they queued for other nodes, then close every WebSocket with 1001 once the
+/// frames queued for it are written.
 pub async fn run(listener: TcpListener, app: App) -> std::io::Result<()> {
     let shutdown = app.state.shutdown.clone();
     let hub = app.hub.clone();
+    let relay = app.relay.clone();
     let router = api::router(app.state);
     // Frames are small and latency matters: no Nagle delay on any connection.
     let listener = listener.tap_io(|tcp| {
@@ -187,6 +192,9 @@ pub async fn run(listener: TcpListener, app: App) -> std::io::Result<()> {
             Ok(())
         }
     };
+    if let Some(relay) = relay {
+        relay.flush_and_stop(RELAY_GRACE).await;
+    }
     tracing::info!("shutting down: closing connections");
     hub.shutdown_and_wait(CLOSE_GRACE).await;
     served

@@ -699,3 +699,39 @@ fn relay_config_is_validated() {
     assert_eq!(config.relay.unwrap().url, "redis://127.0.0.1:1");
     let _ = PathBuf::new();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutting_down_still_relays_what_it_accepted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Redis::start();
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    let mut carol = Client::connect(&b, "ws-1", &token("carol", &["ws-1"], &[])).await;
+    watching(&b, 3).await;
+    // A publish in flight on A (its body half sent) when A starts shutting down.
+    let events: Vec<Value> = (0..50).map(|i| json!({"type": "feed:item", "workspace_id": "ws-1", "payload": {"i": i}})).collect();
+    let body = serde_json::to_vec(&events).unwrap();
+    let mut request = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    request.write_all(head.as_bytes()).await.unwrap();
+    request.write_all(&body[..10]).await.unwrap();
+    a.shutdown.cancel();
+    // Long enough for every part of A to see the shutdown before the request completes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    request.write_all(&body[10..]).await.unwrap();
+    let mut response = vec![0; 64];
+    let read = request.read(&mut response).await.unwrap();
+    let status = String::from_utf8_lossy(&response[..read]).to_string();
+    assert!(status.starts_with("HTTP/1.1 200"), "the in-flight publish finished: {status}");
+    drop(request);
+    a.stop().await;
+    // A marker through B itself: everything relayed from A came before it.
+    let http = reqwest::Client::new();
+    publish_item(&http, &b, "ws-1", 1000).await;
+    let frames = items_through(&mut carol, 1000).await;
+    assert_eq!(items(&frames), (0..50).chain([1000]).collect::<Vec<u64>>(), "what A accepted while stopping reached B, once, in order");
+    b.stop().await;
+}

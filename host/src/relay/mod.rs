@@ -222,6 +222,9 @@ enum Command {
 struct Inner {
     hub: Arc<Hub>,
     config: RelayConfig,
+    /// Stops the relay's tasks; cancelled by `flush_and_stop`, once the server has no more to
+    /// publish.
+    stop: CancellationToken,
     /// This run's name in relayed frames: the node id and a run id, so that a restarted node's
     /// sequence numbers never meet its previous run's.
     origin: String,
@@ -247,8 +250,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts the relay's tasks on the current tokio runtime. Redis need not be up yet.
-    pub fn start(config: RelayConfig, hub: Arc<Hub>, shutdown: CancellationToken) -> Result<Relay, redis::RedisError> {
+    /// Starts the relay's tasks on the current tokio runtime. Redis need not be up yet. They run
+    /// until `flush_and_stop`.
+    pub fn start(config: RelayConfig, hub: Arc<Hub>) -> Result<Relay, redis::RedisError> {
+        let shutdown = CancellationToken::new();
         let client = redis::Client::open(config.url.as_str())?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let origin = format!("{}~{}", config.node_id, short_id("run"));
@@ -256,6 +261,7 @@ impl Relay {
             inner: Arc::new(Inner {
                 hub: hub.clone(),
                 config,
+                stop: shutdown.clone(),
                 origin,
                 client,
                 script: redis::Script::new(PUBLISH),
@@ -280,6 +286,21 @@ impl Relay {
 
     pub fn metrics(&self) -> &RelayMetrics {
         &self.inner.metrics
+    }
+
+    /// At shutdown, after the last publishes have queued their frames: waits (at most `limit`)
+    /// until every frame waiting for Redis is published, so that other nodes get them, then
+    /// stops the relay's tasks.
+    pub async fn flush_and_stop(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.inner.outbox.lock().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.inner.outbox.lock().len();
+        if left > 0 {
+            tracing::warn!(node = %self.inner.config.node_id, frames = left, "relay stopped with frames not yet in Redis");
+        }
+        self.inner.stop.cancel();
     }
 
     pub fn snapshot(&self) -> RelaySnapshot<'_> {
