@@ -735,3 +735,38 @@ async fn a_node_shutting_down_still_relays_what_it_accepted() {
     assert_eq!(items(&frames), (0..50).chain([1000]).collect::<Vec<u64>>(), "what A accepted while stopping reached B, once, in order");
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_on_one_node_all_reach_another_once() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    let mut carol = Client::connect(&b, "ws-1", &token("carol", &["ws-1"], &[])).await;
+    watching(&b, 3).await;
+    // Many publishes at once on A: their frames enter A's relay outbox from several threads.
+    let http = reqwest::Client::new();
+    let publishers: Vec<_> = (0..8u64)
+        .map(|p| {
+            let (http, url) = (http.clone(), a.url("/v1/events"));
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let event = json!({"type": "feed:item", "workspace_id": "ws-1", "payload": {"i": p * 25 + i}});
+                    assert_eq!(http.post(&url).json(&event).send().await.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    relay_until(&a, "drained its outbox", |r| r["outbox_depth"] == 0).await;
+    publish_item(&http, &a, "ws-1", 1000).await;
+    let frames = items_through(&mut carol, 1000).await;
+    let mut received = items(&frames);
+    received.sort();
+    assert_eq!(received, (0..200).chain([1000]).collect::<Vec<u64>>(), "every event once");
+    let offsets = offsets(&frames, "workspace");
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "consecutive offsets: {offsets:?}");
+    a.stop().await;
+    b.stop().await;
+}

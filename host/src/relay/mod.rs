@@ -327,12 +327,14 @@ impl Relay {
             Ok(json) => json,
             Err(e) => return self.error("encoding a frame", e),
         };
+        // Under the outbox lock, so that local deliveries while Redis is away keep the order in
+        // which frames were broadcast (see `deliver_pending_locally`), and so that sequence
+        // numbers follow the outbox's order: `settle` and the script's high-water mark both
+        // take a lower number as already published.
+        let mut outbox = self.inner.outbox.lock();
         let n = self.inner.next_n.fetch_add(1, Relaxed);
         let envelope =
             Envelope { target, exclude: exclude.map(str::to_string), frame: json, n, at_ms: crate::event::now_ms() };
-        // Under the outbox lock, so that local deliveries while Redis is away keep the order in
-        // which frames were broadcast (see `deliver_pending_locally`).
-        let mut outbox = self.inner.outbox.lock();
         if !self.inner.metrics.connected.load(Relaxed) {
             self.deliver_early(&envelope, &frame);
         }
