@@ -316,10 +316,12 @@ async fn bad_credentials_are_refused() {
 /// The original system's rules, from the application's own data: a chat session is visible to
 /// its creator only; a task to members of the one workspace it belongs to. Ids starting with
 /// `broken` fail the lookup, `slow` ones outlast the hub's authorizer timeout, `late` ones are
-/// allowed after 300 ms.
+/// allowed after a second (and counted in `late_started` as they start).
+#[derive(Default)]
 struct OriginalRules {
     chat_creators: std::collections::HashMap<&'static str, &'static str>,
     task_workspaces: std::collections::HashMap<&'static str, &'static str>,
+    late_started: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl busbar::hub::ScopeAuthorizer for OriginalRules {
@@ -336,7 +338,8 @@ impl busbar::hub::ScopeAuthorizer for OriginalRules {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
             if scope.id.starts_with("late") {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                self.late_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 return Ok(true);
             }
             Ok(match scope.kind {
@@ -355,6 +358,7 @@ async fn an_application_authorizer_expresses_the_original_rules() {
     let rules = OriginalRules {
         chat_creators: [("chat-a", "alice"), ("chat-b", "bob")].into(),
         task_workspaces: [("task-1", "ws-1"), ("task-2", "ws-2")].into(),
+        ..OriginalRules::default()
     };
     let server = TestServer::start_with_authorizer(|c| c.hub.authorize_timeout = Duration::from_millis(200), std::sync::Arc::new(rules))
         .await;
@@ -389,15 +393,23 @@ async fn an_application_authorizer_expresses_the_original_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_evicted_while_its_subscribe_is_authorised_leaves_no_room_behind() {
-    let rules = OriginalRules { chat_creators: Default::default(), task_workspaces: Default::default() };
+    let rules = OriginalRules::default();
+    let late_started = rules.late_started.clone();
     let server = TestServer::start_with_authorizer(|c| c.hub.max_queue_bytes = 4 << 10, std::sync::Arc::new(rules)).await;
     let mut client = stalled_client(&server, &token("u", &["ws-1"], &[])).await;
     client.send(Message::text(json!({"type": "subscribe", "payload": {"scope": "task", "id": "late-1"}}).to_string())).await.unwrap();
+    for _ in 0..500 {
+        if late_started.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(late_started.load(std::sync::atomic::Ordering::SeqCst), 1, "the subscribe reached the authorizer");
     // While the authorizer thinks, the connection overflows its outbox and is evicted.
     let padding = "e".repeat(8 << 10);
     server.publish_ok(json!({"type": "bulk:item", "workspace_id": "ws-1", "payload": {"padding": padding}})).await;
     let mut metrics = server.realtime().await;
-    for _ in 0..50 {
+    for _ in 0..250 {
         if metrics["slow_evictions_total"] == 1 && metrics["active_connections"] == 0 {
             break;
         }
@@ -407,7 +419,7 @@ async fn a_connection_evicted_while_its_subscribe_is_authorised_leaves_no_room_b
     assert_eq!((metrics["slow_evictions_total"].as_u64(), metrics["active_connections"].as_u64()), (Some(1), Some(0)), "{metrics}");
     // The authorizer answers "yes" after the connection is gone (the subscribe is counted, then
     // joined at once): no room may stay open for it.
-    for _ in 0..100 {
+    for _ in 0..250 {
         if metrics["subscribes_total"]["task"] == 1 {
             break;
         }
