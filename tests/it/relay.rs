@@ -708,20 +708,27 @@ async fn a_node_shutting_down_still_relays_what_it_accepted() {
     let b = node(&redis, "node-b").await;
     let mut carol = Client::connect(&b, "ws-1", &token("carol", &["ws-1"], &[])).await;
     watching(&b, 3).await;
-    // A publish in flight on A (its body half sent) when A starts shutting down.
+    // A publish in flight on A when A starts shutting down: its handler is reading the body (the
+    // server said `100 Continue`), which is not sent yet.
     let events: Vec<Value> = (0..50).map(|i| json!({"type": "feed:item", "workspace_id": "ws-1", "payload": {"i": i}})).collect();
     let body = serde_json::to_vec(&events).unwrap();
     let mut request = tokio::net::TcpStream::connect(a.addr).await.unwrap();
     let head = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     );
     request.write_all(head.as_bytes()).await.unwrap();
-    request.write_all(&body[..10]).await.unwrap();
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(request.read(&mut byte).await.unwrap(), 1, "the server answers the expectation");
+        interim.push(byte[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&interim));
     a.shutdown.cancel();
     // Long enough for every part of A to see the shutdown before the request completes.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    request.write_all(&body[10..]).await.unwrap();
+    request.write_all(&body).await.unwrap();
     let mut response = vec![0; 64];
     let read = request.read(&mut response).await.unwrap();
     let status = String::from_utf8_lossy(&response[..read]).to_string();
