@@ -209,6 +209,18 @@ async fn watching(server: &TestServer, n: u64) {
     }
 }
 
+/// Nodes A and B, a client of `remote_user` on B and `lou` on A, both in ws-1, with both nodes
+/// watching their rooms.
+async fn two_nodes_with_readers(redis: &Redis, remote_user: &str) -> (TestServer, TestServer, Client, Client) {
+    let a = node(redis, "node-a").await;
+    let b = node(redis, "node-b").await;
+    let remote = Client::connect(&b, "ws-1", &token(remote_user, &["ws-1"], &[])).await;
+    let local = Client::connect(&a, "ws-1", &token("lou", &["ws-1"], &[])).await;
+    watching(&b, 3).await;
+    watching(&a, 3).await;
+    (a, b, remote, local)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_published_on_one_node_reaches_clients_of_another_in_order() {
     let redis = Redis::start();
@@ -397,12 +409,7 @@ async fn clients_of_a_restarted_node_reconnect_and_recover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_retried_after_its_reply_was_lost_is_delivered_once() {
     let redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
-    let mut bob = Client::connect(&b, "ws-1", &token("bob", &["ws-1"], &[])).await;
-    let mut lou = Client::connect(&a, "ws-1", &token("lou", &["ws-1"], &[])).await;
-    watching(&b, 3).await;
-    watching(&a, 3).await;
+    let (a, b, mut bob, mut lou) = two_nodes_with_readers(&redis, "bob").await;
     let http = reqwest::Client::new();
     for i in 0..3 {
         publish_item(&http, &a, "ws-1", i).await;
@@ -433,12 +440,7 @@ async fn a_batch_retried_after_its_reply_was_lost_is_delivered_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_connected_through_a_redis_restart_gets_every_event_once_in_order() {
     let mut redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
-    let mut carol = Client::connect(&b, "ws-1", &token("carol", &["ws-1"], &[])).await;
-    let mut lou = Client::connect(&a, "ws-1", &token("lou", &["ws-1"], &[])).await;
-    watching(&b, 3).await;
-    watching(&a, 3).await;
+    let (a, b, mut carol, mut lou) = two_nodes_with_readers(&redis, "carol").await;
     let http = reqwest::Client::new();
     for i in 0..10 {
         publish_item(&http, &a, "ws-1", i).await;
