@@ -196,6 +196,6 @@ pub async fn run(listener: TcpListener, app: App) -> std::io::Result<()> {
         relay.flush_and_stop(RELAY_GRACE).await;
     }
     tracing::info!("shutting down: closing connections");
-    hub.shutdown_and_wait(CLOSE_GRACE).await;
+    hub.shutdown(CLOSE_GRACE).await;
     served
 }

@@ -211,9 +211,8 @@ pub struct Hub {
     /// The epoch of frames numbered here (single node): a fresh one each start.
     local_epoch: Arc<str>,
     backplane: std::sync::OnceLock<Arc<dyn Backplane>>,
-    /// Set by `shutdown`: connections registered after it are closed at once.
-    shutting_down: std::sync::atomic::AtomicBool,
     /// Every connection's session task, so that shutdown can wait for their close frames.
+    /// Closed by `shutdown`: connections registered after that are closed at once.
     sessions: tokio_util::task::TaskTracker,
 }
 
@@ -231,7 +230,6 @@ impl Hub {
             hasher: Default::default(),
             local_epoch: Arc::from(crate::event::new_id().rsplit('-').next().unwrap_or("local")),
             backplane: std::sync::OnceLock::new(),
-            shutting_down: std::sync::atomic::AtomicBool::new(false),
             sessions: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -290,8 +288,9 @@ impl Hub {
         self.conns.write().insert(conn.id, conn.clone());
         self.metrics.connects.fetch_add(1, Relaxed);
         self.metrics.active_connections.fetch_add(1, Relaxed);
-        // Either `shutdown` saw this connection in `conns`, or this sees its flag.
-        if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        // Either `shutdown` saw this connection in `conns`, or this sees the tracker closed
+        // (`shutdown` closes it before it reads `conns`).
+        if self.sessions.is_closed() {
             self.disconnect(&conn, Close::GOING_AWAY);
         }
         conn
@@ -318,11 +317,11 @@ impl Hub {
     }
 
     /// Closes a connection and removes it from every room. Safe to call any number of times,
-    /// from any task: only the first call does anything. Frames still queued are dropped, except
-    /// at shutdown (1001), when the writer sends them before the close.
-    pub fn disconnect(&self, conn: &Arc<Conn>, close: Close) {
-        let closed = if close == Close::GOING_AWAY { conn.outbox.close_after_queued(close) } else { conn.outbox.close(close) };
-        let Some(dropped) = closed else { return };
+    /// from any task: only the first call does anything, and says so by returning `true`. Frames
+    /// still queued are dropped, except at shutdown (1001), when the writer sends them before the
+    /// close.
+    pub fn disconnect(&self, conn: &Arc<Conn>, close: Close) -> bool {
+        let Some(dropped) = conn.outbox.close(close) else { return false };
         conn.gone.cancel();
         if dropped > 0 {
             self.metrics.messages_dropped.fetch_add(dropped as u64, Relaxed);
@@ -335,6 +334,7 @@ impl Hub {
             self.metrics.disconnects.fetch_add(1, Relaxed);
             self.metrics.active_connections.fetch_sub(1, Relaxed);
         }
+        true
     }
 
     /// A connection's session, tracked so that shutdown can wait for it to end.
@@ -342,23 +342,17 @@ impl Hub {
         self.sessions.track_future(session)
     }
 
-    /// Closes every connection, then waits (at most `limit`) for their sessions to end, so that
-    /// the close frames are sent before the process exits.
-    pub async fn shutdown_and_wait(&self, limit: Duration) {
-        self.shutdown();
+    /// Closes every connection with 1001 (going away) after the frames already queued for it,
+    /// and any connection registered from now on; then waits (at most `limit`) for their
+    /// sessions to end, so that the close frames are sent before the process exits.
+    pub async fn shutdown(&self, limit: Duration) {
         self.sessions.close();
-        if tokio::time::timeout(limit, self.sessions.wait()).await.is_err() {
-            tracing::warn!(sessions = self.sessions.len(), "connections still closing at the end of shutdown");
-        }
-    }
-
-    /// Closes every connection with 1001 (going away), after the frames already queued for it,
-    /// and any connection registered from now on.
-    pub fn shutdown(&self) {
-        self.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
         let conns: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
         for conn in conns {
             self.disconnect(&conn, Close::GOING_AWAY);
+        }
+        if tokio::time::timeout(limit, self.sessions.wait()).await.is_err() {
+            tracing::warn!(sessions = self.sessions.len(), "connections still closing at the end of shutdown");
         }
     }
 
@@ -655,10 +649,9 @@ impl Hub {
     /// Closes a connection that is not keeping up (4008): its outbox overflowed, or a write to
     /// it did not finish within the outbox's age bound.
     pub(crate) fn evict_slow(&self, conn: &Arc<Conn>) {
-        if conn.outbox.closed().is_none() {
-            tracing::info!(conn = conn.id, user = %conn.identity.user_id, "evicting slow connection");
+        if self.disconnect(conn, Close::SLOW) {
+            tracing::info!(conn = conn.id, user = %conn.identity.user_id, "evicted slow connection");
             self.metrics.evictions.fetch_add(1, Relaxed);
-            self.disconnect(conn, Close::SLOW);
         }
     }
 }

@@ -33,6 +33,12 @@ impl Close {
     pub const TOKEN_EXPIRED: Close = Close { code: 4501, reason: "token expired" };
     pub const BAD_REQUEST: Close = Close { code: 4502, reason: "bad request" };
     pub const FORBIDDEN: Close = Close { code: 4503, reason: "forbidden" };
+
+    /// Whether the frames queued before this close are still written: only at shutdown, which
+    /// is no fault of the client's. Every other close drops them.
+    pub fn keeps_queued(self) -> bool {
+        self == Close::GOING_AWAY
+    }
 }
 
 /// What happened to a pushed frame.
@@ -66,14 +72,12 @@ struct Inner {
     /// The batch the writer is writing: when its oldest frame was queued, and its size.
     in_flight: Option<(Instant, usize)>,
     closed: Option<Close>,
-    /// Whether the frames queued before the close are still written (a shutdown) or dropped.
-    drain: bool,
 }
 
 impl Outbox {
     pub fn new(max_bytes: usize, max_age: Duration) -> Outbox {
         Outbox {
-            inner: Mutex::new(Inner { frames: VecDeque::new(), bytes: 0, in_flight: None, closed: None, drain: false }),
+            inner: Mutex::new(Inner { frames: VecDeque::new(), bytes: 0, in_flight: None, closed: None }),
             ready: Notify::new(),
             max_bytes,
             max_age,
@@ -102,27 +106,16 @@ impl Outbox {
         Push::Queued
     }
 
-    /// Closes the queue, dropping the frames still queued; returns `Some(frames dropped)` if this
-    /// call closed it, `None` if it was already closed.
+    /// Closes the queue; the frames still queued are dropped unless the close `keeps_queued`.
+    /// Returns `Some(frames dropped)` if this call closed it, `None` if it was already closed.
     pub fn close(&self, close: Close) -> Option<usize> {
-        self.close_with(close, false)
-    }
-
-    /// Closes the queue after the frames already queued are written (a graceful shutdown);
-    /// returns `Some(0)` if this call closed it, `None` if it was already closed.
-    pub fn close_after_queued(&self, close: Close) -> Option<usize> {
-        self.close_with(close, true)
-    }
-
-    fn close_with(&self, close: Close, drain: bool) -> Option<usize> {
         let mut inner = self.inner.lock();
         if inner.closed.is_some() {
             return None;
         }
         inner.closed = Some(close);
-        inner.drain = drain;
         let mut dropped = 0;
-        if !drain {
+        if !close.keeps_queued() {
             dropped = inner.frames.len();
             inner.frames.clear();
             inner.bytes = inner.in_flight.map_or(0, |(_, bytes)| bytes);
@@ -136,10 +129,9 @@ impl Outbox {
         self.inner.lock().closed
     }
 
-    /// Whether the queue was closed by a shutdown that still writes what was queued.
+    /// Whether the queue was closed by a close that still writes what was queued.
     pub fn drains(&self) -> bool {
-        let inner = self.inner.lock();
-        inner.closed.is_some() && inner.drain
+        self.inner.lock().closed.is_some_and(Close::keeps_queued)
     }
 
     /// Waits for frames (moves all of them, oldest first, into `into`) or for the close. Frames
@@ -149,7 +141,7 @@ impl Outbox {
             let notified = self.ready.notified();
             {
                 let mut inner = self.inner.lock();
-                let draining = inner.closed.is_none() || inner.drain;
+                let draining = inner.closed.is_none_or(Close::keeps_queued);
                 if draining && let Some(&(oldest, _)) = inner.frames.front() {
                     let batch: usize = inner.frames.iter().map(|(_, f)| f.len()).sum();
                     inner.in_flight = Some((oldest, batch));
@@ -243,7 +235,7 @@ mod tests {
         let outbox = Outbox::new(1024, Duration::from_secs(5));
         outbox.push(frame("a"));
         outbox.push(frame("b"));
-        assert_eq!(outbox.close_after_queued(Close::GOING_AWAY), Some(0));
+        assert_eq!(outbox.close(Close::GOING_AWAY), Some(0));
         assert_eq!(outbox.push(frame("c")), Push::Closed);
         let mut frames = Vec::new();
         assert_eq!(outbox.next(&mut frames).await, Next::Frames);
