@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::bus::BusLimits;
 use crate::hub::HubConfig;
+use crate::plugins::{CompileLimits, MemoryBudget};
 
 /// The development secret used when none is configured. Anyone can mint tokens with it, so
 /// busbar refuses to use it on anything but a loopback address.
@@ -40,8 +42,21 @@ pub struct Config {
     pub hub: HubConfig,
     /// Largest `POST /v1/events` body.
     pub max_events_body: usize,
-    /// Largest plugin upload.
+    /// Largest plugin upload, and largest component read from the plugin directory.
     pub max_upload: usize,
+    /// Bytes all plugins together may hold (guest memories, outputs being lifted).
+    pub plugin_memory: usize,
+    /// What compiling one component may take, and how many compile at once.
+    pub compile_limits: CompileLimits,
+    /// The executable that compiles components in a child process (`busbar compile-worker`).
+    /// Not read from any setting: `busbar serve` sets it to itself; `None` compiles in-process.
+    pub compile_worker: Option<PathBuf>,
+    /// The budget of one publish (follow-up depth and count, time, output bytes).
+    pub publish_limits: BusLimits,
+    /// Deepest JSON nesting accepted in a published event's payload.
+    pub max_json_depth: usize,
+    /// Largest listener report in one `POST /v1/events` response; past it, results are summarized.
+    pub max_report_bytes: usize,
     /// Instance slots of the plugin runtime's pool (all plugins together).
     pub instance_slots: u32,
     /// Benchmark baseline: no plugins; a native Rust listener forwards every event to its
@@ -133,6 +148,16 @@ struct RawHub {
 struct RawLimits {
     max_events_body_kib: Option<u64>,
     max_upload_mib: Option<u64>,
+    plugin_memory_mib: Option<u64>,
+    compile_memory_mib: Option<u64>,
+    compile_timeout_secs: Option<u64>,
+    compiles_at_once: Option<u64>,
+    publish_max_depth: Option<u64>,
+    publish_max_events: Option<u64>,
+    publish_time_ms: Option<u64>,
+    publish_output_kib: Option<u64>,
+    max_json_depth: Option<u64>,
+    max_report_kib: Option<u64>,
 }
 
 impl Config {
@@ -242,7 +267,24 @@ impl Config {
             return Err(invalid("hub.read-timeout-secs", "must be longer than hub.ping-interval-secs"));
         }
         let max_events_body = (ranged("limits.max-events-body-kib", raw.limits.max_events_body_kib, 1, 64 << 10, 1024)? << 10) as usize;
-        let max_upload = (ranged("limits.max-upload-mib", raw.limits.max_upload_mib, 1, 1024, 64)? << 20) as usize;
+        let l = &raw.limits;
+        let max_upload = (ranged("limits.max-upload-mib", l.max_upload_mib, 1, 1024, 64)? << 20) as usize;
+        let plugin_memory = (ranged("limits.plugin-memory-mib", l.plugin_memory_mib, 64, 1 << 30, (MemoryBudget::default_limit() >> 20) as u64)? << 20) as usize;
+        let c = CompileLimits::default();
+        let compile_limits = CompileLimits {
+            memory_bytes: ranged("limits.compile-memory-mib", l.compile_memory_mib, 64, 1 << 20, c.memory_bytes >> 20)? << 20,
+            timeout: Duration::from_secs(ranged("limits.compile-timeout-secs", l.compile_timeout_secs, 1, 3600, c.timeout.as_secs())?),
+            at_once: ranged("limits.compiles-at-once", l.compiles_at_once, 1, 64, c.at_once as u64)? as usize,
+        };
+        let b = BusLimits::default();
+        let publish_limits = BusLimits {
+            max_depth: ranged("limits.publish-max-depth", l.publish_max_depth, 0, 64, u64::from(b.max_depth))? as u32,
+            max_follow_ups: ranged("limits.publish-max-events", l.publish_max_events, 0, 100_000, b.max_follow_ups as u64)? as usize,
+            time_budget: Duration::from_millis(ranged("limits.publish-time-ms", l.publish_time_ms, 1, 600_000, b.time_budget.as_millis() as u64)?),
+            output_budget: (ranged("limits.publish-output-kib", l.publish_output_kib, 1, 1 << 20, (b.output_budget >> 10) as u64)? << 10) as usize,
+        };
+        let max_json_depth = ranged("limits.max-json-depth", l.max_json_depth, 1, 127, crate::event::MAX_JSON_DEPTH as u64)? as usize;
+        let max_report_bytes = (ranged("limits.max-report-kib", l.max_report_kib, 1, 1 << 20, 1024)? << 10) as usize;
         let instance_slots = ranged("instance-slots", raw.instance_slots, 8, 100_000, 1000)? as u32;
         let r = raw.relay;
         let relay = match overrides.redis_url.clone().or_else(|| env("BUSBAR_REDIS_URL")).or(r.redis_url) {
@@ -283,6 +325,12 @@ impl Config {
             hub,
             max_events_body,
             max_upload,
+            plugin_memory,
+            compile_limits,
+            compile_worker: None,
+            publish_limits,
+            max_json_depth,
+            max_report_bytes,
             instance_slots,
             native_baseline: overrides.native_baseline,
             relay,
@@ -354,6 +402,9 @@ mod tests {
             (None, vec![("BUSBAR_PLUGINS", "/definitely/not/here")], "`plugins`: /definitely/not/here is not a directory"),
             (None, vec![("BUSBAR_REDIS_URL", "localhost:6379")], "`relay.redis-url`: `localhost:6379` is not a redis:// URL"),
             (Some("[relay]\nredis-url = 'redis://x'\nreplay-limit = 0"), vec![], "`relay.replay-limit`: is 0"),
+            (Some("[limits]\nplugin-memory-mib = 1"), vec![], "`limits.plugin-memory-mib`: is 1; it must be between 64"),
+            (Some("[limits]\npublish-time-ms = 0"), vec![], "`limits.publish-time-ms`: is 0"),
+            (Some("[limits]\nmax-json-depth = 500"), vec![], "`limits.max-json-depth`: is 500"),
         ];
         for (file, env, expected) in cases {
             let err = load(file, &env, Overrides::default()).unwrap_err().to_string();

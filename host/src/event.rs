@@ -54,6 +54,46 @@ impl fmt::Display for Json {
 /// Longest accepted event type, id, workspace, actor or scope id, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
 
+/// Deepest nesting of arrays and objects accepted in a payload, by default (`limits.max-json-depth`
+/// in busbar.toml for published events, the manifest key of the same name for plugin outputs).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// How deeply `json` nests arrays and objects (strings are skipped). Linear in the text; used
+/// before anything is built from a payload.
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Refuses JSON that nests deeper than `max`.
+pub fn check_json_depth(json: &str, max: usize) -> Result<(), String> {
+    let depth = json_depth(json);
+    if depth > max {
+        return Err(format!("nests {depth} levels deep; the limit is {max}"));
+    }
+    Ok(())
+}
+
 /// A domain event: `issue:created` in workspace `w1` by member `u7`, with a JSON payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
@@ -147,11 +187,19 @@ impl Event {
         self
     }
 
-    /// Reads one event from its JSON form and validates it.
+    /// Reads one event from its JSON form and validates it, its payload nesting at most
+    /// `MAX_JSON_DEPTH` levels.
     pub fn from_json(json: &str) -> Result<Event, EventError> {
+        Event::from_json_with_depth(json, MAX_JSON_DEPTH)
+    }
+
+    /// Like `from_json`, with the deepest payload nesting given.
+    pub fn from_json_with_depth(json: &str, max_depth: usize) -> Result<Event, EventError> {
         let input: EventInput =
             serde_json::from_str(json).map_err(|e| EventError::Json(e.to_string()))?;
-        Event::try_from(input)
+        let event = Event::try_from(input)?;
+        check_json_depth(event.payload(), max_depth).map_err(|problem| field("payload", problem))?;
+        Ok(event)
     }
 
     /// The payload's JSON text.
@@ -216,7 +264,8 @@ pub fn check_type(event_type: &str) -> Result<(), EventError> {
     Ok(())
 }
 
-fn check_name(name: &'static str, value: &str) -> Result<(), EventError> {
+/// Checks an id or name field (workspace, actor, task, chat): bounded, no control characters.
+pub fn check_name(name: &'static str, value: &str) -> Result<(), EventError> {
     if value.len() > MAX_NAME_LEN {
         return Err(field(name, format!("longer than {MAX_NAME_LEN} bytes")));
     }
@@ -261,6 +310,12 @@ mod tests {
     }
 
     #[test]
+    fn depth_skips_strings() {
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"[[[{{\"]]"}]}"#), 3);
+        assert_eq!(json_depth("1"), 0);
+    }
+
+    #[test]
     fn payload_is_kept_byte_for_byte() {
         let json = r#"{"type":"a:b","payload":{"z": 1,  "a":"é\u00e9"}}"#;
         let e = Event::from_json(json).unwrap();
@@ -283,6 +338,11 @@ mod tests {
             let err = Event::from_json(json).unwrap_err().to_string();
             assert!(err.contains(expected), "{json}: {err}");
         }
+        let deep = format!(r#"{{"type":"a","payload":{}1{}}}"#, "[".repeat(MAX_JSON_DEPTH + 1), "]".repeat(MAX_JSON_DEPTH + 1));
+        let err = Event::from_json(&deep).unwrap_err().to_string();
+        assert!(err.contains("field `payload`: nests 65 levels deep; the limit is 64"), "{err}");
+        let at_limit = format!(r#"{{"type":"a","payload":{}1{}}}"#, "[".repeat(MAX_JSON_DEPTH), "]".repeat(MAX_JSON_DEPTH));
+        Event::from_json(&at_limit).unwrap();
         let long = format!(r#"{{"type":"a","task_id":"{}"}}"#, "t".repeat(MAX_NAME_LEN + 1));
         let err = Event::from_json(&long).unwrap_err().to_string();
         assert!(err.contains("field `task_id`: longer than 256 bytes"), "{err}");

@@ -67,9 +67,13 @@ pub fn build_with_authorizer(
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: config.cache_dir.clone(),
         instance_slots: config.instance_slots,
+        memory_budget: config.plugin_memory,
+        max_component_bytes: config.max_upload as u64,
+        compile_worker: config.compile_worker.clone(),
+        compile_limits: config.compile_limits.clone(),
         ..RuntimeConfig::default()
     })
-        .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
+    .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let runtime = Arc::new(runtime);
     let hub = Arc::new(Hub::new(config.hub.clone(), TokenVerifier::new(&config.jwt_secret), authorizer));
     // Several nodes: the relay is the bus's Broadcaster and delivers into the hub.
@@ -83,7 +87,7 @@ pub fn build_with_authorizer(
         Some(relay) => Arc::new(relay.clone()),
         None => hub.clone(),
     };
-    let bus = Arc::new(Bus::new(broadcaster));
+    let bus = Arc::new(Bus::with_limits(broadcaster, config.publish_limits));
     let registry = Arc::new(Registry::new(runtime.clone(), bus.clone()));
     let loaded = match &config.plugins_dir {
         _ if config.native_baseline => {
@@ -124,6 +128,8 @@ pub fn build_with_authorizer(
         allowed_origins: Arc::new(config.allowed_origins.clone()),
         max_events_body: config.max_events_body,
         max_upload: config.max_upload,
+        max_json_depth: config.max_json_depth,
+        max_report_bytes: config.max_report_bytes,
         relay: relay.clone(),
         shutdown,
     };

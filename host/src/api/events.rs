@@ -1,4 +1,8 @@
 //! `POST /v1/events`: publish one event or an array of them, and report what every listener did.
+//!
+//! The response is bounded whatever the plugins do: each event's report goes in whole while the
+//! response stays under `limits.max-report-kib`; past that, an event's report is replaced by its
+//! summary (events by status, listener calls by outcome).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,7 +14,7 @@ use serde_json::value::RawValue;
 use super::AppState;
 use super::access::Publisher;
 use super::error::ApiError;
-use crate::bus::EventReport;
+use crate::bus::ReportSummary;
 use crate::event::Event;
 
 /// Most events in one request.
@@ -24,8 +28,13 @@ pub struct PublishResponse {
 #[derive(Serialize)]
 pub struct PublishResult {
     pub event_id: String,
-    /// The event, then its follow-ups, each with every listener's outcome.
-    pub events: Vec<EventReport>,
+    /// The event, then its follow-ups, each with every listener's outcome; left out when it
+    /// would take the response past its size limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Box<RawValue>>,
+    /// What `events` would have said, in counts, when it was left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<ReportSummary>,
 }
 
 pub async fn publish(
@@ -40,14 +49,23 @@ pub async fn publish(
             ApiError::BadRequest(e.body_text())
         }
     })?;
-    let events = parse(&body)?;
+    let events = parse(&body, state.max_json_depth)?;
     let bus = state.bus.clone();
+    let max_report = state.max_report_bytes;
     let results = tokio::task::spawn_blocking(move || {
+        let mut report_left = max_report;
         events
             .into_iter()
             .map(|event| {
                 let event_id = event.id.clone();
-                PublishResult { event_id, events: bus.publish(event).events }
+                let report = bus.publish(event);
+                match serde_json::value::to_raw_value(&report.events) {
+                    Ok(raw) if raw.get().len() <= report_left => {
+                        report_left -= raw.get().len();
+                        PublishResult { event_id, events: Some(raw), summary: None }
+                    }
+                    _ => PublishResult { event_id, events: None, summary: Some(report.summary()) },
+                }
             })
             .collect()
     })
@@ -57,11 +75,11 @@ pub async fn publish(
 }
 
 /// One event object or an array of them; every one is validated before any is published.
-fn parse(body: &[u8]) -> Result<Vec<Event>, ApiError> {
+fn parse(body: &[u8], max_depth: usize) -> Result<Vec<Event>, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
     let is_array = text.trim_start().starts_with('[');
     if !is_array {
-        return Event::from_json(text).map(|e| vec![e]).map_err(|e| ApiError::BadRequest(e.to_string()));
+        return Event::from_json_with_depth(text, max_depth).map(|e| vec![e]).map_err(|e| ApiError::BadRequest(e.to_string()));
     }
     let items: Vec<&RawValue> =
         serde_json::from_str(text).map_err(|e| ApiError::BadRequest(format!("invalid event JSON: {e}")))?;
@@ -74,6 +92,8 @@ fn parse(body: &[u8]) -> Result<Vec<Event>, ApiError> {
     items
         .iter()
         .enumerate()
-        .map(|(i, raw)| Event::from_json(raw.get()).map_err(|e| ApiError::BadRequest(format!("events[{i}]: {e}"))))
+        .map(|(i, raw)| {
+            Event::from_json_with_depth(raw.get(), max_depth).map_err(|e| ApiError::BadRequest(format!("events[{i}]: {e}")))
+        })
         .collect()
 }

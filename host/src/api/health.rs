@@ -69,9 +69,20 @@ fn prometheus(state: &AppState) -> String {
     let mut calls = Vec::new();
     let mut latency = Vec::new();
     let mut up = Vec::new();
+    let mut not_dispatched = Vec::new();
+    let mut trips = Vec::new();
+    let mut quarantines = Vec::new();
     for view in &plugins {
         let name = escape(&view.name);
         up.push((format!("{{plugin=\"{name}\",status=\"{}\"}}", view.status), 1.0));
+        if let Some(info) = &view.plugin {
+            for (limit, n) in &info.limit_trips {
+                trips.push((format!("{{plugin=\"{name}\",limit=\"{limit}\"}}"), *n as f64));
+            }
+            let by_rate = info.rate_quarantines;
+            quarantines.push((format!("{{plugin=\"{name}\",trigger=\"rate\"}}"), by_rate as f64));
+            quarantines.push((format!("{{plugin=\"{name}\",trigger=\"consecutive\"}}"), (info.quarantines - by_rate) as f64));
+        }
         if let Some(listener) = &view.listener {
             let s = &listener.stats;
             for (outcome, n) in [
@@ -82,9 +93,11 @@ fn prometheus(state: &AppState) -> String {
                 ("out_of_memory", s.out_of_memory),
                 ("quarantined", s.quarantined),
                 ("invalid_output", s.invalid_output),
+                ("over_budget", s.over_budget),
             ] {
                 calls.push((format!("{{plugin=\"{name}\",outcome=\"{outcome}\"}}"), n as f64));
             }
+            not_dispatched.push((format!("{{plugin=\"{name}\"}}"), s.follow_ups_not_dispatched as f64));
             latency.push((format!("{{plugin=\"{name}\",quantile=\"0.5\"}}"), s.latency.p50_us as f64));
             latency.push((format!("{{plugin=\"{name}\",quantile=\"0.99\"}}"), s.latency.p99_us as f64));
         }
@@ -127,7 +140,27 @@ fn prometheus(state: &AppState) -> String {
             metric(name, "counter", help, vec![(String::new(), load(value) as f64)]);
         }
     }
+    let budget = state.registry.runtime().memory_budget();
+    metric("plugin_memory_budget_bytes", "gauge", "Bytes all plugins together may hold (limits.plugin-memory-mib).", vec![(String::new(), budget.limit() as f64)]);
+    metric("plugin_memory_used_bytes", "gauge", "Bytes plugins hold now: guest memories, tables, outputs being lifted.", vec![(String::new(), budget.used() as f64)]);
+    metric("plugin_memory_refusals_total", "counter", "Growths and calls refused because the plugin memory budget was spent.", plain(budget.refusals()));
+    let compiles = state.registry.runtime().compile_refusals();
+    metric(
+        "compile_refusals_total",
+        "counter",
+        "Components refused for going over a compile limit.",
+        compiles.into_iter().map(|(limit, n)| (format!("{{limit=\"{limit}\"}}"), n as f64)).collect(),
+    );
+    metric(
+        "publish_limit_trips_total",
+        "counter",
+        "Follow-ups not dispatched and outputs refused, by the publish limit that tripped.",
+        state.bus.limit_trips().into_iter().map(|(limit, n)| (format!("{{limit=\"{limit}\"}}"), n as f64)).collect(),
+    );
     metric("plugin_info", "gauge", "Installed plugins and their status.", up);
+    metric("plugin_limit_trips_total", "counter", "Per-plugin limits that tripped (only those that did).", trips);
+    metric("plugin_quarantines_total", "counter", "Quarantines by plugin and by what triggered them.", quarantines);
+    metric("plugin_follow_ups_not_dispatched_total", "counter", "Follow-ups a plugin returned that a publish limit stopped.", not_dispatched);
     metric("plugin_calls_total", "counter", "Listener calls by plugin and outcome.", calls);
     metric("plugin_latency_microseconds", "gauge", "Call latency quantiles (bucket upper bounds).", latency);
     out

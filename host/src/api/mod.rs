@@ -40,6 +40,10 @@ pub struct AppState {
     pub allowed_origins: Arc<Vec<String>>,
     pub max_events_body: usize,
     pub max_upload: usize,
+    /// Deepest JSON nesting accepted in a published event's payload.
+    pub max_json_depth: usize,
+    /// Largest listener report in one `POST /v1/events` response.
+    pub max_report_bytes: usize,
     /// The Redis relay, when several nodes share fan-out.
     pub relay: Option<crate::relay::Relay>,
     /// Cancelled when the server is to shut down (see `server::run` for the order).

@@ -2,14 +2,14 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use serde_json::json;
 
 use super::AppState;
 use super::access::Admin;
 use super::error::ApiError;
-use crate::plugins::{InstallError, Installed, Manifest, PluginView, RollbackError, check_plugin_name};
+use crate::plugins::{InstallError, Installed, KvOnRemove, Manifest, PluginView, RollbackError, check_plugin_name};
 
 pub async fn list(_: Admin, State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({ "plugins": state.registry.list() }))
@@ -118,8 +118,22 @@ pub async fn rollback(_: Admin, State(state): State<AppState>, Path(name): Path<
     state.registry.get(&name).map(Json).ok_or_else(|| ApiError::Internal("rolled back plugin vanished".into()))
 }
 
-pub async fn delete(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    if state.registry.remove(&name) {
+/// `?keep-kv=true` keeps the plugin's kv store for the next plugin installed under this name.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    keep_kv: bool,
+}
+
+pub async fn delete(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    let kv = if query.keep_kv { KvOnRemove::Keep } else { KvOnRemove::Delete };
+    if state.registry.remove(&name, kv) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("no plugin named `{name}`")))

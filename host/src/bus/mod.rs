@@ -6,30 +6,37 @@
 //! timeout, panic) never stops the ones after it. Actions a listener returns are applied in
 //! order as soon as it returns: messages go to the Broadcaster, follow-up events are queued and
 //! dispatched after the current event has been through every listener, before `publish`
-//! returns, under a depth limit.
+//! returns. Each publish has a budget (`BusLimits`): follow-up depth, follow-up count, wall
+//! time, and bytes of output; a follow-up past one is reported `not_dispatched` with the reason,
+//! and a listener whose actions would overdraw the output budget gets `over_budget`.
 //!
 //! The bus knows nothing of wasmtime, axum or redis: WASM plugins and native Rust listeners
 //! reach it through the same `Listener` trait, and frames leave through `Broadcaster`.
 
 mod outcome;
+mod registry;
 mod stats;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-pub use outcome::{EventReport, EventStatus, ListenerError, ListenerReport, Outcome, PublishReport};
+pub use outcome::{
+    EventReport, EventStatus, ListenerError, ListenerReport, NotDispatched, Outcome, PublishReport, ReportSummary,
+};
 pub use stats::{LatencySnapshot, ListenerStats, StatsSnapshot};
 
 use crate::action::{Action, FollowUp};
 use crate::broadcast::{self, Broadcaster, Frame};
 use crate::event::{self, Event};
+use registry::{Entry, Registry};
 
 /// Something that handles events. Implemented by WASM plugins and by native Rust code alike.
 ///
@@ -90,14 +97,6 @@ impl Subscription {
             return Err(BusError::InvalidSubscription(String::new(), "no subscriptions".into()));
         }
         patterns.iter().map(|p| Subscription::parse(p.as_ref())).collect()
-    }
-
-    fn matches_specifically(&self, event_type: &str) -> bool {
-        match self {
-            Subscription::Exact(t) => t == event_type,
-            Subscription::Prefix(p) => event_type.starts_with(p.as_str()),
-            Subscription::All => false,
-        }
     }
 }
 
@@ -162,61 +161,34 @@ pub struct ListenerInfo {
     pub stats: StatsSnapshot,
 }
 
-struct Entry {
-    name: String,
-    subscriptions: Vec<Subscription>,
-    order: Option<i64>,
-    seq: u64,
-    listener: Arc<dyn Listener>,
-    stats: Arc<ListenerStats>,
-}
-
-impl Entry {
-    fn sort_key(&self) -> (i64, u64) {
-        (self.order.unwrap_or(i64::MAX), self.seq)
-    }
-}
-
-/// An immutable snapshot of the listeners, in dispatch order. Replaced whole on every change,
-/// so publishes read it without locks and calls in flight finish on the snapshot they started.
-#[derive(Default)]
-struct Registry {
-    entries: Vec<Arc<Entry>>,
-    next_seq: u64,
-}
-
-impl Registry {
-    /// Listeners for `event_type`: specific ones first, then catch-alls, each in order.
-    fn matching<'a>(&'a self, event_type: &'a str) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
-        let specific = |e: &&Arc<Entry>| e.subscriptions.iter().any(|s| s.matches_specifically(event_type));
-        let catch_all = move |e: &&Arc<Entry>| !specific(e) && e.subscriptions.contains(&Subscription::All);
-        self.entries.iter().filter(specific).chain(self.entries.iter().filter(catch_all))
-    }
-
-    fn position(&self, name: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.name == name)
-    }
-
-    fn with(&self, entries: Vec<Arc<Entry>>, next_seq: u64) -> Registry {
-        let mut entries = entries;
-        entries.sort_by_key(|e| e.sort_key());
-        Registry { entries, next_seq: next_seq.max(self.next_seq) }
-    }
-}
-
-/// Limits on follow-up events, so that a listener loop ends with a clear outcome.
+/// The budget of one `publish`, so that a listener loop or an amplifying plugin ends with a
+/// clear outcome instead of holding the publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BusLimits {
     /// Deepest follow-up dispatched: the published event is depth 0.
     pub max_depth: u32,
     /// Most follow-up events dispatched by one `publish`.
     pub max_follow_ups: usize,
+    /// Wall time after which no further follow-up is dispatched. The published event itself
+    /// always goes through every listener (each has its own deadline), and so does a follow-up
+    /// that started in time.
+    pub time_budget: Duration,
+    /// Bytes of actions (types, ids, payloads) all listeners together may return in one
+    /// publish, follow-ups included.
+    pub output_budget: usize,
 }
 
 impl Default for BusLimits {
     fn default() -> BusLimits {
-        BusLimits { max_depth: 8, max_follow_ups: 256 }
+        BusLimits { max_depth: 8, max_follow_ups: 256, time_budget: Duration::from_secs(2), output_budget: 16 << 20 }
     }
+}
+
+/// How often each publish limit tripped, for `/metrics`.
+#[derive(Debug, Default)]
+struct Trips {
+    not_dispatched: [AtomicU64; NotDispatched::ALL.len()],
+    over_budget: AtomicU64,
 }
 
 /// The event bus.
@@ -226,6 +198,7 @@ pub struct Bus {
     writer: Mutex<()>,
     broadcaster: Arc<dyn Broadcaster>,
     limits: BusLimits,
+    trips: Trips,
 }
 
 impl Bus {
@@ -239,11 +212,23 @@ impl Bus {
             writer: Mutex::new(()),
             broadcaster,
             limits,
+            trips: Trips::default(),
         }
     }
 
     pub fn limits(&self) -> BusLimits {
         self.limits
+    }
+
+    /// How often each publish limit tripped, by name (`depth_limit`, `event_limit`,
+    /// `time_budget`, `output_budget`).
+    pub fn limit_trips(&self) -> BTreeMap<&'static str, u64> {
+        let mut trips: BTreeMap<&'static str, u64> = NotDispatched::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.trips.not_dispatched[*r as usize].load(Relaxed)))
+            .collect();
+        trips.insert("output_budget", self.trips.over_budget.load(Relaxed));
+        trips
     }
 
     /// Registers a listener for `patterns` (`issue:created`, `task:*`, `*`) at the end.
@@ -329,13 +314,16 @@ impl Bus {
             .collect()
     }
 
-    /// Dispatches `event` to every matching listener, then its follow-ups, and reports what
-    /// each listener did. Returns when all of it is done.
+    /// Dispatches `event` to every matching listener, then its follow-ups, within the publish's
+    /// budget, and reports what each listener did. Returns when all of it is done.
     pub fn publish(&self, event: Event) -> PublishReport {
-        let mut queue = VecDeque::from([(event, 0u32, None)]);
+        let started = Instant::now();
+        let mut queue = VecDeque::from([Queued { event, depth: 0, parent_id: None, producer: None }]);
         let mut events = Vec::new();
         let mut follow_ups = 0usize;
-        while let Some((event, depth, parent_id)) = queue.pop_front() {
+        let mut output_left = self.limits.output_budget;
+        let mut refused: BTreeMap<NotDispatched, usize> = BTreeMap::new();
+        while let Some(Queued { event, depth, parent_id, producer }) = queue.pop_front() {
             let mut report = EventReport {
                 event_id: event.id.clone(),
                 event_type: event.event_type.clone(),
@@ -345,29 +333,44 @@ impl Bus {
                 listeners: Vec::new(),
             };
             if depth > 0 {
-                if depth > self.limits.max_depth {
-                    report.status = EventStatus::DepthLimitExceeded;
+                let reason = if depth > self.limits.max_depth {
+                    Some(NotDispatched::DepthLimit)
                 } else if follow_ups >= self.limits.max_follow_ups {
-                    report.status = EventStatus::FollowUpLimitExceeded;
+                    Some(NotDispatched::EventLimit)
+                } else if started.elapsed() >= self.limits.time_budget {
+                    Some(NotDispatched::TimeBudget)
                 } else {
-                    follow_ups += 1;
-                }
-                if report.status != EventStatus::Dispatched {
-                    tracing::warn!(
-                        event_id = %event.id,
-                        event_type = %event.event_type,
-                        depth,
-                        status = ?report.status,
-                        "follow-up event not dispatched",
-                    );
+                    None
+                };
+                if let Some(reason) = reason {
+                    self.trips.not_dispatched[reason as usize].fetch_add(1, Relaxed);
+                    if let Some(producer) = producer {
+                        producer.stats.record_follow_up_not_dispatched();
+                    }
+                    *refused.entry(reason).or_default() += 1;
+                    report.status = EventStatus::NotDispatched { reason };
                     events.push(report);
                     continue;
                 }
+                follow_ups += 1;
             }
             let mut children = 0usize;
             let registry = self.registry.load();
             for entry in registry.matching(&event.event_type) {
-                let (outcome, took, actions) = self.call(entry, &event);
+                let (mut outcome, took, mut actions) = self.call(entry, &event);
+                let size: usize = actions.iter().map(Action::size).sum();
+                if size > output_left {
+                    self.trips.over_budget.fetch_add(1, Relaxed);
+                    outcome = Outcome::OverBudget {
+                        message: format!(
+                            "{size} bytes of actions, but the publish has {output_left} of its {} byte output budget left",
+                            self.limits.output_budget
+                        ),
+                    };
+                    actions.clear();
+                } else {
+                    output_left -= size;
+                }
                 entry.stats.record(&outcome, took);
                 if !outcome.is_ok() {
                     log_failure(&entry.name, &event, &outcome);
@@ -386,8 +389,12 @@ impl Bus {
                         }
                         Action::Publish(follow_up) => {
                             children += 1;
-                            let child = follow_up_event(&event, children, follow_up);
-                            queue.push_back((child, depth + 1, Some(event.id.clone())));
+                            queue.push_back(Queued {
+                                event: follow_up_event(&event, children, follow_up),
+                                depth: depth + 1,
+                                parent_id: Some(event.id.clone()),
+                                producer: Some(Arc::clone(entry)),
+                            });
                         }
                     }
                 }
@@ -398,6 +405,15 @@ impl Bus {
                 });
             }
             events.push(report);
+        }
+        if !refused.is_empty() {
+            let root = &events[0];
+            tracing::warn!(
+                event_id = %root.event_id,
+                event_type = %root.event_type,
+                not_dispatched = ?refused,
+                "follow-up events not dispatched: the publish reached its limits"
+            );
         }
         PublishReport { events }
     }
@@ -429,6 +445,14 @@ fn check_actions(actions: &[Action]) -> Result<(), ListenerError> {
             .map_err(|e| ListenerError::InvalidOutput(format!("action {i}: {e}")))?;
     }
     Ok(())
+}
+
+/// An event waiting in a publish's queue, with the listener that returned it (for follow-ups).
+struct Queued {
+    event: Event,
+    depth: u32,
+    parent_id: Option<String>,
+    producer: Option<Arc<Entry>>,
 }
 
 fn follow_up_event(parent: &Event, n: usize, f: FollowUp) -> Event {
@@ -467,15 +491,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn log_failure(listener: &str, event: &Event, outcome: &Outcome) {
-    let message = match outcome {
-        Outcome::Ok { .. } => return,
-        Outcome::Error { message }
-        | Outcome::Trap { message }
-        | Outcome::Timeout { message }
-        | Outcome::OutOfMemory { message }
-        | Outcome::Quarantined { message }
-        | Outcome::InvalidOutput { message } => message,
-    };
+    let Some(message) = outcome.message() else { return };
     tracing::warn!(
         listener,
         event_id = %event.id,

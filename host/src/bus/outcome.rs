@@ -42,6 +42,9 @@ pub enum Outcome {
     OutOfMemory { message: String },
     Quarantined { message: String },
     InvalidOutput { message: String },
+    /// The listener returned normally, but its actions would have gone over the publish's
+    /// output budget, so none of them was applied.
+    OverBudget { message: String },
 }
 
 impl Outcome {
@@ -59,6 +62,21 @@ impl Outcome {
             Outcome::OutOfMemory { .. } => "out_of_memory",
             Outcome::Quarantined { .. } => "quarantined",
             Outcome::InvalidOutput { .. } => "invalid_output",
+            Outcome::OverBudget { .. } => "over_budget",
+        }
+    }
+
+    /// The message of a failed call.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Outcome::Ok { .. } => None,
+            Outcome::Error { message }
+            | Outcome::Trap { message }
+            | Outcome::Timeout { message }
+            | Outcome::OutOfMemory { message }
+            | Outcome::Quarantined { message }
+            | Outcome::InvalidOutput { message }
+            | Outcome::OverBudget { message } => Some(message),
         }
     }
 }
@@ -86,15 +104,38 @@ pub struct ListenerReport {
     pub duration_us: u64,
 }
 
-/// Whether an event was dispatched, or why not.
+/// Whether an event was dispatched, or why not: `"status": "dispatched"`, or
+/// `"status": "not_dispatched"` with a `"reason"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(tag = "status", rename_all = "snake_case")]
 pub enum EventStatus {
     Dispatched,
-    /// A follow-up deeper than the bus's depth limit; its listeners were not run.
-    DepthLimitExceeded,
-    /// A follow-up past the cap on events per publish; its listeners were not run.
-    FollowUpLimitExceeded,
+    /// A follow-up that was not dispatched: its listeners were not run.
+    NotDispatched { reason: NotDispatched },
+}
+
+/// Why a follow-up was not dispatched. Each is a limit of the publish it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotDispatched {
+    /// Deeper than `limits.publish-max-depth`.
+    DepthLimit,
+    /// Past `limits.publish-max-events` follow-ups.
+    EventLimit,
+    /// The publish had used its `limits.publish-time-ms`.
+    TimeBudget,
+}
+
+impl NotDispatched {
+    pub const ALL: [NotDispatched; 3] = [NotDispatched::DepthLimit, NotDispatched::EventLimit, NotDispatched::TimeBudget];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotDispatched::DepthLimit => "depth_limit",
+            NotDispatched::EventLimit => "event_limit",
+            NotDispatched::TimeBudget => "time_budget",
+        }
+    }
 }
 
 /// What happened to one event: the published one, or one of its follow-ups.
@@ -107,6 +148,7 @@ pub struct EventReport {
     pub depth: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
+    #[serde(flatten)]
     pub status: EventStatus,
     pub listeners: Vec<ListenerReport>,
 }
@@ -127,4 +169,28 @@ impl PublishReport {
     pub fn listener_reports(&self) -> impl Iterator<Item = &ListenerReport> {
         self.events.iter().flat_map(|e| e.listeners.iter())
     }
+
+    /// Counts instead of details: what a response shows when the full report would be too large.
+    pub fn summary(&self) -> ReportSummary {
+        let mut summary = ReportSummary { events: self.events.len(), ..ReportSummary::default() };
+        for event in &self.events {
+            match event.status {
+                EventStatus::Dispatched => summary.dispatched += 1,
+                EventStatus::NotDispatched { reason } => *summary.not_dispatched.entry(reason).or_default() += 1,
+            }
+            for listener in &event.listeners {
+                *summary.outcomes.entry(listener.outcome.kind()).or_default() += 1;
+            }
+        }
+        summary
+    }
+}
+
+/// A publish report in counts: events by status, listener calls by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReportSummary {
+    pub events: usize,
+    pub dispatched: usize,
+    pub not_dispatched: std::collections::BTreeMap<NotDispatched, usize>,
+    pub outcomes: std::collections::BTreeMap<&'static str, usize>,
 }

@@ -24,6 +24,9 @@ pub struct ListenerStats {
     out_of_memory: AtomicU64,
     quarantined: AtomicU64,
     invalid_output: AtomicU64,
+    over_budget: AtomicU64,
+    /// Follow-ups this listener returned that were not dispatched (a publish limit).
+    follow_ups_not_dispatched: AtomicU64,
     actions: AtomicU64,
     total_us: AtomicU64,
     latency: [AtomicU64; BUCKETS],
@@ -40,6 +43,8 @@ pub struct StatsSnapshot {
     pub out_of_memory: u64,
     pub quarantined: u64,
     pub invalid_output: u64,
+    pub over_budget: u64,
+    pub follow_ups_not_dispatched: u64,
     pub actions: u64,
     pub latency: LatencySnapshot,
 }
@@ -69,11 +74,17 @@ impl ListenerStats {
             Outcome::OutOfMemory { .. } => &self.out_of_memory,
             Outcome::Quarantined { .. } => &self.quarantined,
             Outcome::InvalidOutput { .. } => &self.invalid_output,
+            Outcome::OverBudget { .. } => &self.over_budget,
         };
         counter.fetch_add(1, Relaxed);
         let us = took.as_micros().min(u64::MAX as u128) as u64;
         self.total_us.fetch_add(us, Relaxed);
         self.latency[bucket(us)].fetch_add(1, Relaxed);
+    }
+
+    /// A follow-up this listener returned was not dispatched.
+    pub fn record_follow_up_not_dispatched(&self) {
+        self.follow_ups_not_dispatched.fetch_add(1, Relaxed);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -100,6 +111,8 @@ impl ListenerStats {
             out_of_memory: self.out_of_memory.load(Relaxed),
             quarantined: self.quarantined.load(Relaxed),
             invalid_output: self.invalid_output.load(Relaxed),
+            over_budget: self.over_budget.load(Relaxed),
+            follow_ups_not_dispatched: self.follow_ups_not_dispatched.load(Relaxed),
             actions: self.actions.load(Relaxed),
             latency: LatencySnapshot {
                 mean_us: self.total_us.load(Relaxed).checked_div(calls).unwrap_or(0),

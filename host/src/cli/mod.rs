@@ -49,6 +49,9 @@ enum Command {
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Compile a component read on stdin (run by busbar itself, under resource limits).
+    #[command(name = "compile-worker", hide = true)]
+    CompileWorker,
 }
 
 #[derive(Subcommand)]
@@ -77,7 +80,8 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     pub fn runtime(&self) -> anyhow::Result<Runtime> {
         let cache_dir = if self.no_cache { None } else { self.cache_dir.clone().or_else(default_cache_dir) };
-        Runtime::new(RuntimeConfig { cache_dir, ..RuntimeConfig::default() })
+        let compile_worker = Some(std::env::current_exe().context("cannot find the busbar executable")?);
+        Runtime::new(RuntimeConfig { cache_dir, compile_worker, ..RuntimeConfig::default() })
     }
 }
 
@@ -160,6 +164,7 @@ pub fn main() -> ExitCode {
             init_logging("info");
             dev::run(args)
         }
+        Command::CompileWorker => return busbar::plugins::worker_main(),
     };
     match result {
         Ok(code) => code,

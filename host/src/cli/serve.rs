@@ -59,7 +59,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         native_baseline: args.native_baseline,
         redis_url: args.redis_url,
     };
-    let config = Config::load(&overrides).context("invalid configuration")?;
+    let mut config = Config::load(&overrides).context("invalid configuration")?;
+    // Components are compiled by this same executable, in a child process with limits.
+    config.compile_worker = Some(std::env::current_exe().context("cannot find the busbar executable")?);
     if config.dev_secret {
         tracing::warn!(
             "no JWT secret configured: using the public development secret {DEV_JWT_SECRET:?}; \

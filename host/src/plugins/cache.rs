@@ -1,10 +1,11 @@
 //! The compiled-component cache: Cranelift output on disk, keyed by content and engine.
 //!
-//! This module owns `CompileCache`. A component is compiled once per (sha256 of its bytes,
-//! engine compatibility hash); a restart loads the serialized artifact instead of compiling
-//! (milliseconds instead of up to 25 s for JS and Python components). Only files this cache
-//! wrote are ever deserialized, and a file that fails to load is recompiled and replaced. It
-//! must not be pointed at a directory other users can write: deserializing is loading code.
+//! This module owns `CompileCache`. A component is compiled (by `compile::Compiler`) once per
+//! (sha256 of its bytes, engine compatibility hash); a restart loads the serialized artifact
+//! instead of compiling (milliseconds instead of up to 25 s for JS and Python components). Only
+//! files this cache wrote, and what the compiler just produced, are ever deserialized; a file
+//! that fails to load is recompiled and replaced. It must not be pointed at a directory other
+//! users can write: deserializing is loading code.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use super::compile::{CompileError, Compiler};
 
 /// Where compiled components live, or nowhere (compile every time).
 #[derive(Debug, Clone)]
@@ -48,22 +51,31 @@ impl CompileCache {
         Ok(CompileCache { dir: Some(dir) })
     }
 
-    /// The component for `bytes`, from the cache when possible.
-    pub fn load(&self, engine: &Engine, bytes: &[u8], hash: &str) -> wasmtime::Result<(Component, CacheUse)> {
-        let Some(dir) = &self.dir else {
-            return Ok((Component::new(engine, bytes)?, CacheUse::Compiled));
-        };
-        let path = dir.join(format!("{hash}-{:016x}.cwasm", engine_key(engine)));
-        if path.exists() {
+    /// The component for `bytes`, from the cache when possible, else from `compiler`.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        compiler: &Compiler,
+        bytes: &[u8],
+        hash: &str,
+    ) -> Result<(Component, CacheUse), CompileError> {
+        let path = self.dir.as_ref().map(|dir| dir.join(format!("{hash}-{:016x}.cwasm", engine_key(engine))));
+        if let Some(path) = path.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file is in our private cache directory and was written by
             // `Component::serialize` for an engine with the same compatibility hash.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(component) => return Ok((component, CacheUse::Hit)),
                 Err(e) => tracing::warn!(path = %path.display(), "recompiling: cached component failed to load: {e}"),
             }
         }
-        let component = Component::new(engine, bytes)?;
-        if let Err(e) = write_atomically(&path, &component.serialize()?) {
+        let compiled = compiler.compile(engine, bytes)?;
+        // SAFETY: these bytes are what `Engine::precompile_component` just produced for an
+        // engine configured like this one (in this process or in the compile worker).
+        let component = unsafe { Component::deserialize(engine, &compiled) }
+            .map_err(|e| CompileError::Worker(format!("the compiled component does not load: {e:#}")))?;
+        if let Some(path) = &path
+            && let Err(e) = write_atomically(path, &compiled)
+        {
             tracing::warn!(path = %path.display(), "could not cache compiled component: {e}");
         }
         Ok((component, CacheUse::Compiled))

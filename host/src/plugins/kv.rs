@@ -2,8 +2,10 @@
 //!
 //! This module owns `KvStore` (one plugin's entries and byte accounting) and `KvStores` (every
 //! plugin's store, by plugin name). Stores outlive instances and plugin versions: a trap or a
-//! reload does not lose state. Limits are enforced here and reported to the guest as errors,
-//! never as traps. It holds data in memory only; nothing here is persisted.
+//! reload does not lose state; deleting the plugin does (the registry removes its store). Limits
+//! are enforced here, counting each entry's host bookkeeping (`ENTRY_OVERHEAD`) besides its key
+//! and value, and reported to the guest as errors, never as traps. It holds data in memory only;
+//! nothing here is persisted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +14,10 @@ use parking_lot::Mutex;
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
+
+/// Bytes charged per entry besides its key and value: the map slot, the key's and the value's
+/// headers and allocator rounding. So a plugin within its byte limit holds about that much.
+pub const ENTRY_OVERHEAD: usize = 64;
 
 /// One plugin's store.
 #[derive(Debug, Default)]
@@ -50,8 +56,8 @@ impl KvStore {
             ));
         }
         let mut entries = self.inner.lock();
-        let previous = entries.map.get(key).map_or(0, |v| key.len() + v.len());
-        let after = entries.bytes - previous + key.len() + value.len();
+        let previous = entries.map.get(key).map_or(0, |v| entry_bytes(key, v));
+        let after = entries.bytes - previous + entry_bytes(key, &value);
         if after > limits.max_bytes {
             return Err(format!(
                 "kv store would hold {after} bytes, over its {} byte limit",
@@ -67,14 +73,14 @@ impl KvStore {
         let mut entries = self.inner.lock();
         match entries.map.remove(key) {
             Some(value) => {
-                entries.bytes -= key.len() + value.len();
+                entries.bytes -= entry_bytes(key, &value);
                 true
             }
             None => false,
         }
     }
 
-    /// Bytes held (keys plus values).
+    /// Bytes held: keys, values and `ENTRY_OVERHEAD` per entry.
     pub fn bytes(&self) -> usize {
         self.inner.lock().bytes
     }
@@ -86,6 +92,10 @@ impl KvStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn entry_bytes(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
 }
 
 /// Every plugin's store, by plugin name.
@@ -115,7 +125,7 @@ impl KvStores {
 mod tests {
     use super::*;
 
-    const LIMITS: KvLimits = KvLimits { max_bytes: 20, value_max_bytes: 8 };
+    const LIMITS: KvLimits = KvLimits { max_bytes: 2 * ENTRY_OVERHEAD + 20, value_max_bytes: 8 };
 
     #[test]
     fn set_get_delete_and_accounting() {
@@ -123,7 +133,7 @@ mod tests {
         kv.set("a", b"1234".to_vec(), LIMITS).unwrap();
         kv.set("a", b"12".to_vec(), LIMITS).unwrap();
         assert_eq!(kv.get("a").unwrap(), b"12");
-        assert_eq!(kv.bytes(), 3);
+        assert_eq!(kv.bytes(), 3 + ENTRY_OVERHEAD);
         assert!(kv.delete("a"));
         assert!(!kv.delete("a"));
         assert_eq!(kv.bytes(), 0);
@@ -136,10 +146,18 @@ mod tests {
         kv.set("k1", vec![0; 8], LIMITS).unwrap();
         kv.set("k2", vec![0; 8], LIMITS).unwrap();
         let err = kv.set("k3", vec![0; 1], LIMITS).unwrap_err();
-        assert!(err.contains("over its 20 byte limit"), "{err}");
+        assert!(err.contains("over its 148 byte limit"), "{err}");
         assert_eq!(kv.len(), 2);
-        assert_eq!(kv.bytes(), 20);
+        assert_eq!(kv.bytes(), LIMITS.max_bytes);
         assert!(kv.set("", vec![], LIMITS).is_err());
+    }
+
+    #[test]
+    fn many_tiny_entries_are_charged_their_overhead() {
+        let kv = KvStore::default();
+        let limits = KvLimits { max_bytes: 100 * ENTRY_OVERHEAD, value_max_bytes: 8 };
+        let stored = (0..1000).take_while(|i| kv.set(&i.to_string(), vec![], limits).is_ok()).count();
+        assert!(stored < 100, "{stored} empty entries fit in {} bytes", limits.max_bytes);
     }
 
     #[test]

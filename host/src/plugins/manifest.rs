@@ -48,10 +48,23 @@ pub struct Limits {
     /// Consecutive failed calls (trap, timeout, out of memory, invalid output) before the
     /// plugin is quarantined. Errors the plugin returns itself do not count.
     pub failures_to_quarantine: u32,
+    /// Calls looked back on for the failure rate (at most 64).
+    pub failure_window: u32,
+    /// The plugin is also quarantined when at least this share (in percent) of the last
+    /// `failure_window` calls failed, in a row or not.
+    pub failure_rate_percent: u32,
     /// First quarantine; doubles on each repeated quarantine, up to 32 times this.
     pub quarantine: Duration,
     /// Largest stdout/stderr/log output per call that reaches the host log.
     pub log_bytes_per_call: usize,
+    /// Most subscription patterns the plugin may declare.
+    pub max_subscriptions: usize,
+    /// Longest error text kept from the plugin (its `err(..)`), in bytes; the rest is cut.
+    pub max_error_bytes: usize,
+    /// Deepest nesting of arrays and objects in a payload the plugin returns.
+    pub max_json_depth: usize,
+    /// Most WASI resources (streams, pollables, clock subscriptions) one instance may hold.
+    pub max_host_resources: usize,
 }
 
 impl Default for Limits {
@@ -64,8 +77,14 @@ impl Default for Limits {
             kv_max_bytes: 1 << 20,
             kv_value_max_bytes: 64 << 10,
             failures_to_quarantine: 5,
+            failure_window: 20,
+            failure_rate_percent: 50,
             quarantine: Duration::from_secs(30),
             log_bytes_per_call: 16 << 10,
+            max_subscriptions: 64,
+            max_error_bytes: 1024,
+            max_json_depth: crate::event::MAX_JSON_DEPTH,
+            max_host_resources: 4096,
         }
     }
 }
@@ -115,8 +134,14 @@ struct RawLimits {
     kv_max_kib: Option<u64>,
     kv_value_max_kib: Option<u64>,
     failures_to_quarantine: Option<u32>,
+    failure_window: Option<u64>,
+    failure_rate_percent: Option<u64>,
     quarantine_secs: Option<u64>,
     log_kib_per_call: Option<u64>,
+    max_subscriptions: Option<u64>,
+    max_error_bytes: Option<u64>,
+    max_json_depth: Option<u64>,
+    max_host_resources: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,12 +170,12 @@ impl Manifest {
         }
     }
 
-    /// Reads a manifest file. Relative `read-dirs` are resolved against its directory.
+    /// Reads a manifest file (a regular file of at most 64 KiB). Relative `read-dirs` are
+    /// resolved against its directory.
     pub fn from_file(path: &Path, default_name: &str) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let parse_error = |message: String| ManifestError::Parse { path: path.display().to_string(), message };
+        let bytes = super::files::read(path, super::files::MAX_MANIFEST_BYTES).map_err(|e| parse_error(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|_| parse_error("not UTF-8".into()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Manifest::parse(&text, default_name, &path.display().to_string(), base)
     }
@@ -171,6 +196,7 @@ impl Manifest {
         if let Some(subscriptions) = &raw.subscriptions {
             Subscription::parse_all(subscriptions).map_err(|e| invalid("subscriptions", e.to_string()))?;
         }
+        let declared = raw.subscriptions.as_ref().map_or(0, Vec::len);
         let d = Limits::default();
         let l = raw.limits;
         let ranged = |key: &'static str, value: Option<u64>, min: u64, max: u64, default: u64| {
@@ -194,9 +220,18 @@ impl Manifest {
                 1_000_000,
                 u64::from(d.failures_to_quarantine),
             )? as u32,
+            failure_window: ranged("limits.failure-window", l.failure_window, 2, 64, u64::from(d.failure_window))? as u32,
+            failure_rate_percent: ranged("limits.failure-rate-percent", l.failure_rate_percent, 1, 100, u64::from(d.failure_rate_percent))? as u32,
             quarantine: Duration::from_secs(ranged("limits.quarantine-secs", l.quarantine_secs, 0, 86_400, d.quarantine.as_secs())?),
             log_bytes_per_call: (ranged("limits.log-kib-per-call", l.log_kib_per_call, 0, 1 << 10, (d.log_bytes_per_call >> 10) as u64)? << 10) as usize,
+            max_subscriptions: ranged("limits.max-subscriptions", l.max_subscriptions, 1, 4096, d.max_subscriptions as u64)? as usize,
+            max_error_bytes: ranged("limits.max-error-bytes", l.max_error_bytes, 64, 64 << 10, d.max_error_bytes as u64)? as usize,
+            max_json_depth: ranged("limits.max-json-depth", l.max_json_depth, 1, 127, d.max_json_depth as u64)? as usize,
+            max_host_resources: ranged("limits.max-host-resources", l.max_host_resources, 16, 1_000_000, d.max_host_resources as u64)? as usize,
         };
+        if declared > limits.max_subscriptions {
+            return Err(invalid("subscriptions", format!("lists {declared} patterns; `limits.max-subscriptions` is {}", limits.max_subscriptions)));
+        }
         let mut config = BTreeMap::new();
         for (key, value) in raw.config {
             let value = match value {
@@ -230,13 +265,17 @@ impl Manifest {
     }
 }
 
-/// Plugin names are listener names: 1 to 64 of ASCII letters, digits, `-`, `_`, `.`.
+/// Plugin names are listener names: 1 to 64 of ASCII letters, digits, `-`, `_`, `.`, starting
+/// with a letter or a digit (so never `.`, `..` or a hidden file's name).
 pub fn check_plugin_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!("`{name}` must be 1 to 64 characters"));
+        return Err(format!("`{}` must be 1 to 64 characters", super::text::sanitize(name, 80)));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!("`{}` must start with an ASCII letter or digit", super::text::sanitize(name, 80)));
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(format!("`{name}` may only contain ASCII letters, digits, `-`, `_` and `.`"));
+        return Err(format!("`{}` may only contain ASCII letters, digits, `-`, `_` and `.`", super::text::sanitize(name, 80)));
     }
     Ok(())
 }
@@ -296,6 +335,10 @@ mod tests {
             ("[limits]\ntimeout-ms = 0", "`limits.timeout-ms` is 0; it must be between 1 and 60000"),
             ("[limits]\nmemory-mib = 9999", "`limits.memory-mib` is 9999"),
             ("name = 'a b'", "`name` `a b` may only contain"),
+            ("name = '..'", "`name` `..` must start with an ASCII letter or digit"),
+            ("name = '.hidden'", "`name` `.hidden` must start with"),
+            ("[limits]\nfailure-window = 100", "`limits.failure-window` is 100; it must be between 2 and 64"),
+            ("subscriptions = ['a', 'b', 'c']\n[limits]\nmax-subscriptions = 2", "`subscriptions` lists 3 patterns; `limits.max-subscriptions` is 2"),
             ("subscriptions = ['a*b']", "`subscriptions` invalid subscription `a*b`"),
             ("subscriptions = []", "`subscriptions` invalid subscription"),
             ("[config]\nlist = [1]", "value of `list` is a array"),

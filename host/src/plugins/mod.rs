@@ -7,23 +7,35 @@
 //! granted). Nothing else in busbar imports wasmtime.
 
 mod cache;
+mod compile;
+mod files;
+mod health;
 mod host;
 mod kv;
 mod manifest;
+mod memory;
+mod output;
 mod plugin;
 mod registry;
 mod runtime;
+mod text;
+mod trips;
+mod wasi;
 mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use cache::content_hash;
+pub use compile::{CompileError, CompileLimits, WORKER_COMMAND, worker_main};
+pub use files::FileError;
 pub use host::CONTRACT;
 pub use kv::{KvStore, KvStores};
 pub use manifest::{Capabilities, Limits, Manifest, ManifestError, check_plugin_name};
+pub use memory::MemoryBudget;
+pub use trips::Limit;
 pub use plugin::{Plugin, PluginInfo, PluginStatus};
-pub use registry::{Failure, InstallError, Installed, PluginView, Registry, ReloadStats, RollbackError, VersionView};
+pub use registry::{Failure, InstallError, Installed, KvOnRemove, PluginView, Registry, ReloadStats, RollbackError, VersionView};
 pub use runtime::{ComponentInfo, LoadError, Runtime, RuntimeConfig};
 pub use watch::{DEBOUNCE, DirWatcher, read_manifest, watch};
 
@@ -37,12 +49,13 @@ pub struct LoadFailure {
 }
 
 /// Loads every `*.wasm` in `dir` (each with its optional `name.toml` beside it), sorted by
-/// manifest order, then name. A file that fails does not stop the others. Hidden files (a
-/// deployer's `.x.wasm` before its rename) are skipped, as the watcher skips them.
+/// manifest order, then name. A file that fails (a FIFO, a device, a symlink out of the
+/// directory, a bad component) does not stop the others. Hidden files (a deployer's `.x.wasm`
+/// before its rename) are skipped, as the watcher skips them.
 pub fn load_dir(runtime: &Runtime, dir: &Path) -> std::io::Result<(Vec<Plugin>, Vec<LoadFailure>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && !path.is_dir())
         .filter(|path| !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
     files.sort();

@@ -2,25 +2,31 @@
 //!
 //! This module owns `Plugin`, which implements `bus::Listener` for one version of one
 //! component. Each call takes a warm instance from the plugin's pool (or instantiates one from
-//! the `InstancePre`), sets the epoch deadline, calls `handle`, and checks what came back against
-//! the manifest's caps. An instance that trapped, timed out or ran out of memory is dropped, never
-//! re-entered; the next call gets a fresh one. After `failures-to-quarantine` consecutive such
-//! failures the plugin is quarantined for a cool-off that doubles on each repeat, and calls
-//! during it return `Quarantined` without entering the guest.
+//! the `InstancePre`), starts the deadline (epoch ticks for guest code, a clock for host calls),
+//! reserves room in the process memory budget for what the call may return, calls `handle`, and
+//! has `output` check what came back. An instance that trapped, timed out or ran out of memory
+//! is dropped, never re-entered; the next call gets a fresh one. `health` decides quarantine:
+//! calls during it return `Quarantined` without entering the guest.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 use wasmtime::{Engine, Store, Trap};
 
+use super::health::Health;
 use super::host::{PluginContext, PluginState, bindings};
 use super::manifest::Manifest;
+use super::memory::Refusal;
+use super::output;
 use super::runtime::{EPOCH_TICK, LoadError};
-use crate::action::{Action, FollowUp, Message, Scope, ScopeKind, Target};
+use super::text;
+use super::trips::Limit;
+use crate::action::Action;
 use crate::bus::{Listener, ListenerError, Subscription};
-use crate::event::{self, Event, Json};
+use crate::event::{self, Event};
 
 use bindings::busbar::plugin::types as wit;
 
@@ -47,17 +53,6 @@ pub struct Plugin {
     from_cache: bool,
 }
 
-/// Consecutive failures and quarantine state, updated without locks.
-#[derive(Default)]
-struct Health {
-    consecutive_failures: AtomicU32,
-    /// Milliseconds since the epoch until which the plugin is quarantined; 0 when it is not.
-    quarantined_until_ms: AtomicU64,
-    /// How many times it has been quarantined in a row (doubles the cool-off).
-    quarantines: AtomicU32,
-    total_quarantines: AtomicU64,
-}
-
 /// Whether a plugin is being called.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -78,9 +73,14 @@ pub struct PluginInfo {
     pub instantiations: u64,
     pub idle_instances: usize,
     pub quarantines: u64,
+    /// Quarantines the failure rate triggered, not a run of consecutive failures.
+    pub rate_quarantines: u64,
     /// Whether the compiled component came from the on-disk cache.
     pub from_cache: bool,
     pub kv_bytes: usize,
+    pub kv_entries: usize,
+    /// How often each limit tripped (only those that did).
+    pub limit_trips: BTreeMap<&'static str, u64>,
     pub limits: super::manifest::Limits,
 }
 
@@ -110,15 +110,22 @@ impl Plugin {
             from_cache: false,
             manifest,
         };
-        let mut warm = plugin.instantiate().map_err(|e| LoadError::Startup(e.to_string()))?;
+        let mut warm = plugin.instantiate().map_err(|(e, _)| LoadError::Startup(e.to_string()))?;
         warm.store.data_mut().begin_call();
         warm.store.set_epoch_deadline(plugin.deadline_ticks);
         let declared = warm.bindings.call_subscriptions(&mut warm.store);
         warm.store.data_mut().end_call();
-        let declared = declared.map_err(|e| LoadError::Startup(plugin.classify(e, &warm).to_string()))?;
+        let declared = declared.map_err(|e| LoadError::Startup(plugin.classify(e, warm.store.data()).0.to_string()))?;
+        let limit = plugin.manifest.limits.max_subscriptions;
+        if plugin.manifest.subscriptions.is_none() && declared.len() > limit {
+            return Err(LoadError::Subscriptions(format!(
+                "declares {} patterns; `limits.max-subscriptions` is {limit}",
+                declared.len()
+            )));
+        }
         let patterns = plugin.manifest.subscriptions.clone().unwrap_or(declared);
-        plugin.subscriptions =
-            Subscription::parse_all(&patterns).map_err(|e| LoadError::Subscriptions(e.to_string()))?;
+        plugin.subscriptions = Subscription::parse_all(&patterns)
+            .map_err(|e| LoadError::Subscriptions(text::sanitize(&e.to_string(), 1024)))?;
         plugin.idle.get_mut().push(warm);
         Ok(plugin)
     }
@@ -144,14 +151,11 @@ impl Plugin {
     }
 
     pub fn status(&self) -> PluginStatus {
-        let until_ms = self.health.quarantined_until_ms.load(Relaxed);
-        if until_ms > event::now_ms() {
-            PluginStatus::Quarantined {
-                until_ms,
-                consecutive_failures: self.health.consecutive_failures.load(Relaxed),
+        match self.health.quarantined_until_ms() {
+            Some(until_ms) => {
+                PluginStatus::Quarantined { until_ms, consecutive_failures: self.health.consecutive_failures() }
             }
-        } else {
-            PluginStatus::Active
+            None => PluginStatus::Active,
         }
     }
 
@@ -165,28 +169,31 @@ impl Plugin {
             status: self.status(),
             instantiations: self.instantiations.load(Relaxed),
             idle_instances: self.idle.lock().len(),
-            quarantines: self.health.total_quarantines.load(Relaxed),
+            quarantines: self.health.total_quarantines(),
+            rate_quarantines: self.health.rate_quarantines(),
             from_cache: self.from_cache,
             kv_bytes: self.ctx.kv.bytes(),
+            kv_entries: self.ctx.kv.len(),
+            limit_trips: self.ctx.trips.snapshot(),
             limits: self.manifest.limits.clone(),
         }
     }
 
-    /// A fresh instance from the `InstancePre`, under the same deadline and memory cap as calls.
-    fn instantiate(&self) -> Result<Warm, ListenerError> {
-        let state = PluginState::new(self.ctx.clone(), self.manifest.limits.memory_bytes)
-            .map_err(ListenerError::Trap)?;
+    /// A fresh instance from the `InstancePre`, under the same deadline, memory cap and
+    /// budget as calls. A failure says whether the plugin is to blame for it.
+    fn instantiate(&self) -> Result<Warm, (ListenerError, Blame)> {
+        let mut state = PluginState::new(self.ctx.clone()).map_err(|e| (ListenerError::Trap(e), Blame::Plugin))?;
+        state.begin_call();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(self.ctx.crossing_bytes);
         store.set_epoch_deadline(self.deadline_ticks);
         self.instantiations.fetch_add(1, Relaxed);
-        match self.pre.instantiate(&mut store) {
+        let instantiated = self.pre.instantiate(&mut store);
+        store.data_mut().end_call();
+        match instantiated {
             Ok(bindings) => Ok(Warm { store, bindings }),
-            Err(e) => {
-                store.data_mut().end_call();
-                let refused = store.data().limiter.refused;
-                Err(classify(e, refused, &self.manifest))
-            }
+            Err(e) => Err(self.classify(e, store.data())),
         }
     }
 
@@ -194,62 +201,52 @@ impl Plugin {
     /// trap (the old one is dropped, a new one is instantiated and pooled).
     pub fn recycle_instance(&self) -> Result<(), ListenerError> {
         drop(self.idle.lock().pop());
-        let fresh = self.instantiate()?;
+        let fresh = self.instantiate().map_err(|(e, _)| e)?;
         self.release(fresh);
         Ok(())
     }
 
-    fn classify(&self, error: wasmtime::Error, warm: &Warm) -> ListenerError {
-        classify(error, warm.store.data().limiter.refused, &self.manifest)
+    /// Names a failed call or instantiation, counts the limit it hit, and says who is to blame.
+    fn classify(&self, error: wasmtime::Error, state: &PluginState) -> (ListenerError, Blame) {
+        let failure = classify(error, state, &self.ctx);
+        let limit = match &failure {
+            (ListenerError::OutOfMemory(_), Blame::Host) => Some(Limit::MemoryBudget),
+            (ListenerError::OutOfMemory(_), Blame::Plugin) => Some(Limit::MemoryCap),
+            (ListenerError::Timeout(_), _) if state.wasi.deadline().reached() => Some(Limit::HostCallDeadline),
+            (ListenerError::Timeout(_), _) => Some(Limit::Deadline),
+            (ListenerError::InvalidOutput(_), _) => Some(Limit::Output),
+            _ => None,
+        };
+        if let Some(limit) = limit {
+            self.ctx.trips.count(limit);
+        }
+        failure
     }
 
-    fn quarantine_check(&self) -> Result<(), ListenerError> {
-        let until = self.health.quarantined_until_ms.load(Relaxed);
-        if until != 0 && event::now_ms() < until {
-            return Err(ListenerError::Quarantined(format!(
-                "{} consecutive failures; retrying in {} ms",
-                self.health.consecutive_failures.load(Relaxed),
-                until.saturating_sub(event::now_ms())
-            )));
-        }
-        Ok(())
-    }
-
-    fn record_success(&self) {
-        if self.health.consecutive_failures.load(Relaxed) != 0 {
-            self.health.consecutive_failures.store(0, Relaxed);
-        }
-        if self.health.quarantined_until_ms.load(Relaxed) != 0 {
-            self.health.quarantined_until_ms.store(0, Relaxed);
-            self.health.quarantines.store(0, Relaxed);
-            tracing::info!(plugin = self.name(), "plugin recovered from quarantine");
-        }
-    }
-
-    fn record_failure(&self) {
-        let failures = self.health.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        let limits = &self.manifest.limits;
-        let probing = self.health.quarantined_until_ms.load(Relaxed) != 0;
-        if failures >= limits.failures_to_quarantine || probing {
-            let repeats = self.health.quarantines.fetch_add(1, Relaxed).min(5);
-            let cool_off = limits.quarantine * (1u32 << repeats);
-            self.health.quarantined_until_ms.store(event::now_ms() + cool_off.as_millis() as u64, Relaxed);
-            self.health.total_quarantines.fetch_add(1, Relaxed);
-            tracing::warn!(
-                plugin = self.name(),
-                consecutive_failures = failures,
-                cool_off_ms = cool_off.as_millis() as u64,
-                "plugin quarantined"
-            );
+    fn record_failure(&self, blame: Blame) {
+        if blame == Blame::Plugin {
+            self.health.record_failure(self.name(), &self.manifest.limits);
         }
     }
 
     fn call(&self, event: &Event) -> Result<Vec<Action>, ListenerError> {
-        self.quarantine_check()?;
+        self.health.check()?;
+        // Room in the process budget for what the call may hand back (its hostcall fuel, and
+        // as much again for the host values built from it), held until the actions are built.
+        let Some(_output_room) = self.ctx.budget.reserve(2 * self.ctx.crossing_bytes) else {
+            self.ctx.trips.count(Limit::MemoryBudget);
+            return Err(ListenerError::OutOfMemory(format!(
+                "the process-wide plugin memory budget of {} bytes has no room for this call's output",
+                self.ctx.budget.limit()
+            )));
+        };
         let taken = self.idle.lock().pop();
         let mut warm = match taken {
             Some(warm) => warm,
-            None => self.instantiate().inspect_err(|_| self.record_failure())?,
+            None => self.instantiate().map_err(|(error, blame)| {
+                self.record_failure(blame);
+                error
+            })?,
         };
         let arg = wit::Event {
             id: &event.id,
@@ -266,29 +263,34 @@ impl Plugin {
         warm.store.set_epoch_deadline(self.deadline_ticks);
         let result = warm.bindings.call_handle(&mut warm.store, arg);
         warm.store.data_mut().end_call();
-        match result {
-            Ok(returned) => {
-                self.release(warm);
-                match returned {
-                    Ok(actions) => match self.convert(actions) {
-                        Ok(actions) => {
-                            self.record_success();
-                            Ok(actions)
-                        }
-                        Err(e) => {
-                            self.record_failure();
-                            Err(e)
-                        }
-                    },
-                    // The guest is healthy and chose to fail: not a failure of the sandbox.
-                    Err(message) => Err(ListenerError::Failed(message)),
-                }
-            }
+        let returned = match result {
+            Ok(returned) => returned,
             Err(error) => {
-                let failure = self.classify(error, &warm);
+                let (failure, blame) = self.classify(error, warm.store.data());
                 drop(warm); // a trapped instance is never entered again
-                self.record_failure();
-                Err(failure)
+                self.record_failure(blame);
+                return Err(failure);
+            }
+        };
+        self.release(warm);
+        match returned {
+            Ok(actions) => match output::actions(actions, &self.manifest.limits) {
+                Ok(actions) => {
+                    self.health.record_success(self.name());
+                    Ok(actions)
+                }
+                Err(e) => {
+                    self.ctx.trips.count(Limit::Output);
+                    self.record_failure(Blame::Plugin);
+                    Err(e)
+                }
+            },
+            // The guest is healthy and chose to fail: not a failure of the sandbox.
+            Err(message) => {
+                if message.len() > self.manifest.limits.max_error_bytes {
+                    self.ctx.trips.count(Limit::ErrorText);
+                }
+                Err(output::error(&message, &self.manifest.limits))
             }
         }
     }
@@ -298,32 +300,6 @@ impl Plugin {
         if idle.len() < self.max_idle {
             idle.push(warm);
         }
-    }
-
-    /// Checks the guest's actions against the caps and turns them into host actions.
-    fn convert(&self, actions: Vec<wit::Action>) -> Result<Vec<Action>, ListenerError> {
-        let limits = &self.manifest.limits;
-        if actions.len() > limits.max_actions {
-            return Err(ListenerError::InvalidOutput(format!(
-                "{} actions returned, the limit is {}",
-                actions.len(),
-                limits.max_actions
-            )));
-        }
-        let mut out = Vec::with_capacity(actions.len());
-        let mut bytes = 0usize;
-        for (i, action) in actions.into_iter().enumerate() {
-            let action = convert_action(action).map_err(|e| ListenerError::InvalidOutput(format!("action {i}: {e}")))?;
-            bytes += action.size();
-            if bytes > limits.max_output_bytes {
-                return Err(ListenerError::InvalidOutput(format!(
-                    "more than {} bytes returned",
-                    limits.max_output_bytes
-                )));
-            }
-            out.push(action);
-        }
-        Ok(out)
     }
 }
 
@@ -339,58 +315,52 @@ impl Listener for Plugin {
     }
 }
 
-fn convert_action(action: wit::Action) -> Result<Action, String> {
-    let json = |payload: String| Json::parse(payload).map_err(|e| format!("payload is not valid JSON: {e}"));
-    Ok(match action {
-        wit::Action::Send(m) => {
-            event::check_type(&m.event_type).map_err(|e| e.to_string())?;
-            let target = match m.target {
-                wit::Target::Workspace(id) => Target::Workspace { id },
-                wit::Target::User(u) => Target::User { id: u.user_id, exclude_workspace: u.exclude_workspace },
-                wit::Target::Scope(s) => Target::Scope { scope: Scope::new(scope_kind(s.kind), s.id) },
-                wit::Target::Everyone => Target::Everyone,
-            };
-            Action::Send(Message { target, event_type: m.event_type, payload: json(m.payload)? })
-        }
-        wit::Action::Publish(f) => {
-            event::check_type(&f.event_type).map_err(|e| e.to_string())?;
-            Action::Publish(FollowUp {
-                event_type: f.event_type,
-                workspace_id: f.workspace_id,
-                actor_type: f.actor_type,
-                actor_id: f.actor_id,
-                payload: json(f.payload)?,
-                task_id: f.task_id,
-                chat_session_id: f.chat_session_id,
-            })
-        }
-    })
+/// Whether a failure is the plugin's own doing (it counts towards quarantine) or the host's
+/// (the process memory budget was spent, by whoever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    Plugin,
+    Host,
 }
 
-fn scope_kind(kind: wit::ScopeKind) -> ScopeKind {
-    match kind {
-        wit::ScopeKind::Workspace => ScopeKind::Workspace,
-        wit::ScopeKind::User => ScopeKind::User,
-        wit::ScopeKind::Task => ScopeKind::Task,
-        wit::ScopeKind::Chat => ScopeKind::Chat,
+/// Names a failure: a memory refusal first (a guest that cannot allocate traps in many ways),
+/// then a deadline (reached in a host call or by the epoch interrupt), then too much data handed
+/// to the host, then any other trap.
+fn classify(error: wasmtime::Error, state: &PluginState, ctx: &PluginContext) -> (ListenerError, Blame) {
+    tracing::debug!(plugin = %ctx.name, "guest failure: {error:?}");
+    match state.limiter.refused {
+        Some(Refusal::PluginCap { desired }) => {
+            let message = format!("tried to grow memory to {desired} bytes, the cap is {}", ctx.memory_bytes);
+            return (ListenerError::OutOfMemory(message), Blame::Plugin);
+        }
+        Some(Refusal::Budget { desired }) => {
+            let message = format!(
+                "the process-wide plugin memory budget of {} bytes is spent (growing to {desired} bytes)",
+                ctx.budget.limit()
+            );
+            return (ListenerError::OutOfMemory(message), Blame::Host);
+        }
+        None => {}
     }
-}
-
-/// Names a failed call: the memory cap's refusal first (a guest that cannot allocate traps in
-/// many ways), then the epoch interrupt, then any other trap.
-fn classify(error: wasmtime::Error, refused: Option<usize>, manifest: &Manifest) -> ListenerError {
-    tracing::debug!(plugin = %manifest.name, "guest failure: {error:?}");
-    if let Some(desired) = refused {
-        return ListenerError::OutOfMemory(format!(
-            "tried to grow memory to {desired} bytes, the cap is {}",
-            manifest.limits.memory_bytes
-        ));
+    if state.wasi.deadline().reached() {
+        return (ListenerError::Timeout(ctx.timeout), Blame::Plugin);
     }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => ListenerError::Timeout(manifest.limits.timeout),
+    let failure = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => ListenerError::Timeout(ctx.timeout),
         Some(trap) => ListenerError::Trap(trap.to_string().trim_start_matches("wasm trap: ").to_string()),
-        None => ListenerError::Trap(root_cause(&error)),
-    }
+        None => {
+            let cause = root_cause(&error);
+            if cause.contains("fuel allocated for hostcalls has been exhausted") {
+                ListenerError::InvalidOutput(format!(
+                    "handed the host more than {} bytes in one call (`limits.max-output-kib`, `limits.max-actions`)",
+                    ctx.crossing_bytes
+                ))
+            } else {
+                ListenerError::Trap(text::sanitize(&cause, 1024))
+            }
+        }
+    };
+    (failure, Blame::Plugin)
 }
 
 fn root_cause(error: &wasmtime::Error) -> String {

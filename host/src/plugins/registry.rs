@@ -70,6 +70,15 @@ pub struct PluginView {
     pub previous: Option<VersionView>,
 }
 
+/// What happens to a removed plugin's kv store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvOnRemove {
+    /// Deleted with the plugin: the default.
+    Delete,
+    /// Kept for the next plugin installed under the same name (the operator asked for it).
+    Keep,
+}
+
 /// The outcome of an install.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -230,7 +239,7 @@ impl Registry {
             Ok(Some(loaded)) => loaded,
             Ok(None) => {
                 // The new name already runs exactly this version: only the old name goes.
-                self.remove(old);
+                self.remove(old, KvOnRemove::Delete);
                 return Ok(Installed::Unchanged);
             }
             Err(error) => {
@@ -240,6 +249,7 @@ impl Registry {
         };
         match self.activate_renamed(old, loaded.plugin) {
             Ok(installed) => {
+                self.runtime.kv().remove(old);
                 tracing::info!(plugin = %name, previous_name = %old, "plugin renamed");
                 Ok(installed)
             }
@@ -288,12 +298,17 @@ impl Registry {
         self.stats.failures_total.fetch_add(1, Relaxed);
     }
 
-    /// Unregisters and forgets a plugin; returns whether it existed.
-    pub fn remove(&self, name: &str) -> bool {
+    /// Unregisters and forgets a plugin, and deletes its kv store unless `state` says to keep
+    /// it (so a different plugin installed later under the same name never reads it). Returns
+    /// whether it existed.
+    pub fn remove(&self, name: &str, state: KvOnRemove) -> bool {
         let existed = self.slots.lock().remove(name).is_some();
         self.bus.unregister(name);
+        if state == KvOnRemove::Delete {
+            self.runtime.kv().remove(name);
+        }
         if existed {
-            tracing::info!(plugin = %name, "plugin removed");
+            tracing::info!(plugin = %name, kv = ?state, "plugin removed");
         }
         existed
     }

@@ -3,7 +3,8 @@
 //! This module owns `Runtime` (engine, linker, epoch ticker, compile cache, kv stores) and the
 //! lifecycle phases up to a ready `Plugin`:
 //! - *check*: the bytes are a component (not a core module, not garbage);
-//! - *compile*: once per content hash, or loaded from the on-disk cache;
+//! - *compile*: once per content hash (by `compile`, in a child process under memory and time
+//!   limits when a worker executable is configured), or loaded from the on-disk cache;
 //! - *link*: the component's imports are checked against WASI p2 and `busbar:plugin@0.1.0`,
 //!   its exports against the `listener` world; the result is an `InstancePre`;
 //! - *probe*: one instance is made and `subscriptions()` is called, so a component that traps at
@@ -20,9 +21,12 @@ use std::time::{Duration, Instant};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::cache::{CacheUse, CompileCache, content_hash};
+use super::compile::{CompileError, CompileLimits, Compiler};
+use super::files::{self, FileError};
 use super::host::{self, CONTRACT, PluginContext, PluginState, bindings};
 use super::kv::KvStores;
 use super::manifest::{Manifest, ManifestError};
+use super::memory::MemoryBudget;
 
 use super::plugin::Plugin;
 
@@ -41,19 +45,36 @@ pub struct RuntimeConfig {
     pub instance_slots: u32,
     /// Write `/tmp/perf-<pid>.map` so that `perf` can name compiled guest functions.
     pub perf_map: bool,
+    /// Bytes all plugins together may hold: guest memories, tables, outputs being lifted.
+    pub memory_budget: usize,
+    /// Largest component read from a plugin directory (uploads have the API's own limit).
+    pub max_component_bytes: u64,
+    /// The busbar executable that compiles components in a child process
+    /// (`busbar compile-worker`); `None` compiles in this process, without memory or time limits.
+    pub compile_worker: Option<PathBuf>,
+    pub compile_limits: CompileLimits,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> RuntimeConfig {
-        RuntimeConfig { cache_dir: None, pooling: true, instance_slots: 1000, perf_map: false }
+        RuntimeConfig {
+            cache_dir: None,
+            pooling: true,
+            instance_slots: 1000,
+            perf_map: false,
+            memory_budget: MemoryBudget::default_limit(),
+            max_component_bytes: 64 << 20,
+            compile_worker: None,
+            compile_limits: CompileLimits::default(),
+        }
     }
 }
 
 /// Why a component was refused. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("not a WebAssembly file (no `\\0asm` header)")]
     NotWasm,
     #[error(
@@ -62,6 +83,8 @@ pub enum LoadError {
     CoreModule,
     #[error("not a valid component: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Compile(CompileError),
     #[error("built against contract {found}, but this host speaks {CONTRACT}")]
     ContractVersion { found: String },
     #[error("does not export `{0}`: it must implement the `listener` world of {CONTRACT}")]
@@ -93,7 +116,10 @@ pub struct Runtime {
     engine: Engine,
     linker: wasmtime::component::Linker<PluginState>,
     cache: CompileCache,
+    compiler: Compiler,
     kv: KvStores,
+    budget: Arc<MemoryBudget>,
+    max_component_bytes: u64,
     pooling: bool,
     /// Stops the epoch thread when the runtime is dropped.
     _ticker: Ticker,
@@ -119,7 +145,18 @@ impl Runtime {
             None => CompileCache::disabled(),
         };
         let ticker = Ticker::start(engine.clone());
-        Ok(Runtime { engine, linker, cache, kv: KvStores::default(), pooling, _ticker: ticker })
+        let budget = Arc::new(MemoryBudget::new(config.memory_budget));
+        Ok(Runtime {
+            engine,
+            linker,
+            cache,
+            compiler: Compiler::new(config.compile_worker, config.compile_limits),
+            kv: KvStores::default(),
+            budget,
+            max_component_bytes: config.max_component_bytes,
+            pooling,
+            _ticker: ticker,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -134,9 +171,24 @@ impl Runtime {
         &self.kv
     }
 
+    /// Components refused for going over a compile limit, by limit (`memory`, `time`).
+    pub fn compile_refusals(&self) -> [(&'static str, u64); 2] {
+        self.compiler.refusals()
+    }
+
+    /// The process-wide memory budget every plugin draws from.
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// Reads a component from a plugin directory: a regular file within the size limit.
+    pub fn read_file(&self, wasm: &Path) -> Result<Vec<u8>, FileError> {
+        files::read(wasm, self.max_component_bytes)
+    }
+
     /// Loads a component file with the manifest beside it (`name.toml`), if any.
     pub fn load_file(&self, wasm: &Path) -> Result<Plugin, LoadError> {
-        let bytes = std::fs::read(wasm).map_err(|source| LoadError::Io { path: wasm.display().to_string(), source })?;
+        let bytes = self.read_file(wasm)?;
         let stem = wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
         let manifest = super::read_manifest(wasm, stem)?;
         self.load(&bytes, manifest)
@@ -153,7 +205,7 @@ impl Runtime {
     pub fn load_with_kv(&self, bytes: &[u8], manifest: Manifest, kv: Arc<super::KvStore>) -> Result<Plugin, LoadError> {
         let started = Instant::now();
         let (pre, hash, cache_use) = self.link(bytes)?;
-        let ctx = Arc::new(PluginContext::new(&manifest, kv));
+        let ctx = Arc::new(PluginContext::new(&manifest, kv, self.budget.clone()));
         let mut plugin = Plugin::new(self.engine.clone(), pre, manifest, hash, ctx)?;
         plugin.set_from_cache(cache_use == CacheUse::Hit);
         tracing::info!(
@@ -177,7 +229,7 @@ impl Runtime {
             .map(|(name, _)| name.to_string())
             .collect();
         let manifest = Manifest::named("check");
-        let ctx = Arc::new(PluginContext::new(&manifest, Arc::default()));
+        let ctx = Arc::new(PluginContext::new(&manifest, Arc::default(), self.budget.clone()));
         let plugin = Plugin::new(self.engine.clone(), pre, manifest, hash.clone(), ctx)?;
         Ok(ComponentInfo {
             hash,
@@ -191,10 +243,10 @@ impl Runtime {
     fn link(&self, bytes: &[u8]) -> Result<(bindings::ListenerPre<PluginState>, String, CacheUse), LoadError> {
         sniff(bytes)?;
         let hash = content_hash(bytes);
-        let (component, cache_use) = self
-            .cache
-            .load(&self.engine, bytes, &hash)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let (component, cache_use) = self.cache.load(&self.engine, &self.compiler, bytes, &hash).map_err(|e| match e {
+            CompileError::Invalid(message) => LoadError::Invalid(message),
+            other => LoadError::Compile(other),
+        })?;
         let ty = component.component_type();
         for (name, _) in ty.imports(&self.engine) {
             if let Some(rest) = name.strip_prefix("busbar:plugin/") {
@@ -231,7 +283,9 @@ fn sniff(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn engine_config(pool_slots: Option<u32>, perf_map: bool) -> Config {
+/// The engine configuration, the same for the runtime and the compile worker (so what the worker
+/// compiles loads here).
+pub(super) fn engine_config(pool_slots: Option<u32>, perf_map: bool) -> Config {
     let mut config = Config::new();
     if perf_map {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);

@@ -100,7 +100,7 @@ impl Sync {
         let wasm = self.dir.join(format!("{stem}.wasm"));
         if !wasm.exists() {
             if let Some(name) = self.names.remove(stem) {
-                self.registry.remove(&name);
+                self.registry.remove(&name, super::KvOnRemove::Delete);
             }
             return;
         }
@@ -113,7 +113,7 @@ impl Sync {
     /// against the plugin the file currently serves as.
     fn read(&self, wasm: &Path, stem: &str) -> Option<(Manifest, Vec<u8>)> {
         let read = read_manifest(wasm, stem).map_err(|e| e.to_string()).and_then(|manifest| {
-            let bytes = std::fs::read(wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+            let bytes = self.registry.runtime().read_file(wasm).map_err(|e| e.to_string())?;
             Ok((manifest, bytes))
         });
         read.inspect_err(|error| {
