@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use busbar::action::{Action, Target};
-use busbar::bus::{Bus, EventStatus, ListenerError, Outcome, Registration, Subscription};
+use busbar::bus::{Bus, EventStatus, ListenerError, NotDispatched, Outcome, Registration, Subscription};
 use busbar::event::{Event, Json};
 use serde_json::{Value, json};
 
@@ -257,7 +257,7 @@ fn native_follow_up_loops_end_at_the_depth_limit() {
     let limit = bus.limits().max_depth;
     assert_eq!(report.events.len() as u32, limit + 2, "depths 0..=limit dispatched, one refused");
     let last = report.events.last().unwrap();
-    assert_eq!(last.status, EventStatus::DepthLimitExceeded);
+    assert_eq!(last.status, EventStatus::NotDispatched { reason: NotDispatched::DepthLimit });
     assert_eq!(last.depth, limit + 1);
     assert!(last.listeners.is_empty());
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn busbar() -> Command {
+pub(crate) fn busbar() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_busbar"));
     command.env("BUSBAR_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("busbar-cli-cache"));
     command
@@ -225,10 +225,10 @@ fn token_tail_and_publish_work_against_a_running_server() {
 }
 
 /// Reads a child's lines on a thread; `wait_for` blocks until a line matches.
-struct Lines(std::sync::mpsc::Receiver<String>, Vec<String>);
+pub(crate) struct Lines(std::sync::mpsc::Receiver<String>, Vec<String>);
 
 impl Lines {
-    fn of(stream: impl std::io::Read + Send + 'static) -> Lines {
+    pub(crate) fn of(stream: impl std::io::Read + Send + 'static) -> Lines {
         let (send, receive) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufRead::lines(std::io::BufReader::new(stream)).map_while(Result::ok) {
@@ -240,7 +240,7 @@ impl Lines {
         Lines(receive, Vec::new())
     }
 
-    fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
         loop {
             let line = self.0.recv_timeout(std::time::Duration::from_secs(30)).unwrap_or_else(|_| panic!("{what}: {:#?}", self.1));
             self.1.push(line.clone());
@@ -301,7 +301,7 @@ fn busbar_serve_publish_and_tail_end_to_end_and_sigterm_stops_the_server_cleanly
 }
 
 /// The child's exit status, killing it (and failing) if it has not exited in time.
-fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) -> std::process::ExitStatus {
+pub(crate) fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

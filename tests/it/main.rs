@@ -5,6 +5,7 @@ mod bus;
 mod conformance;
 mod cli;
 mod hostile;
+mod limits;
 mod relay;
 mod reload;
 mod runtime;

@@ -369,3 +369,64 @@ async fn rollback_over_http() {
     assert_eq!(response.status(), 404);
     server.stop().await;
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0, "mkfifo {}", path.display());
+}
+
+#[test]
+fn fifos_devices_and_outside_symlinks_in_the_directory_are_refused_and_reload_goes_on() {
+    let (registry, bus, recorder) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    // At start-up: a FIFO and a symlink to a device among the components.
+    mkfifo(&dir.path().join("fifo.wasm"));
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.wasm")).unwrap();
+    std::fs::write(dir.path().join("good.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"good\"\n").unwrap();
+    std::fs::write(dir.path().join("good.wasm"), echo_bytes()).unwrap();
+    let started = Instant::now();
+    let runtime = registry.runtime().clone();
+    let (loaded, refused) = busbar::plugins::load_dir(&runtime, dir.path()).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "start-up was held by {:?}", refused);
+    assert_eq!(loaded.iter().map(|p| p.name().to_string()).collect::<Vec<_>>(), ["good"]);
+    let mut errors: Vec<String> = refused.iter().map(|f| f.error.to_string()).collect();
+    errors.sort();
+    assert!(errors[0].ends_with("fifo.wasm is not a regular file (a FIFO); only regular files are loaded"), "{errors:?}");
+    assert!(errors[1].ends_with("zero.wasm is a symlink that leads outside its directory; only symlinks within it are followed"), "{errors:?}");
+    for plugin in loaded {
+        registry.activate(plugin).unwrap();
+    }
+
+    // While watched: a FIFO manifest, a FIFO component and a device symlink are refused at once,
+    // and a good plugin dropped in afterwards still loads.
+    let mut names = HashMap::new();
+    names.insert("good".to_string(), "good".to_string());
+    let _watcher = busbar::plugins::watch(dir.path(), registry.clone(), names).unwrap();
+    mkfifo(&dir.path().join("trap.toml"));
+    std::fs::write(dir.path().join("trap.wasm"), echo_bytes()).unwrap();
+    std::os::unix::fs::symlink("/dev/urandom", dir.path().join("random.wasm")).unwrap();
+    eventually("both are refused", || registry.get("trap").is_some_and(|v| v.last_failure.is_some()) && registry.get("random").is_some());
+    let trap = registry.get("trap").unwrap().last_failure.unwrap().error;
+    assert!(trap.contains("trap.toml is not a regular file (a FIFO)"), "{trap}");
+    write_atomically(&dir.path().join("later.toml"), b"subscriptions = [\"*\"]\n[config]\ntag = \"later\"\n");
+    write_atomically(&dir.path().join("later.wasm"), &echo_bytes());
+    eventually("hot reload still works", || serving(&bus, "later"));
+    let mut tags = tags_of_one_event(&bus, &recorder);
+    tags.sort();
+    assert_eq!(tags, ["good", "later"]);
+}
+
+#[test]
+fn names_that_are_not_plugin_names_are_refused_everywhere() {
+    for name in [".", "..", ".hidden", "-dash", ""] {
+        assert!(busbar::plugins::check_plugin_name(name).is_err(), "{name:?}");
+    }
+    let (registry, _bus, _recorder) = registry();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("probe.toml"), "name = \"..\"\n").unwrap();
+    std::fs::write(dir.path().join("probe.wasm"), echo_bytes()).unwrap();
+    let (loaded, refused) = busbar::plugins::load_dir(registry.runtime(), dir.path()).unwrap();
+    assert!(loaded.is_empty());
+    assert!(refused[0].error.to_string().contains("`name` `..` must start with an ASCII letter or digit"), "{}", refused[0].error);
+}

@@ -187,41 +187,13 @@ fn manifest_limits_apply_per_plugin() {
     assert_eq!(actions.len(), 100_000, "raised caps let the same output through");
 }
 
-/// Collects what a scoped `tracing` subscriber writes.
-#[derive(Clone, Default)]
-struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
-fn logged(f: impl FnOnce()) -> String {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt().with_writer(capture.clone()).with_ansi(false).finish();
-    tracing::subscriber::with_default(subscriber, f);
-    String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
-}
-
 #[test]
 fn guest_output_reaches_the_log_under_the_plugins_name_within_a_cap() {
     let mut manifest = support::manifest("testing", "echo", "printer");
     manifest.subscriptions = Some(vec!["*".into()]);
     manifest.limits.log_bytes_per_call = 1024;
     let plugin = support::load("testing", "echo", manifest);
-    let log = logged(|| {
+    let log = support::logged(|| {
         plugin.handle(&request(json!({"print": 1000}))).unwrap();
     });
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("stream=\"stdout\"")).collect();
@@ -229,12 +201,12 @@ fn guest_output_reaches_the_log_under_the_plugins_name_within_a_cap() {
     assert!(lines[0].contains("plugin=\"printer\"") && lines[0].contains("line 0"), "{}", lines[0]);
     assert!(lines.len() < 200, "1000 lines printed, the 1 KiB budget lets about 150 through: {}", lines.len());
     // The next call has a fresh budget.
-    let again = logged(|| {
+    let again = support::logged(|| {
         plugin.handle(&request(json!({"print": 1}))).unwrap();
     });
     assert!(again.contains("line 0"), "{again}");
     // A panic's message arrives on stderr, as a warning.
-    let panicked = logged(|| {
+    let panicked = support::logged(|| {
         let _ = plugin.handle(&request(json!({"panic": true})));
     });
     assert!(panicked.contains("WARN") && panicked.contains("echo asked to panic"), "{panicked}");

@@ -65,3 +65,57 @@ pub fn tags(deliveries: &[Delivery]) -> Vec<String> {
 pub fn payload(delivery: &Delivery) -> Value {
     serde_json::from_str(delivery.frame.payload.as_str()).expect("frames carry JSON")
 }
+
+/// Runs `f` with this thread's log records written, as busbar's binary writes them, into the
+/// returned text (plugins are called on the calling thread, so their logs are captured).
+pub fn logged(f: impl FnOnce()) -> String {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(capture.0.lock().unwrap().clone()).expect("log records are UTF-8")
+}
+
+/// Collects what a scoped `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+/// A component of about 700 KB whose one function nests 60 000 loops, each updating one of
+/// 2 000 locals: compiling it takes Cranelift past 2.5 GB within a minute (measured with
+/// `/usr/bin/time` on the compile worker; see docs/operations.md, "Limits").
+pub fn compile_bomb() -> Vec<u8> {
+    let (depth, locals) = (60_000, 2_000);
+    let mut body = String::new();
+    for d in 0..depth {
+        let l = d % locals;
+        body.push_str(&format!("(loop (local.set {l} (i64.add (local.get {l}) (i64.const 1))) "));
+    }
+    body.push_str(&")".repeat(depth));
+    let wat = format!(
+        r#"(component
+             (core module $m (func (export "bomb") (local {})  {body}))
+             (core instance $i (instantiate $m)))"#,
+        "i64 ".repeat(locals)
+    );
+    wat::parse_str(&wat).expect("valid WAT")
+}

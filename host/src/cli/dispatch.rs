@@ -80,10 +80,10 @@ pub fn render(bus: &Bus, recorder: &Recorder, input: &[String], timings: bool) -
             for delivery in deliveries.iter().filter(|d| d.frame.event_id == event.event_id) {
                 out.push(delivery.to_line());
             }
-            if event.status != EventStatus::Dispatched {
+            if let EventStatus::NotDispatched { reason } = event.status {
                 out.push(
                     json!({"kind": "not_dispatched", "event_id": event.event_id, "type": event.event_type,
-                           "depth": event.depth, "status": event.status})
+                           "depth": event.depth, "reason": reason})
                     .to_string(),
                 );
             }

@@ -83,10 +83,6 @@ impl Compiler {
         [("memory", self.memory_refusals.load(Relaxed)), ("time", self.timeouts.load(Relaxed))]
     }
 
-    pub fn isolated(&self) -> bool {
-        self.worker.is_some()
-    }
-
     /// The serialized, compiled form of the component in `bytes`, for `engine`.
     pub fn compile(&self, engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, CompileError> {
         let _turn = self.wait_turn();
