@@ -13,7 +13,9 @@
 //! - `paired`: the dispatch and floor pairs again, native and WASM measured in alternation,
 //!   round after round, so that both see the same machine; prints the median ratio and its
 //!   spread. Criterion measures one side, then the other, and on a shared host the load can
-//!   change in between: this is the ratio to quote.
+//!   change in between: this is the ratio to quote. Its last row is an unrelated 1 KiB event
+//!   through `bench-router` alone, then beside the hostile plugins of issue #12 (64-pattern
+//!   `crowd`, `amplifier`, `flaky`, and `sleeper` kept waiting in host calls by another thread).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -253,6 +255,50 @@ fn paired_ratios(rounds: usize, per_round: u32) {
     let floor = paired(&native, &wasm, &event(100), rounds, per_round);
     row("floor (no-op)", &floor);
     println!("crossing into a component and back (median of wasm - native per round): {:.2} µs", floor.difference_us);
+    let neighbours = hostile_neighbours(&runtime, rounds, per_round);
+    println!(
+        "unrelated 1 KiB event, alone vs beside hostile plugins: {:.2} µs vs {:.2} µs, {:.2}x ({:.2}x - {:.2}x)",
+        neighbours.native_us, neighbours.wasm_us, neighbours.ratio[1], neighbours.ratio[0], neighbours.ratio[2]
+    );
+}
+
+/// `bench-router` alone, against `bench-router` beside the hostile plugins (one of which
+/// another thread keeps parked in host calls), for an event only `bench-router` subscribes to.
+fn hostile_neighbours(runtime: &Runtime, rounds: usize, per_round: u32) -> Paired {
+    let load = |group: &str, name: &str, patterns: &[&str], tune: &dyn Fn(&mut Manifest)| -> Plugin {
+        let mut manifest = Manifest::named(name);
+        manifest.subscriptions = Some(patterns.iter().map(|p| p.to_string()).collect());
+        tune(&mut manifest);
+        runtime.load(&component(group, name), manifest).expect("loading a plugin")
+    };
+    let register = |bus: &Bus, plugin: Plugin| busbar::plugins::register(bus, plugin).expect("registering");
+    let quiet = Bus::new(Arc::new(Discard::default()));
+    register(&quiet, load("testing", "bench-router", &["issue:*"], &|_| {}));
+    let noisy = Bus::new(Arc::new(Discard::default()));
+    register(&noisy, load("testing", "bench-router", &["issue:*"], &|_| {}));
+    let crowd: Vec<String> = (0..64).map(|i| format!("crowd:{i}")).collect();
+    let crowd: Vec<&str> = crowd.iter().map(String::as_str).collect();
+    register(&noisy, load("hostile", "crowd", &crowd, &|m| {
+        m.config.insert("count".into(), "64".into());
+    }));
+    register(&noisy, load("hostile", "amplifier", &["amp:*"], &|_| {}));
+    register(&noisy, load("hostile", "flaky", &["flaky:*"], &|_| {}));
+    register(&noisy, load("hostile", "sleeper", &["sleep:*"], &|m| {
+        m.limits.failures_to_quarantine = u32::MAX;
+        m.limits.failure_rate_percent = 100;
+    }));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let sleep = Event::new("sleep:now", "ws-1").with_payload(r#"{"wait": "poll"}"#).expect("valid");
+            while !done.load(Ordering::Relaxed) {
+                noisy.publish(sleep.clone());
+            }
+        });
+        let measured = paired(&quiet, &noisy, &event(1024), rounds, per_round);
+        done.store(true, Ordering::Relaxed);
+        measured
+    })
 }
 
 criterion_group! {

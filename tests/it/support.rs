@@ -70,11 +70,7 @@ pub fn payload(delivery: &Delivery) -> Value {
 /// returned text (plugins are called on the calling thread, so their logs are captured).
 pub fn logged(f: impl FnOnce()) -> String {
     let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::TRACE)
-        .finish();
+    let subscriber = tracing_subscriber::fmt().with_writer(capture.clone()).with_ansi(false).finish();
     tracing::subscriber::with_default(subscriber, f);
     String::from_utf8(capture.0.lock().unwrap().clone()).expect("log records are UTF-8")
 }

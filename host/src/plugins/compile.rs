@@ -112,10 +112,16 @@ impl Compiler {
         let memory = self.limits.memory_bytes;
         let mut command = Command::new(program);
         command.arg(WORKER_COMMAND).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
+        // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                let data = libc::rlimit { rlim_cur: memory, rlim_max: memory };
+                // Never above what this process may have itself (a lower hard limit wins).
+                let mut data = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_DATA, &mut data) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let limit = memory.min(data.rlim_max);
+                let data = libc::rlimit { rlim_cur: limit, rlim_max: limit };
                 let core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
                 if libc::setrlimit(libc::RLIMIT_DATA, &data) != 0 || libc::setrlimit(libc::RLIMIT_CORE, &core) != 0 {
                     return Err(std::io::Error::last_os_error());

@@ -16,6 +16,7 @@ use wasmtime::Result as WasmResult;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
+use super::clock::Ticks;
 use super::kv::{KvLimits, KvStore};
 use super::manifest::Manifest;
 use super::memory::{MemoryBudget, MemoryLimiter};
@@ -57,11 +58,14 @@ pub(crate) struct PluginContext {
     /// largest output or kv value it may return, plus the actions' own size.
     pub crossing_bytes: usize,
     pub budget: Arc<MemoryBudget>,
+    pub ticks: Ticks,
+    /// `timeout` in epoch ticks.
+    pub deadline_ticks: u64,
     pub trips: LimitTrips,
 }
 
 impl PluginContext {
-    pub fn new(manifest: &Manifest, kv: Arc<KvStore>, budget: Arc<MemoryBudget>) -> PluginContext {
+    pub fn new(manifest: &Manifest, kv: Arc<KvStore>, budget: Arc<MemoryBudget>, ticks: Ticks) -> PluginContext {
         let limits = &manifest.limits;
         PluginContext {
             name: Arc::from(manifest.name.as_str()),
@@ -78,6 +82,8 @@ impl PluginContext {
                 + limits.max_actions.max(limits.max_subscriptions) * ACTION_HOST_BYTES
                 + MAX_LINE,
             budget,
+            ticks,
+            deadline_ticks: Ticks::in_duration(limits.timeout),
             trips: LimitTrips::default(),
         }
     }
@@ -108,7 +114,7 @@ impl PluginState {
     pub fn begin_call(&mut self) {
         self.limiter.refused = None;
         self.log_budget.store(self.ctx.log_bytes_per_call, Ordering::Relaxed);
-        self.wasi.start(self.ctx.timeout);
+        self.wasi.start(self.ctx.ticks.now() + self.ctx.deadline_ticks);
     }
 
     /// Flushes any unterminated output line after a call.

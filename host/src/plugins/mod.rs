@@ -7,6 +7,7 @@
 //! granted). Nothing else in busbar imports wasmtime.
 
 mod cache;
+mod clock;
 mod compile;
 mod files;
 mod health;

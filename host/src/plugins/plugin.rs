@@ -21,7 +21,7 @@ use super::host::{PluginContext, PluginState, bindings};
 use super::manifest::Manifest;
 use super::memory::Refusal;
 use super::output;
-use super::runtime::{EPOCH_TICK, LoadError};
+use super::runtime::LoadError;
 use super::text;
 use super::trips::Limit;
 use crate::action::Action;
@@ -45,7 +45,6 @@ pub struct Plugin {
     engine: Engine,
     pre: bindings::ListenerPre<PluginState>,
     ctx: Arc<PluginContext>,
-    deadline_ticks: u64,
     idle: Mutex<Vec<Warm>>,
     max_idle: usize,
     health: Health,
@@ -93,7 +92,6 @@ impl Plugin {
         hash: String,
         ctx: Arc<PluginContext>,
     ) -> Result<Plugin, LoadError> {
-        let deadline_ticks = manifest.limits.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1;
         let max_idle = std::thread::available_parallelism().map_or(4, |n| n.get()).max(4);
         let mut plugin = Plugin {
             hash,
@@ -102,7 +100,6 @@ impl Plugin {
             engine,
             pre,
             ctx,
-            deadline_ticks,
             idle: Mutex::new(Vec::new()),
             max_idle,
             health: Health::default(),
@@ -112,7 +109,7 @@ impl Plugin {
         };
         let mut warm = plugin.instantiate().map_err(|(e, _)| LoadError::Startup(e.to_string()))?;
         warm.store.data_mut().begin_call();
-        warm.store.set_epoch_deadline(plugin.deadline_ticks);
+        warm.store.set_epoch_deadline(plugin.ctx.deadline_ticks);
         let declared = warm.bindings.call_subscriptions(&mut warm.store);
         warm.store.data_mut().end_call();
         let declared = declared.map_err(|e| LoadError::Startup(plugin.classify(e, warm.store.data()).0.to_string()))?;
@@ -187,7 +184,7 @@ impl Plugin {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(self.ctx.crossing_bytes);
-        store.set_epoch_deadline(self.deadline_ticks);
+        store.set_epoch_deadline(self.ctx.deadline_ticks);
         self.instantiations.fetch_add(1, Relaxed);
         let instantiated = self.pre.instantiate(&mut store);
         store.data_mut().end_call();
@@ -260,7 +257,7 @@ impl Plugin {
             published_at_ms: event.published_at_ms,
         };
         warm.store.data_mut().begin_call();
-        warm.store.set_epoch_deadline(self.deadline_ticks);
+        warm.store.set_epoch_deadline(self.ctx.deadline_ticks);
         let result = warm.bindings.call_handle(&mut warm.store, arg);
         warm.store.data_mut().end_call();
         let returned = match result {

@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::cache::{CacheUse, CompileCache, content_hash};
+use super::clock::{EPOCH_TICK, Ticks};
 use super::compile::{CompileError, CompileLimits, Compiler};
 use super::files::{self, FileError};
 use super::host::{self, CONTRACT, PluginContext, PluginState, bindings};
@@ -30,8 +31,6 @@ use super::memory::MemoryBudget;
 
 use super::plugin::Plugin;
 
-/// Granularity of deadlines: the engine's epoch advances once per tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// How the runtime is set up.
 #[derive(Debug, Clone)]
@@ -121,8 +120,8 @@ pub struct Runtime {
     budget: Arc<MemoryBudget>,
     max_component_bytes: u64,
     pooling: bool,
-    /// Stops the epoch thread when the runtime is dropped.
-    _ticker: Ticker,
+    /// Advances the epoch; stops when the runtime is dropped.
+    ticker: Ticker,
 }
 
 impl Runtime {
@@ -155,7 +154,7 @@ impl Runtime {
             budget,
             max_component_bytes: config.max_component_bytes,
             pooling,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -205,7 +204,7 @@ impl Runtime {
     pub fn load_with_kv(&self, bytes: &[u8], manifest: Manifest, kv: Arc<super::KvStore>) -> Result<Plugin, LoadError> {
         let started = Instant::now();
         let (pre, hash, cache_use) = self.link(bytes)?;
-        let ctx = Arc::new(PluginContext::new(&manifest, kv, self.budget.clone()));
+        let ctx = Arc::new(PluginContext::new(&manifest, kv, self.budget.clone(), self.ticker.ticks.clone()));
         let mut plugin = Plugin::new(self.engine.clone(), pre, manifest, hash, ctx)?;
         plugin.set_from_cache(cache_use == CacheUse::Hit);
         tracing::info!(
@@ -229,7 +228,7 @@ impl Runtime {
             .map(|(name, _)| name.to_string())
             .collect();
         let manifest = Manifest::named("check");
-        let ctx = Arc::new(PluginContext::new(&manifest, Arc::default(), self.budget.clone()));
+        let ctx = Arc::new(PluginContext::new(&manifest, Arc::default(), self.budget.clone(), self.ticker.ticks.clone()));
         let plugin = Plugin::new(self.engine.clone(), pre, manifest, hash.clone(), ctx)?;
         Ok(ComponentInfo {
             hash,
@@ -325,22 +324,26 @@ fn to_anyhow(e: wasmtime::Error) -> anyhow::Error {
 struct Ticker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    ticks: Ticks,
 }
 
 impl Ticker {
     fn start(engine: Engine) -> Ticker {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let ticks = Ticks::default();
+        let counted = ticks.clone();
         let thread = std::thread::Builder::new()
             .name("busbar-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
+                    counted.advance();
                 }
             })
             .expect("spawning the epoch ticker thread");
-        Ticker { stop, thread: Some(thread) }
+        Ticker { stop, thread: Some(thread), ticks }
     }
 }
 

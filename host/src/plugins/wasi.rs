@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use wasmtime::component::{Linker, Resource, ResourceTable};
@@ -25,6 +25,7 @@ use wasmtime_wasi::runtime::in_tokio;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiView};
 use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
 
+use super::clock::{EPOCH_TICK, Ticks};
 use super::host::PluginContext;
 use super::text;
 use super::trips::Limit;
@@ -35,16 +36,18 @@ const POLL_INTERFACE: &str = "wasi:io/poll@0.2.12";
 /// Longest line of guest stdout/stderr kept; longer lines are cut.
 pub const MAX_LINE: usize = 4096;
 
-/// When the current call (or instantiation) must end, and whether a host call reached it.
+/// When the current call (or instantiation) must end, as a tick of the runtime's clock, and
+/// whether a host call reached it.
 #[derive(Debug)]
 pub(crate) struct Deadline {
-    at: Instant,
+    at: u64,
     reached: bool,
 }
 
 impl Deadline {
-    fn new() -> Deadline {
-        Deadline { at: Instant::now(), reached: false }
+    /// How long a host call may still wait.
+    fn remaining(&self, ticks: &Ticks) -> Duration {
+        EPOCH_TICK * self.at.saturating_sub(ticks.now()) as u32
     }
 
     /// A host call gave up at the deadline: the error that ends the call.
@@ -63,6 +66,7 @@ impl Deadline {
 pub(crate) struct WasiState {
     ctx: WasiCtx,
     table: ResourceTable,
+    ticks: Ticks,
     deadline: Deadline,
     stdout: GuestOutput,
     stderr: GuestOutput,
@@ -88,12 +92,13 @@ impl WasiState {
         }
         let mut table = ResourceTable::new();
         table.set_max_capacity(plugin.max_host_resources);
-        Ok(WasiState { ctx: wasi.build(), table, deadline: Deadline::new(), stdout, stderr })
+        let deadline = Deadline { at: 0, reached: false };
+        Ok(WasiState { ctx: wasi.build(), table, ticks: plugin.ticks.clone(), deadline, stdout, stderr })
     }
 
-    /// Starts a call (or an instantiation) that must end within `timeout`.
-    pub fn start(&mut self, timeout: Duration) {
-        self.deadline = Deadline { at: Instant::now() + timeout, reached: false };
+    /// Starts a call (or an instantiation) that must end at tick `at`.
+    pub fn start(&mut self, at: u64) {
+        self.deadline = Deadline { at, reached: false };
     }
 
     /// Flushes any unterminated output line after a call.
@@ -120,17 +125,17 @@ pub(crate) fn add_to_linker<T: WasiView + 'static>(
     linker.allow_shadowing(true);
     let mut poll = linker.instance(POLL_INTERFACE)?;
     poll.func_wrap("poll", move |mut store, (pollables,): (Vec<Resource<DynPollable>>,)| {
-        let WasiState { table, deadline, .. } = wasi(store.data_mut());
-        let at = tokio::time::Instant::from_std(deadline.at);
-        match in_tokio(async { tokio::time::timeout_at(at, table.poll(pollables)).await }) {
+        let WasiState { table, deadline, ticks, .. } = wasi(store.data_mut());
+        let remaining = deadline.remaining(ticks);
+        match in_tokio(async { tokio::time::timeout(remaining, table.poll(pollables)).await }) {
             Ok(ready) => Ok((ready?,)),
             Err(_) => Err(deadline.reach()),
         }
     })?;
     poll.func_wrap("[method]pollable.block", move |mut store, (pollable,): (Resource<DynPollable>,)| {
-        let WasiState { table, deadline, .. } = wasi(store.data_mut());
-        let at = tokio::time::Instant::from_std(deadline.at);
-        match in_tokio(async { tokio::time::timeout_at(at, table.block(pollable)).await }) {
+        let WasiState { table, deadline, ticks, .. } = wasi(store.data_mut());
+        let remaining = deadline.remaining(ticks);
+        match in_tokio(async { tokio::time::timeout(remaining, table.block(pollable)).await }) {
             Ok(done) => done,
             Err(_) => Err(deadline.reach()),
         }
