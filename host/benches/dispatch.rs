@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bench_logic::Route;
-use busbar::action::{Action, Scope, ScopeKind, Target};
+use busbar::action::{Action, Scope, Target};
 use busbar::broadcast::{Broadcaster, Frame};
 use busbar::bus::{Bus, Listener, ListenerError};
 use busbar::event::{Event, Json};
@@ -37,7 +37,7 @@ impl Broadcaster for Discard {
     fn broadcast_to_workspace(&self, _: &str, _: Frame) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
-    fn send_to_user(&self, _: &str, _: Option<&str>, _: Frame) {
+    fn send_to_user(&self, _: &str, _: &busbar::broadcast::Reach, _: Frame) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
     fn broadcast_to_scope(&self, _: &Scope, _: Frame) {
@@ -72,8 +72,8 @@ fn native_router(event: &Event) -> Result<Vec<Action>, ListenerError> {
     let routed = bench_logic::route(&event.workspace_id, event.payload()).map_err(ListenerError::Failed)?;
     let target = match routed.route {
         Route::Workspace(id) => Target::Workspace { id },
-        Route::Task(id) => Target::Scope { scope: Scope::new(ScopeKind::Task, id) },
-        Route::User(id) => Target::User { id, exclude_workspace: None },
+        Route::Task(id) => Target::Scope { scope: Scope::task(&event.workspace_id, id) },
+        Route::User(id) => Target::User { id, workspace: Some(event.workspace_id.clone()), exclude_workspace: None },
     };
     let payload = Json::parse(routed.payload).map_err(|e| ListenerError::InvalidOutput(e.to_string()))?;
     Ok(vec![Action::send(target, event.event_type.clone(), payload)])

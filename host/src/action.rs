@@ -51,22 +51,58 @@ impl FromStr for ScopeKind {
     }
 }
 
-/// A scope: a kind and the id of the workspace, user, task or chat session.
+/// A scope: a kind, the id of the workspace, user, task or chat session, and the workspace it
+/// belongs to. Task and chat scopes belong to one workspace: `t-1` of workspace A and `t-1` of
+/// workspace B are different rooms. A workspace scope belongs to itself; a user scope to no
+/// workspace (a user's room spans every workspace the user connects to).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Scope {
     pub kind: ScopeKind,
+    /// The workspace the scope belongs to: its own id for a workspace, empty for a user.
+    pub workspace: String,
     pub id: String,
 }
 
 impl Scope {
-    pub fn new(kind: ScopeKind, id: impl Into<String>) -> Scope {
-        Scope { kind, id: id.into() }
+    /// The scope of `kind` with `id`, in `workspace` (ignored for workspace and user scopes,
+    /// which belong to themselves and to none).
+    pub fn of(kind: ScopeKind, workspace: impl Into<String>, id: impl Into<String>) -> Scope {
+        let id = id.into();
+        let workspace = match kind {
+            ScopeKind::Workspace => id.clone(),
+            ScopeKind::User => String::new(),
+            ScopeKind::Task | ScopeKind::Chat => workspace.into(),
+        };
+        Scope { kind, workspace, id }
+    }
+
+    /// The room of every connection to workspace `id`.
+    pub fn workspace(id: impl Into<String>) -> Scope {
+        Scope::of(ScopeKind::Workspace, "", id)
+    }
+
+    /// The room of every connection of user `id`, whatever its workspace.
+    pub fn user(id: impl Into<String>) -> Scope {
+        Scope::of(ScopeKind::User, "", id)
+    }
+
+    /// Task `id` of `workspace`.
+    pub fn task(workspace: impl Into<String>, id: impl Into<String>) -> Scope {
+        Scope::of(ScopeKind::Task, workspace, id)
+    }
+
+    /// Chat session `id` of `workspace`.
+    pub fn chat(workspace: impl Into<String>, id: impl Into<String>) -> Scope {
+        Scope::of(ScopeKind::Chat, workspace, id)
     }
 }
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.id)
+        match self.kind {
+            ScopeKind::Task | ScopeKind::Chat => write!(f, "{}:{}/{}", self.kind, self.workspace, self.id),
+            ScopeKind::Workspace | ScopeKind::User => write!(f, "{}:{}", self.kind, self.id),
+        }
     }
 }
 
@@ -76,9 +112,13 @@ impl fmt::Display for Scope {
 pub enum Target {
     /// Every connection of a workspace.
     Workspace { id: String },
-    /// Every connection of a user, minus those to `exclude_workspace`.
+    /// The connections of a user: only those to `workspace` when it is set (what a plugin's
+    /// message reaches by default), else those to every workspace; minus those to
+    /// `exclude_workspace`.
     User {
         id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exclude_workspace: Option<String>,
     },
@@ -144,8 +184,10 @@ impl Action {
 fn target_size(target: &Target) -> usize {
     match target {
         Target::Workspace { id } => id.len(),
-        Target::User { id, exclude_workspace } => id.len() + exclude_workspace.as_ref().map_or(0, String::len),
-        Target::Scope { scope } => scope.id.len(),
+        Target::User { id, workspace, exclude_workspace } => {
+            id.len() + workspace.as_ref().map_or(0, String::len) + exclude_workspace.as_ref().map_or(0, String::len)
+        }
+        Target::Scope { scope } => scope.workspace.len() + scope.id.len(),
         Target::Everyone => 0,
     }
 }

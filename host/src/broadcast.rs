@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::action::{Scope, Target};
 use crate::event::Json;
 
-/// What a realtime client receives: `{type, payload, actor_id, actor_type, event_id}`.
+/// What a realtime client receives: `{type, payload, actor_id, actor_type, event_id,
+/// workspace_id}`; `workspace_id` is the workspace of the event the message came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Frame {
     #[serde(rename = "type")]
@@ -20,6 +21,7 @@ pub struct Frame {
     pub actor_id: String,
     pub actor_type: String,
     pub event_id: String,
+    pub workspace_id: String,
 }
 
 /// Fans frames out to realtime clients. Fire-and-forget: a Broadcaster never blocks the bus on
@@ -27,20 +29,77 @@ pub struct Frame {
 pub trait Broadcaster: Send + Sync {
     /// Every connection of a workspace.
     fn broadcast_to_workspace(&self, workspace_id: &str, frame: Frame);
-    /// Every connection of a user, except those to `exclude_workspace`.
-    fn send_to_user(&self, user_id: &str, exclude_workspace: Option<&str>, frame: Frame);
+    /// The connections of a user that `reach` includes. The others see the frame's position only
+    /// (a `skip` frame), so a user room's `seq` has no gaps on any connection.
+    fn send_to_user(&self, user_id: &str, reach: &Reach, frame: Frame);
     /// Every connection subscribed to a scope.
     fn broadcast_to_scope(&self, scope: &Scope, frame: Frame);
     /// Every connection.
     fn broadcast(&self, frame: Frame);
 }
 
+/// Which of a user's connections a message reaches, by the workspace each is connected to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// Every connection of the user.
+    #[default]
+    All,
+    /// Only those to this workspace.
+    Only(String),
+    /// All but those to this workspace.
+    Except(String),
+}
+
+impl Reach {
+    /// What `Target::User`'s `workspace` and `exclude_workspace` reach; `None` when that is no
+    /// connection at all (only a workspace that is also excluded).
+    pub fn new(only: Option<&str>, except: Option<&str>) -> Option<Reach> {
+        match (only, except) {
+            (Some(only), Some(except)) if only == except => None,
+            (Some(only), _) => Some(Reach::Only(only.to_string())),
+            (None, Some(except)) => Some(Reach::Except(except.to_string())),
+            (None, None) => Some(Reach::All),
+        }
+    }
+
+    /// Whether a connection to `workspace` gets the frame.
+    pub fn includes(&self, workspace: &str) -> bool {
+        match self {
+            Reach::All => true,
+            Reach::Only(w) => w == workspace,
+            Reach::Except(w) => w != workspace,
+        }
+    }
+
+    /// A compact text form (for the relay's records): empty, `+<workspace>` or `-<workspace>`.
+    pub fn encode(&self) -> String {
+        match self {
+            Reach::All => String::new(),
+            Reach::Only(w) => format!("+{w}"),
+            Reach::Except(w) => format!("-{w}"),
+        }
+    }
+
+    /// Reads `encode`'s form; anything else reaches everyone.
+    pub fn decode(text: &str) -> Reach {
+        if let Some(w) = text.strip_prefix('+') {
+            Reach::Only(w.to_string())
+        } else if let Some(w) = text.strip_prefix('-') {
+            Reach::Except(w.to_string())
+        } else {
+            Reach::All
+        }
+    }
+}
+
 /// Calls the Broadcaster operation that matches `target`.
 pub fn deliver(broadcaster: &dyn Broadcaster, target: Target, frame: Frame) {
     match target {
         Target::Workspace { id } => broadcaster.broadcast_to_workspace(&id, frame),
-        Target::User { id, exclude_workspace } => {
-            broadcaster.send_to_user(&id, exclude_workspace.as_deref(), frame)
+        Target::User { id, workspace, exclude_workspace } => {
+            if let Some(reach) = Reach::new(workspace.as_deref(), exclude_workspace.as_deref()) {
+                broadcaster.send_to_user(&id, &reach, frame)
+            }
         }
         Target::Scope { scope } => broadcaster.broadcast_to_scope(&scope, frame),
         Target::Everyone => broadcaster.broadcast(frame),
@@ -102,11 +161,13 @@ impl Broadcaster for Recorder {
         self.record(Target::Workspace { id: workspace_id.to_string() }, frame);
     }
 
-    fn send_to_user(&self, user_id: &str, exclude_workspace: Option<&str>, frame: Frame) {
-        let target = Target::User {
-            id: user_id.to_string(),
-            exclude_workspace: exclude_workspace.map(str::to_string),
+    fn send_to_user(&self, user_id: &str, reach: &Reach, frame: Frame) {
+        let (workspace, exclude_workspace) = match reach {
+            Reach::All => (None, None),
+            Reach::Only(w) => (Some(w.clone()), None),
+            Reach::Except(w) => (None, Some(w.clone())),
         };
+        let target = Target::User { id: user_id.to_string(), workspace, exclude_workspace };
         self.record(target, frame);
     }
 

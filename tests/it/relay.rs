@@ -575,7 +575,7 @@ async fn a_scope_history_keeps_exactly_its_cap_and_expires() {
     relay_until(&a, "published 24 frames", |r| r["published_total"] == 24 && r["outbox_depth"] == 0).await;
 
     let mut conn = redis.conn().await;
-    for (scope, cap) in [("task:t-1", 5u64), ("workspace:ws-1", 8)] {
+    for (scope, cap) in [("task:ws-1:t-1", 5u64), ("workspace:ws-1", 8)] {
         let (meta, stream) = (format!("busbar:{{{scope}}}:meta"), format!("busbar:{{{scope}}}:stream"));
         let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
         assert_eq!(len, cap, "{stream} holds exactly its cap");
@@ -619,7 +619,7 @@ async fn a_resume_from_before_the_trimmed_history_is_not_recovered() {
 
     // From carol's position, and from the last one the stream cannot complete: not recovered.
     let (mut carol, ack) = resume(&b, "ws-1", &t, &at).await;
-    assert_eq!(ack["payload"], json!({"scope": "workspace", "id": "ws-1", "epoch": at.epoch, "offset": 13, "recovered": false}));
+    assert_eq!(ack["payload"], json!({"scope": "workspace", "id": "ws-1", "epoch": at.epoch, "offset": 13, "workspace_id": "ws-1", "recovered": false}));
     let before_trim = Position { epoch: at.epoch.clone(), offset: 7 };
     let (mut edgar, ack) = resume(&b, "ws-1", &token("edgar", &["ws-1"], &[]), &before_trim).await;
     assert_eq!(ack["payload"]["recovered"], false, "offset 8 was trimmed: {ack}");

@@ -35,6 +35,7 @@ fn echo_bytes() -> Vec<u8> {
 fn echo_manifest(name: &str, tag: &str) -> Manifest {
     let mut m = Manifest::named(name);
     m.subscriptions = Some(vec!["*".into()]);
+    m.capabilities.grants.insert(busbar::plugins::Grant::Everyone);
     m.config.insert("tag".into(), tag.into());
     m
 }
@@ -146,14 +147,14 @@ fn a_watched_directory_is_followed() {
     let dir = tempfile::tempdir().unwrap();
     let _watcher = busbar::plugins::watch(dir.path(), registry.clone(), HashMap::new()).unwrap();
     let wasm = dir.path().join("probe.wasm");
-    std::fs::write(dir.path().join("probe.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"one\"\n").unwrap();
+    std::fs::write(dir.path().join("probe.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"one\"\n[capabilities]\ngrants = [\"everyone\"]\n").unwrap();
     write_atomically(&wasm, &echo_bytes());
     eventually("the new plugin serves", || serving(&bus, "probe"));
     bus.publish(Event::new("x", "w"));
     assert_eq!(support::tags(&recorder.take()), ["one"]);
 
     // A changed manifest replaces the version in place.
-    std::fs::write(dir.path().join("probe.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"two\"\n").unwrap();
+    std::fs::write(dir.path().join("probe.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"two\"\n[capabilities]\ngrants = [\"everyone\"]\n").unwrap();
     eventually("the changed plugin serves", || {
         bus.publish(Event::new("x", "w"));
         support::tags(&recorder.take()) == ["two"]
@@ -194,7 +195,7 @@ fn a_renamed_version_that_fails_to_load_leaves_the_old_name_serving() {
     let dir = tempfile::tempdir().unwrap();
     let _watcher = busbar::plugins::watch(dir.path(), registry.clone(), HashMap::new()).unwrap();
     let (wasm, toml) = (dir.path().join("probe.wasm"), dir.path().join("probe.toml"));
-    write_atomically(&toml, b"subscriptions = [\"*\"]\n[config]\ntag = \"one\"\n");
+    write_atomically(&toml, b"subscriptions = [\"*\"]\n[config]\ntag = \"one\"\n[capabilities]\ngrants = [\"everyone\"]\n");
     write_atomically(&wasm, &echo_bytes());
     eventually("the plugin serves", || serving(&bus, "probe"));
 
@@ -202,7 +203,7 @@ fn a_renamed_version_that_fails_to_load_leaves_the_old_name_serving() {
     // renamed version cannot load either.
     write_atomically(&wasm, &echo_bytes()[..2000]);
     eventually("the broken component is refused", || failures(&registry) == 1);
-    write_atomically(&toml, b"name = \"renamed\"\nsubscriptions = [\"*\"]\n[config]\ntag = \"two\"\n");
+    write_atomically(&toml, b"name = \"renamed\"\nsubscriptions = [\"*\"]\n[config]\ntag = \"two\"\n[capabilities]\ngrants = [\"everyone\"]\n");
     eventually("the renamed version is refused", || failures(&registry) == 2);
     assert!(serving(&bus, "probe") && !serving(&bus, "renamed"));
     assert_eq!(tags_of_one_event(&bus, &recorder), ["one"], "the old name keeps serving");
@@ -224,7 +225,7 @@ fn a_renamed_version_that_fails_to_load_leaves_the_old_name_serving() {
 fn a_slowly_written_component_is_loaded_only_once_complete() {
     let (registry, bus, recorder) = registry();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("slow.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"slow\"\n").unwrap();
+    std::fs::write(dir.path().join("slow.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"slow\"\n[capabilities]\ngrants = [\"everyone\"]\n").unwrap();
     let _watcher = busbar::plugins::watch(dir.path(), registry.clone(), HashMap::new()).unwrap();
     let bytes = echo_bytes();
     // Six chunks, each written after a pause well under the debounce: every prefix is a
@@ -274,7 +275,7 @@ async fn eventually_async(what: &str, check: impl AsyncFn() -> bool) {
 async fn failed_loads_are_counted_in_metrics_and_listed_while_the_old_version_serves() {
     let dir = tempfile::tempdir().unwrap();
     let (wasm, toml) = (dir.path().join("probe.wasm"), dir.path().join("probe.toml"));
-    std::fs::write(&toml, "subscriptions = [\"probe:*\"]\n[config]\ntag = \"one\"\n").unwrap();
+    std::fs::write(&toml, "subscriptions = [\"probe:*\"]\n[config]\ntag = \"one\"\n[capabilities]\ngrants = [\"everyone\"]\n").unwrap();
     std::fs::write(&wasm, echo_bytes()).unwrap();
     std::fs::write(dir.path().join("broken.wasm"), &echo_bytes()[..2000]).unwrap();
     let server = TestServer::start(|c| c.plugins_dir = Some(dir.path().to_path_buf())).await;
@@ -383,7 +384,7 @@ fn fifos_devices_and_outside_symlinks_in_the_directory_are_refused_and_reload_go
     // At start-up: a FIFO and a symlink to a device among the components.
     mkfifo(&dir.path().join("fifo.wasm"));
     std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.wasm")).unwrap();
-    std::fs::write(dir.path().join("good.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"good\"\n").unwrap();
+    std::fs::write(dir.path().join("good.toml"), "subscriptions = [\"*\"]\n[config]\ntag = \"good\"\n[capabilities]\ngrants = [\"everyone\"]\n").unwrap();
     std::fs::write(dir.path().join("good.wasm"), echo_bytes()).unwrap();
     let started = Instant::now();
     let runtime = registry.runtime().clone();
@@ -409,7 +410,7 @@ fn fifos_devices_and_outside_symlinks_in_the_directory_are_refused_and_reload_go
     eventually("both are refused", || registry.get("trap").is_some_and(|v| v.last_failure.is_some()) && registry.get("random").is_some());
     let trap = registry.get("trap").unwrap().last_failure.unwrap().error;
     assert!(trap.contains("trap.toml is not a regular file (a FIFO)"), "{trap}");
-    write_atomically(&dir.path().join("later.toml"), b"subscriptions = [\"*\"]\n[config]\ntag = \"later\"\n");
+    write_atomically(&dir.path().join("later.toml"), b"subscriptions = [\"*\"]\n[config]\ntag = \"later\"\n[capabilities]\ngrants = [\"everyone\"]\n");
     write_atomically(&dir.path().join("later.wasm"), &echo_bytes());
     eventually("hot reload still works", || serving(&bus, "later"));
     let mut tags = tags_of_one_event(&bus, &recorder);

@@ -230,11 +230,14 @@ async fn events_reach_exactly_the_right_clients() {
     assert_consecutive_per_room("carol", &carol_frames);
     assert_eq!(types(&carol_frames), ["issue:created", "daemon:heartbeat"]);
     assert_eq!(carol_frames[0]["payload"], json!({"n": 2}));
-    // Dave in ws-1 gets member:added once (workspace room; the user copy excludes ws-1)...
-    assert_eq!(
-        types(&dave_ws1.until_barrier().await),
-        ["issue:created", "member:added", "task:message", "issue:updated", "daemon:heartbeat"]
-    );
+    // Dave in ws-1 gets member:added once (workspace room); the user copy excludes ws-1, so
+    // there his user room shows only its position (`skip`), and its seq has no gap...
+    let dave1 = dave_ws1.until_barrier().await;
+    assert_consecutive_per_room("dave in ws-1", &dave1);
+    assert_eq!(types(&dave1), ["issue:created", "member:added", "skip", "task:message", "issue:updated", "daemon:heartbeat"]);
+    let skip = &dave1[2];
+    assert_eq!((skip["scope"].as_str(), skip["scope_id"].as_str()), (Some("user"), Some("dave")));
+    assert!(skip.get("payload").is_none() && skip.get("event_id").is_none(), "a skip carries no data: {skip}");
     // ...and his ws-2 connection gets it through his user room.
     let dave2 = dave_ws2.until_barrier().await;
     assert_consecutive_per_room("dave in ws-2", &dave2);
@@ -447,15 +450,18 @@ async fn scopes_are_authorised_and_capped() {
         }
         v
     };
-    // Acks also carry the room's position; only the part compared here matters.
+    // Acks also carry the room's position and workspace; only the part compared here matters.
     let essentials = |mut v: Value| {
         if let Some(payload) = v["payload"].as_object_mut() {
             payload.remove("epoch");
             payload.remove("offset");
+            payload.remove("workspace_id");
         }
         v
     };
-    assert_eq!(essentials(client.subscribe("task", "t-1").await), reply("task", "t-1", None));
+    let ack = client.subscribe("task", "t-1").await;
+    assert_eq!(ack["payload"]["workspace_id"], "ws-1", "a task room belongs to a workspace: {ack}");
+    assert_eq!(essentials(ack), reply("task", "t-1", None));
     assert_eq!(essentials(client.subscribe("task", "x-1").await), reply("task", "x-1", Some("forbidden")));
     // The chat grant is for ws-2: a task or chat belongs to one workspace.
     assert_eq!(essentials(client.subscribe("chat", "c-1").await), reply("chat", "c-1", Some("forbidden")));
@@ -791,7 +797,7 @@ async fn plugins_are_uploaded_replaced_refused_and_deleted_over_http() {
     let mut client = Client::connect(&server, "ws-1", &token("u", &["ws-1"], &[])).await;
 
     // Upload the echo plugin with a manifest that runs it first, for `probe:*` only.
-    let manifest = "order = 1\nsubscriptions = [\"probe:*\"]\n[config]\ntag = \"v1\"\n";
+    let manifest = "order = 1\nsubscriptions = [\"probe:*\"]\n[config]\ntag = \"v1\"\n[capabilities]\ngrants = [\"everyone\"]\n";
     let form = reqwest::multipart::Form::new()
         .part("component", reqwest::multipart::Part::bytes(component("testing", "echo")))
         .text("manifest", manifest);

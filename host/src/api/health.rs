@@ -93,6 +93,7 @@ fn prometheus(state: &AppState) -> String {
                 ("out_of_memory", s.out_of_memory),
                 ("quarantined", s.quarantined),
                 ("invalid_output", s.invalid_output),
+                ("policy_denied", s.policy_denied),
                 ("over_budget", s.over_budget),
             ] {
                 calls.push((format!("{{plugin=\"{name}\",outcome=\"{outcome}\"}}"), n as f64));

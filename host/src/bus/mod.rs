@@ -384,6 +384,7 @@ impl Bus {
                                 actor_id: event.actor_id.clone(),
                                 actor_type: event.actor_type.clone(),
                                 event_id: event.id.clone(),
+                                workspace_id: event.workspace_id.clone(),
                             };
                             broadcast::deliver(self.broadcaster.as_ref(), message.target, frame);
                         }

@@ -29,6 +29,10 @@ pub enum ListenerError {
     /// The call returned something the host refuses (too many actions or bytes, bad JSON).
     #[error("invalid output: {0}")]
     InvalidOutput(String),
+    /// The call's output went where the listener's policy does not reach (another workspace,
+    /// everyone, another actor): none of it was applied.
+    #[error("policy denied: {0}")]
+    PolicyDenied(String),
 }
 
 /// The outcome of one listener call, as reported by `publish`.
@@ -42,6 +46,7 @@ pub enum Outcome {
     OutOfMemory { message: String },
     Quarantined { message: String },
     InvalidOutput { message: String },
+    PolicyDenied { message: String },
     /// The listener returned normally, but its actions would have gone over the publish's
     /// output budget, so none of them was applied.
     OverBudget { message: String },
@@ -62,6 +67,7 @@ impl Outcome {
             Outcome::OutOfMemory { .. } => "out_of_memory",
             Outcome::Quarantined { .. } => "quarantined",
             Outcome::InvalidOutput { .. } => "invalid_output",
+            Outcome::PolicyDenied { .. } => "policy_denied",
             Outcome::OverBudget { .. } => "over_budget",
         }
     }
@@ -76,6 +82,7 @@ impl Outcome {
             | Outcome::OutOfMemory { message }
             | Outcome::Quarantined { message }
             | Outcome::InvalidOutput { message }
+            | Outcome::PolicyDenied { message }
             | Outcome::OverBudget { message } => Some(message),
         }
     }
@@ -91,6 +98,7 @@ impl From<ListenerError> for Outcome {
             ListenerError::OutOfMemory(_) => Outcome::OutOfMemory { message },
             ListenerError::Quarantined(_) => Outcome::Quarantined { message },
             ListenerError::InvalidOutput(_) => Outcome::InvalidOutput { message },
+            ListenerError::PolicyDenied(_) => Outcome::PolicyDenied { message },
         }
     }
 }

@@ -24,6 +24,7 @@ pub struct ListenerStats {
     out_of_memory: AtomicU64,
     quarantined: AtomicU64,
     invalid_output: AtomicU64,
+    policy_denied: AtomicU64,
     over_budget: AtomicU64,
     /// Follow-ups this listener returned that were not dispatched (a publish limit).
     follow_ups_not_dispatched: AtomicU64,
@@ -43,6 +44,7 @@ pub struct StatsSnapshot {
     pub out_of_memory: u64,
     pub quarantined: u64,
     pub invalid_output: u64,
+    pub policy_denied: u64,
     pub over_budget: u64,
     pub follow_ups_not_dispatched: u64,
     pub actions: u64,
@@ -74,6 +76,7 @@ impl ListenerStats {
             Outcome::OutOfMemory { .. } => &self.out_of_memory,
             Outcome::Quarantined { .. } => &self.quarantined,
             Outcome::InvalidOutput { .. } => &self.invalid_output,
+            Outcome::PolicyDenied { .. } => &self.policy_denied,
             Outcome::OverBudget { .. } => &self.over_budget,
         };
         counter.fetch_add(1, Relaxed);
@@ -111,6 +114,7 @@ impl ListenerStats {
             out_of_memory: self.out_of_memory.load(Relaxed),
             quarantined: self.quarantined.load(Relaxed),
             invalid_output: self.invalid_output.load(Relaxed),
+            policy_denied: self.policy_denied.load(Relaxed),
             over_budget: self.over_budget.load(Relaxed),
             follow_ups_not_dispatched: self.follow_ups_not_dispatched.load(Relaxed),
             actions: self.actions.load(Relaxed),

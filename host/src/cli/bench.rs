@@ -398,7 +398,7 @@ fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
     let registry = Arc::new(Registry::new(runtime, bus.clone()));
     let _watcher = busbar::plugins::watch(&dir, registry.clone(), Default::default())?;
     let land = |version: usize| -> anyhow::Result<Instant> {
-        std::fs::write(dir.join("swap.toml"), format!("subscriptions = [\"*\"]\n[config]\ntag = \"v{version:03}\"\n"))?;
+        std::fs::write(dir.join("swap.toml"), format!("subscriptions = [\"*\"]\n[config]\ntag = \"v{version:03}\"\n[capabilities]\ngrants = [\"everyone\"]\n"))?;
         let tmp = dir.join(".swap.wasm.tmp");
         std::fs::write(&tmp, &echo)?;
         std::fs::rename(&tmp, dir.join("swap.wasm"))?;

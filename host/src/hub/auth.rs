@@ -148,8 +148,12 @@ impl ScopeAuthorizer for ClaimsAuthorizer {
     }
 }
 
-/// The rule of `ClaimsAuthorizer`, usable by other authorizers as a first check.
+/// The rule of `ClaimsAuthorizer`, usable by other authorizers as a first check: a grant of the
+/// connection's workspace, for a scope of that workspace.
 pub fn claims_allow(who: &Identity, scope: &Scope) -> bool {
+    if scope.workspace != who.workspace_id {
+        return false;
+    }
     let Some(grants) = who.claims.grants.get(&who.workspace_id) else { return false };
     let patterns = match scope.kind {
         ScopeKind::Task => &grants.task,
@@ -228,14 +232,15 @@ mod tests {
     fn grants_are_per_workspace_and_deny_by_default() {
         let claims = Arc::new(claims(future()));
         let at = |ws: &str| Identity { user_id: "u1".into(), workspace_id: ws.into(), claims: claims.clone() };
-        let task = |id: &str| Scope::new(ScopeKind::Task, id);
+        let task = |id: &str| Scope::task("ws-1", id);
         assert!(claims_allow(&at("ws-1"), &task("t-1")));
         assert!(claims_allow(&at("ws-1"), &task("batch-7")));
         assert!(!claims_allow(&at("ws-1"), &task("t-2")));
-        assert!(claims_allow(&at("ws-1"), &Scope::new(ScopeKind::Chat, "c-1")));
-        assert!(!claims_allow(&at("ws-1"), &Scope::new(ScopeKind::Chat, "t-1")));
+        assert!(claims_allow(&at("ws-1"), &Scope::chat("ws-1", "c-1")));
+        assert!(!claims_allow(&at("ws-1"), &Scope::chat("ws-1", "t-1")));
         // The same task id in another workspace is a different task.
-        assert!(!claims_allow(&at("ws-2"), &task("t-1")));
+        assert!(!claims_allow(&at("ws-2"), &Scope::task("ws-2", "t-1")));
+        assert!(!claims_allow(&at("ws-1"), &Scope::task("ws-2", "t-1")));
     }
 
     fn base64_url(bytes: &[u8]) -> String {

@@ -36,7 +36,7 @@ pub use metrics::{HubMetrics, HubSnapshot};
 pub use outbox::{Close, Push};
 
 use crate::action::{Scope, ScopeKind};
-use crate::broadcast::{Broadcaster, Frame};
+use crate::broadcast::{Broadcaster, Frame, Reach};
 use crate::event::Json;
 use outbox::Outbox;
 
@@ -300,8 +300,8 @@ impl Hub {
     /// resumed from it: a `subscribe_ack` (with `recovered`) and the missed frames come first.
     pub async fn join_own_rooms(&self, conn: &Arc<Conn>, since: &HashMap<ScopeKind, Position>) {
         for scope in [
-            Scope::new(ScopeKind::Workspace, conn.identity.workspace_id.clone()),
-            Scope::new(ScopeKind::User, conn.identity.user_id.clone()),
+            Scope::workspace(conn.identity.workspace_id.clone()),
+            Scope::user(conn.identity.user_id.clone()),
         ] {
             let resume = since.get(&scope.kind);
             self.join_scope(conn, &scope, resume, resume.is_some()).await;
@@ -362,17 +362,16 @@ impl Hub {
     /// `history` fills the gap from `since` to the room's position exactly.
     ///
     /// A room created here starts at `start` (the scope's position elsewhere, from the
-    /// backplane), else at offset 0 of this hub's epoch. History frames marked excluded count
-    /// towards completeness but are not pushed (a user message that excluded this connection's
-    /// workspace). With `announce`, the connection first gets a `subscribe_ack` saying where
-    /// it stands and whether it recovered.
+    /// backplane), else at offset 0 of this hub's epoch. A history frame whose `Reach` leaves
+    /// this connection out is replayed as a `skip` frame, as it was live. With `announce`, the
+    /// connection first gets a `subscribe_ack` saying where it stands and whether it recovered.
     pub fn join_with_history(
         &self,
         conn: &Arc<Conn>,
         scope: &Scope,
         since: Option<&Position>,
         start: Option<Position>,
-        history: Vec<(Position, Frame, bool)>,
+        history: Vec<(Position, Frame, Reach)>,
         announce: bool,
     ) -> Joined {
         let mut scopes = conn.scopes.lock();
@@ -390,7 +389,7 @@ impl Hub {
             let mut room = room.lock();
             let position = Position { epoch: room.epoch.to_string(), offset: room.seq };
             // What the connection missed: the history after `since`, up to where the room is.
-            let missed: Vec<&(Position, Frame, bool)> = match since {
+            let missed: Vec<&(Position, Frame, Reach)> = match since {
                 Some(since) if since.epoch == position.epoch && since.offset <= position.offset => history
                     .iter()
                     .filter(|(p, _, _)| p.epoch == since.epoch && p.offset > since.offset && p.offset <= position.offset)
@@ -408,10 +407,13 @@ impl Hub {
                 let _ = conn.outbox.push(ack_frame(scope, &Joined { position: position.clone(), recovered }));
             }
             if recovered == Some(true) {
-                for (p, frame, excluded) in missed {
-                    if !excluded {
-                        let _ = conn.outbox.push(encode(frame, scope.kind.as_str(), &scope.id, &p.epoch, p.offset));
-                    }
+                for (p, frame, reach) in missed {
+                    let bytes = if reach.includes(&conn.identity.workspace_id) {
+                        encode(frame, scope, &p.epoch, p.offset)
+                    } else {
+                        encode_skip(scope, &p.epoch, p.offset)
+                    };
+                    let _ = conn.outbox.push(bytes);
                 }
             }
             // Checked under the scopes lock: `disconnect` cancels before it takes the scopes, so
@@ -512,6 +514,10 @@ impl Hub {
             ScopeKind::Workspace if scope.id == who.workspace_id => return Ok(()),
             ScopeKind::User if scope.id == who.user_id => return Ok(()),
             ScopeKind::Workspace | ScopeKind::User => return Err(SubscribeError::Forbidden),
+            // A grant in one workspace never opens a room of another.
+            ScopeKind::Task | ScopeKind::Chat if scope.workspace != who.workspace_id => {
+                return Err(SubscribeError::Forbidden);
+            }
             ScopeKind::Task | ScopeKind::Chat => {}
         }
         if conn.scopes.lock().contains(scope) {
@@ -566,10 +572,11 @@ impl Hub {
         Ok(())
     }
 
-    /// Pushes one frame to every member of `scope` (minus those in `exclude_workspace`), in
-    /// that scope's order. Numbered here, unless `at` gives the frame's position (from the
-    /// backplane, which then delivers frames in order).
-    pub fn fan_out(&self, scope: &Scope, exclude_workspace: Option<&str>, frame: &Frame, at: Option<&Position>) {
+    /// Pushes one frame to every member of `scope` that `reach` includes, in that scope's order;
+    /// the others get a `skip` frame with the same position, so no connection sees a gap in
+    /// `seq` (`reach` only ever narrows user rooms). Numbered here, unless `at` gives the
+    /// frame's position (from the backplane, which then delivers frames in order).
+    pub fn fan_out(&self, scope: &Scope, reach: &Reach, frame: &Frame, at: Option<&Position>) {
         self.metrics.event(&frame.event_type);
         self.metrics.frames_broadcast.fetch_add(1, Relaxed);
         let room = self.shard(scope).read().get(scope).cloned();
@@ -594,12 +601,15 @@ impl Hub {
                     room.seq += 1;
                 }
             }
-            let bytes = encode(frame, scope.kind.as_str(), &scope.id, &room.epoch, room.seq);
+            let bytes = encode(frame, scope, &room.epoch, room.seq);
+            let mut skip = None;
             for member in &room.members {
-                if exclude_workspace.is_some_and(|w| w == member.identity.workspace_id) {
-                    continue;
+                if reach.includes(&member.identity.workspace_id) {
+                    self.push(member, &bytes, &mut slow);
+                } else {
+                    let skip = skip.get_or_insert_with(|| encode_skip(scope, &room.epoch, room.seq));
+                    self.push(member, skip, &mut slow);
                 }
-                self.push(member, &bytes, &mut slow);
             }
         }
         self.evict(slow);
@@ -619,7 +629,7 @@ impl Hub {
                 None if everyone.0 != self.local_epoch => *everyone = (self.local_epoch.clone(), 1),
                 None => everyone.1 += 1,
             }
-            let bytes = encode(frame, "everyone", "", &everyone.0, everyone.1);
+            let bytes = encode(frame, &EVERYONE, &everyone.0, everyone.1);
             for conn in &conns {
                 self.push(conn, &bytes, &mut slow);
             }
@@ -656,7 +666,7 @@ impl Hub {
     }
 }
 
-/// `{"type": "subscribe_ack", "payload": {scope, id, epoch, offset[, recovered]}}`.
+/// `{"type": "subscribe_ack", "payload": {scope, id[, workspace_id], epoch, offset[, recovered]}}`.
 fn ack_frame(scope: &Scope, joined: &Joined) -> Utf8Bytes {
     let mut payload = serde_json::json!({
         "scope": scope.kind.as_str(),
@@ -664,14 +674,55 @@ fn ack_frame(scope: &Scope, joined: &Joined) -> Utf8Bytes {
         "epoch": joined.position.epoch,
         "offset": joined.position.offset,
     });
+    if !scope.workspace.is_empty() {
+        payload["workspace_id"] = serde_json::json!(scope.workspace);
+    }
     if let Some(recovered) = joined.recovered {
         payload["recovered"] = serde_json::json!(recovered);
     }
     Utf8Bytes::from(serde_json::json!({"type": "subscribe_ack", "payload": payload}).to_string())
 }
 
-/// Encodes an event frame once, for every recipient.
-fn encode(frame: &Frame, scope: &str, scope_id: &str, epoch: &str, seq: u64) -> Utf8Bytes {
+/// Where an `everyone` frame was sent, for `encode`.
+struct Everyone;
+
+const EVERYONE: Everyone = Everyone;
+
+/// The room a frame is encoded for: a scope, or everyone.
+trait Destination {
+    fn kind(&self) -> &str;
+    fn id(&self) -> &str;
+    fn workspace(&self) -> &str;
+}
+
+impl Destination for Scope {
+    fn kind(&self) -> &str {
+        self.kind.as_str()
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn workspace(&self) -> &str {
+        &self.workspace
+    }
+}
+
+impl Destination for Everyone {
+    fn kind(&self) -> &str {
+        "everyone"
+    }
+    fn id(&self) -> &str {
+        ""
+    }
+    fn workspace(&self) -> &str {
+        ""
+    }
+}
+
+/// Encodes an event frame once, for every recipient. `workspace_id` is the room's workspace
+/// (a workspace, task or chat room belongs to one), else the workspace of the event the message
+/// came from.
+fn encode(frame: &Frame, room: &impl Destination, epoch: &str, seq: u64) -> Utf8Bytes {
     #[derive(Serialize)]
     struct Wire<'a> {
         #[serde(rename = "type")]
@@ -680,38 +731,48 @@ fn encode(frame: &Frame, scope: &str, scope_id: &str, epoch: &str, seq: u64) -> 
         actor_id: &'a str,
         actor_type: &'a str,
         event_id: &'a str,
+        workspace_id: &'a str,
         scope: &'a str,
         scope_id: &'a str,
         epoch: &'a str,
         seq: u64,
     }
+    let workspace_id = if room.workspace().is_empty() { &frame.workspace_id } else { room.workspace() };
     let wire = Wire {
         event_type: &frame.event_type,
         payload: &frame.payload,
         actor_id: &frame.actor_id,
         actor_type: &frame.actor_type,
         event_id: &frame.event_id,
-        scope,
-        scope_id,
+        workspace_id,
+        scope: room.kind(),
+        scope_id: room.id(),
         epoch,
         seq,
     };
     Utf8Bytes::from(serde_json::to_string(&wire).expect("frames serialize"))
 }
 
+/// `{"type": "skip", scope, scope_id, epoch, seq}`: a position in a user room whose frame was
+/// for the user's connections to another workspace.
+fn encode_skip(scope: &Scope, epoch: &str, seq: u64) -> Utf8Bytes {
+    let skip = serde_json::json!({"type": "skip", "scope": scope.kind.as_str(), "scope_id": scope.id, "epoch": epoch, "seq": seq});
+    Utf8Bytes::from(skip.to_string())
+}
+
 /// A hub on its own is a Broadcaster: it numbers frames itself. (With a relay, the relay is the
 /// Broadcaster and delivers into the hub.)
 impl Broadcaster for Hub {
     fn broadcast_to_workspace(&self, workspace_id: &str, frame: Frame) {
-        self.fan_out(&Scope::new(ScopeKind::Workspace, workspace_id), None, &frame, None);
+        self.fan_out(&Scope::workspace(workspace_id), &Reach::All, &frame, None);
     }
 
-    fn send_to_user(&self, user_id: &str, exclude_workspace: Option<&str>, frame: Frame) {
-        self.fan_out(&Scope::new(ScopeKind::User, user_id), exclude_workspace, &frame, None);
+    fn send_to_user(&self, user_id: &str, reach: &Reach, frame: Frame) {
+        self.fan_out(&Scope::user(user_id), reach, &frame, None);
     }
 
     fn broadcast_to_scope(&self, scope: &Scope, frame: Frame) {
-        self.fan_out(scope, None, &frame, None);
+        self.fan_out(scope, &Reach::All, &frame, None);
     }
 
     fn broadcast(&self, frame: Frame) {

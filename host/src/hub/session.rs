@@ -201,7 +201,10 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) {
                 frame.payload["id"].as_str().unwrap_or_default().to_string(),
             );
             let since = &frame.payload["since"];
-            let result = match parse_scope(&raw_scope, &raw_id) {
+            // A task or chat belongs to a workspace: the connection's own, unless the frame names
+            // another (which the hub then refuses).
+            let workspace = frame.payload["workspace_id"].as_str().unwrap_or(&conn.identity.workspace_id);
+            let result = match parse_scope(&raw_scope, workspace, &raw_id) {
                 Err(e) => Err(e),
                 Ok(_) if !since.is_null() && parse_position(since).is_none() => Err(SubscribeError::InvalidPayload),
                 Ok(scope) if frame.kind == "subscribe" => hub.subscribe(conn, scope, parse_position(since)).await.map(Some),
@@ -227,12 +230,12 @@ fn parse_position(value: &Value) -> Option<Position> {
     (epoch.len() <= 128).then(|| Position { epoch: epoch.to_string(), offset })
 }
 
-fn parse_scope(kind: &str, id: &str) -> Result<Scope, SubscribeError> {
+fn parse_scope(kind: &str, workspace: &str, id: &str) -> Result<Scope, SubscribeError> {
     if kind.is_empty() || id.is_empty() {
         return Err(SubscribeError::InvalidPayload);
     }
     let kind: ScopeKind = kind.parse().map_err(|_| SubscribeError::UnknownScope)?;
-    Ok(Scope::new(kind, id))
+    Ok(Scope::of(kind, workspace, id))
 }
 
 async fn write_loop<W>(hub: Arc<Hub>, conn: Arc<Conn>, mut sink: W)

@@ -5,12 +5,13 @@
 //! caught), `Manifest` is the validated, typed form the runtime uses. Nothing here touches
 //! wasmtime; every limit has a default so that a component without a manifest loads too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::policy::Grant;
 use crate::bus::Subscription;
 
 /// A validated manifest.
@@ -97,6 +98,8 @@ pub struct Capabilities {
     pub env: BTreeMap<String, String>,
     /// Host directories the plugin may read: guest path -> host path. Read-only.
     pub read_dirs: BTreeMap<String, PathBuf>,
+    /// Where its output may go beyond the event's workspace (see `policy`).
+    pub grants: BTreeSet<Grant>,
 }
 
 /// Why a manifest was refused. Messages name the key.
@@ -151,6 +154,8 @@ struct RawCapabilities {
     env: BTreeMap<String, String>,
     #[serde(default)]
     read_dirs: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    grants: Vec<String>,
 }
 
 /// Largest memory cap a manifest may ask for.
@@ -245,6 +250,13 @@ impl Manifest {
             };
             config.insert(key, value);
         }
+        let grants = raw
+            .capabilities
+            .grants
+            .iter()
+            .map(|g| g.parse::<Grant>())
+            .collect::<Result<BTreeSet<Grant>, String>>()
+            .map_err(|e| invalid("capabilities.grants", e))?;
         let mut read_dirs = BTreeMap::new();
         for (guest, host) in raw.capabilities.read_dirs {
             if !guest.starts_with('/') {
@@ -259,7 +271,7 @@ impl Manifest {
             subscriptions: raw.subscriptions,
             limits,
             config,
-            capabilities: Capabilities { env: raw.capabilities.env, read_dirs },
+            capabilities: Capabilities { env: raw.capabilities.env, read_dirs, grants },
             reset_kv_on_reload: raw.reset_kv_on_reload,
         })
     }
@@ -344,6 +356,7 @@ mod tests {
             ("[config]\nlist = [1]", "value of `list` is a array"),
             ("[capabilities]\nread-dirs = { 'data' = '/x' }", "guest path `data` must be absolute"),
             ("[capabilities]\nnetwork = true", "unknown field `network`"),
+            ("[capabilities]\ngrants = ['root']", "`capabilities.grants` unknown grant `root`; the grants are"),
             ("order = 'first'", "invalid type"),
         ];
         for (text, expected) in cases {

@@ -17,6 +17,7 @@ mod manifest;
 mod memory;
 mod output;
 mod plugin;
+mod policy;
 mod registry;
 mod runtime;
 mod text;
@@ -36,6 +37,7 @@ pub use manifest::{Capabilities, Limits, Manifest, ManifestError, check_plugin_n
 pub use memory::MemoryBudget;
 pub use trips::Limit;
 pub use plugin::{Plugin, PluginInfo, PluginStatus};
+pub use policy::{Grant, PLUGIN_ACTOR};
 pub use registry::{Failure, InstallError, Installed, KvOnRemove, PluginView, Registry, ReloadStats, RollbackError, VersionView};
 pub use runtime::{ComponentInfo, LoadError, Runtime, RuntimeConfig};
 pub use watch::{DEBOUNCE, DirWatcher, read_manifest, watch};

@@ -15,7 +15,7 @@ use crate::bus::ListenerError;
 use crate::event::{self, Json};
 
 /// Checks a call's actions against `limits` and turns them into host actions: all or none.
-pub(super) fn actions(actions: Vec<wit::Action>, limits: &Limits) -> Result<Vec<Action>, ListenerError> {
+pub(super) fn actions(actions: Vec<wit::Action>, event_workspace: &str, limits: &Limits) -> Result<Vec<Action>, ListenerError> {
     if actions.len() > limits.max_actions {
         return Err(ListenerError::InvalidOutput(format!(
             "{} actions returned, the limit is {}",
@@ -26,7 +26,7 @@ pub(super) fn actions(actions: Vec<wit::Action>, limits: &Limits) -> Result<Vec<
     let mut out = Vec::with_capacity(actions.len());
     let mut bytes = 0usize;
     for (i, action) in actions.into_iter().enumerate() {
-        let action = convert(action, limits).map_err(|e| ListenerError::InvalidOutput(format!("action {i}: {e}")))?;
+        let action = convert(action, event_workspace, limits).map_err(|e| ListenerError::InvalidOutput(format!("action {i}: {e}")))?;
         bytes += action.size();
         if bytes > limits.max_output_bytes {
             return Err(ListenerError::InvalidOutput(format!("more than {} bytes returned", limits.max_output_bytes)));
@@ -41,7 +41,7 @@ pub(super) fn error(message: &str, limits: &Limits) -> ListenerError {
     ListenerError::Failed(text::sanitize(message, limits.max_error_bytes))
 }
 
-fn convert(action: wit::Action, limits: &Limits) -> Result<Action, String> {
+fn convert(action: wit::Action, event_workspace: &str, limits: &Limits) -> Result<Action, String> {
     let payload = |payload: String| {
         event::check_json_depth(&payload, limits.max_json_depth).map_err(|e| format!("payload {e}"))?;
         Json::parse(payload).map_err(|e| format!("payload is not valid JSON: {e}"))
@@ -60,11 +60,17 @@ fn convert(action: wit::Action, limits: &Limits) -> Result<Action, String> {
                     if let Some(workspace) = &u.exclude_workspace {
                         name("target.exclude-workspace", workspace)?;
                     }
-                    Target::User { id: u.user_id, exclude_workspace: u.exclude_workspace }
+                    Target::User { id: u.user_id, workspace: None, exclude_workspace: u.exclude_workspace }
                 }
                 wit::Target::Scope(s) => {
                     name("target.scope.id", &s.id)?;
-                    Target::Scope { scope: Scope::new(scope_kind(s.kind), s.id) }
+                    match scope_kind(s.kind) {
+                        // The same rooms as the `workspace` and `user` targets, under their rules.
+                        ScopeKind::Workspace => Target::Workspace { id: s.id },
+                        ScopeKind::User => Target::User { id: s.id, workspace: None, exclude_workspace: None },
+                        // A plugin names a task or chat by id: it is one of the event's workspace.
+                        kind => Target::Scope { scope: Scope::of(kind, event_workspace, s.id) },
+                    }
                 }
                 wit::Target::Everyone => Target::Everyone,
             };

@@ -21,6 +21,7 @@ use super::host::{PluginContext, PluginState, bindings};
 use super::manifest::Manifest;
 use super::memory::Refusal;
 use super::output;
+use super::policy;
 use super::runtime::LoadError;
 use super::text;
 use super::trips::Limit;
@@ -271,13 +272,13 @@ impl Plugin {
         };
         self.release(warm);
         match returned {
-            Ok(actions) => match output::actions(actions, &self.manifest.limits) {
+            Ok(actions) => match self.checked(actions, event) {
                 Ok(actions) => {
                     self.health.record_success(self.name());
                     Ok(actions)
                 }
-                Err(e) => {
-                    self.ctx.trips.count(Limit::Output);
+                Err((e, limit)) => {
+                    self.ctx.trips.count(limit);
                     self.record_failure(Blame::Plugin);
                     Err(e)
                 }
@@ -290,6 +291,14 @@ impl Plugin {
                 Err(output::error(&message, &self.manifest.limits))
             }
         }
+    }
+
+    /// What a call returned, as host actions within the caps and the output policy.
+    fn checked(&self, actions: Vec<wit::Action>, event: &Event) -> Result<Vec<Action>, (ListenerError, Limit)> {
+        let mut actions = output::actions(actions, &event.workspace_id, &self.manifest.limits).map_err(|e| (e, Limit::Output))?;
+        policy::apply(&mut actions, event, self.name(), &self.manifest.capabilities.grants)
+            .map_err(|problem| (ListenerError::PolicyDenied(problem), Limit::Policy))?;
+        Ok(actions)
     }
 
     fn release(&self, warm: Warm) {

@@ -28,10 +28,12 @@ pub enum Limit {
     LogBytes,
     /// `limits.kv-max-kib` or `limits.kv-value-max-kib`: a kv write was refused.
     Kv,
+    /// `capabilities.grants`: the output policy refused a call's output.
+    Policy,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 9] = [
         Limit::Deadline,
         Limit::HostCallDeadline,
         Limit::MemoryCap,
@@ -40,6 +42,7 @@ impl Limit {
         Limit::ErrorText,
         Limit::LogBytes,
         Limit::Kv,
+        Limit::Policy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Limit {
             Limit::ErrorText => "error_text",
             Limit::LogBytes => "log_bytes",
             Limit::Kv => "kv",
+            Limit::Policy => "policy",
         }
     }
 }

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use sequencer::{Cursor, Entry};
 
 use crate::action::{Scope, ScopeKind};
-use crate::broadcast::{Broadcaster, Frame};
+use crate::broadcast::{Broadcaster, Frame, Reach};
 use crate::event::Json;
 use crate::hub::{Backplane, BoxFuture, Conn, Hub, Joined, Position};
 use ledger::Ledger;
@@ -130,9 +130,17 @@ enum Target {
 }
 
 impl Target {
+    /// `workspace:<id>`, `user:<id>`, `task:<workspace>:<id>`, `chat:<workspace>:<id>` or
+    /// `everyone`, each id with `%`, `:`, `{` and `}` percent-escaped (so names parse back, and
+    /// stay inside the braces of a cluster hash tag).
     fn name(&self) -> String {
         match self {
-            Target::Scope(scope) => format!("{}:{}", scope.kind, scope.id),
+            Target::Scope(scope) => match scope.kind {
+                ScopeKind::Task | ScopeKind::Chat => {
+                    format!("{}:{}:{}", scope.kind, escape(&scope.workspace), escape(&scope.id))
+                }
+                ScopeKind::Workspace | ScopeKind::User => format!("{}:{}", scope.kind, escape(&scope.id)),
+            },
             Target::Everyone => "everyone".to_string(),
         }
     }
@@ -154,8 +162,13 @@ impl Target {
         if name == "everyone" {
             return Some(Target::Everyone);
         }
-        let (kind, id) = name.split_once(':')?;
-        Some(Target::Scope(Scope::new(kind.parse().ok()?, id)))
+        let (kind, rest) = name.split_once(':')?;
+        let kind: ScopeKind = kind.parse().ok()?;
+        let (workspace, id) = match kind {
+            ScopeKind::Task | ScopeKind::Chat => rest.split_once(':')?,
+            ScopeKind::Workspace | ScopeKind::User => ("", rest),
+        };
+        Some(Target::Scope(Scope::of(kind, unescape(workspace)?, unescape(id)?)))
     }
     fn history(&self, limits: &HistoryLimits) -> usize {
         match self {
@@ -175,7 +188,7 @@ impl Target {
 #[derive(Clone)]
 struct Envelope {
     target: Target,
-    exclude: Option<String>,
+    reach: Reach,
     frame: String,
     n: u64,
     /// When it was broadcast, in ms since the epoch (for the lag gauge on other nodes).
@@ -322,7 +335,7 @@ impl Relay {
 
     /// Queues a frame for Redis. While Redis is unreachable the frame is also delivered locally
     /// at once, so local clients are not held up.
-    fn enqueue(&self, target: Target, exclude: Option<&str>, frame: Frame) {
+    fn enqueue(&self, target: Target, reach: &Reach, frame: Frame) {
         let json = match serde_json::to_string(&frame) {
             Ok(json) => json,
             Err(e) => return self.error("encoding a frame", e),
@@ -334,7 +347,7 @@ impl Relay {
         let mut outbox = self.inner.outbox.lock();
         let n = self.inner.next_n.fetch_add(1, Relaxed);
         let envelope =
-            Envelope { target, exclude: exclude.map(str::to_string), frame: json, n, at_ms: crate::event::now_ms() };
+            Envelope { target, reach: reach.clone(), frame: json, n, at_ms: crate::event::now_ms() };
         if !self.inner.metrics.connected.load(Relaxed) {
             self.deliver_early(&envelope, &frame);
         }
@@ -357,7 +370,7 @@ impl Relay {
         }
         self.inner.metrics.degraded_local_total.fetch_add(1, Relaxed);
         match &envelope.target {
-            Target::Scope(scope) => self.inner.hub.fan_out(scope, envelope.exclude.as_deref(), frame, None),
+            Target::Scope(scope) => self.inner.hub.fan_out(scope, &envelope.reach, frame, None),
             Target::Everyone => self.inner.hub.fan_out_everyone(frame, None),
         }
     }
@@ -519,7 +532,7 @@ impl Relay {
                 .arg(ttl)
                 .arg(&self.inner.origin)
                 .arg(envelope.n)
-                .arg(envelope.exclude.as_deref().unwrap_or(""))
+                .arg(envelope.reach.encode())
                 .arg(&envelope.frame)
                 .arg(target.channel())
                 .arg(envelope.at_ms);
@@ -696,21 +709,21 @@ impl Relay {
             .filter_map(|(id, fields)| {
                 let offset = id.split_once('-')?.0.parse().ok()?;
                 let text = |k: &str| fields.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
-                let exclude = text("x").filter(|x| !x.is_empty());
+                let reach = Reach::decode(&text("x").unwrap_or_default());
                 Some(Entry {
                     epoch: epoch.clone(),
                     offset,
                     origin: text("o").unwrap_or_default(),
                     n: text("n").and_then(|n| n.parse().ok()).unwrap_or(0),
                     at_ms: text("t").and_then(|t| t.parse().ok()).unwrap_or(0),
-                    exclude,
+                    reach,
                     frame: text("f")?,
                 })
             })
             .collect())
     }
 
-    /// A message from pub/sub: `epoch\noffset\norigin\nn\nat_ms\nexclude\nframe`.
+    /// A message from pub/sub: `epoch\noffset\norigin\nn\nat_ms\nreach\nframe`.
     fn receive(&self, channel: &str, payload: &[u8]) {
         let Some(target) = Target::from_channel(channel) else { return };
         let Some(entry) = parse_message(payload) else {
@@ -762,7 +775,7 @@ impl Relay {
             let at_ms = entry.at_ms;
             let position = Position { epoch: entry.epoch, offset: entry.offset };
             match target {
-                Target::Scope(scope) => self.inner.hub.fan_out(scope, entry.exclude.as_deref(), &frame, Some(&position)),
+                Target::Scope(scope) => self.inner.hub.fan_out(scope, &entry.reach, &frame, Some(&position)),
                 Target::Everyone => self.inner.hub.fan_out_everyone(&frame, Some(&position)),
             }
             self.inner.metrics.delivered_total.fetch_add(1, Relaxed);
@@ -884,8 +897,7 @@ impl Relay {
                 .take(self.inner.config.replay_limit)
                 .filter_map(|e| {
                     let frame = serde_json::from_str::<WireFrame>(&e.frame).ok()?.into_frame();
-                    let excluded = e.exclude.as_deref() == Some(conn.identity.workspace_id.as_str());
-                    Some((Position { epoch: e.epoch, offset: e.offset }, frame, excluded))
+                    Some((Position { epoch: e.epoch, offset: e.offset }, frame, e.reach))
                 })
                 .collect();
             return hub.join_with_history(conn, scope, since, start, frames, announce);
@@ -896,19 +908,19 @@ impl Relay {
 
 impl Broadcaster for Relay {
     fn broadcast_to_workspace(&self, workspace_id: &str, frame: Frame) {
-        self.enqueue(Target::Scope(Scope::new(ScopeKind::Workspace, workspace_id)), None, frame);
+        self.enqueue(Target::Scope(Scope::workspace(workspace_id)), &Reach::All, frame);
     }
 
-    fn send_to_user(&self, user_id: &str, exclude_workspace: Option<&str>, frame: Frame) {
-        self.enqueue(Target::Scope(Scope::new(ScopeKind::User, user_id)), exclude_workspace, frame);
+    fn send_to_user(&self, user_id: &str, reach: &Reach, frame: Frame) {
+        self.enqueue(Target::Scope(Scope::user(user_id)), reach, frame);
     }
 
     fn broadcast_to_scope(&self, scope: &Scope, frame: Frame) {
-        self.enqueue(Target::Scope(scope.clone()), None, frame);
+        self.enqueue(Target::Scope(scope.clone()), &Reach::All, frame);
     }
 
     fn broadcast(&self, frame: Frame) {
-        self.enqueue(Target::Everyone, None, frame);
+        self.enqueue(Target::Everyone, &Reach::All, frame);
     }
 }
 
@@ -954,6 +966,8 @@ struct WireFrame {
     actor_id: String,
     actor_type: String,
     event_id: String,
+    #[serde(default)]
+    workspace_id: String,
 }
 
 impl WireFrame {
@@ -964,6 +978,7 @@ impl WireFrame {
             actor_id: self.actor_id,
             actor_type: self.actor_type,
             event_id: self.event_id,
+            workspace_id: self.workspace_id,
         }
     }
 }
@@ -976,7 +991,41 @@ fn parse_message(payload: &[u8]) -> Option<Entry> {
     let origin = parts.next()?.to_string();
     let n = parts.next()?.parse().ok()?;
     let at_ms = parts.next()?.parse().ok()?;
-    let exclude = Some(parts.next()?.to_string()).filter(|x| !x.is_empty());
+    let reach = Reach::decode(parts.next()?);
     let frame = parts.next()?.to_string();
-    Some(Entry { epoch, offset, origin, n, at_ms, exclude, frame })
+    Some(Entry { epoch, offset, origin, n, at_ms, reach, frame })
+}
+
+/// Percent-escapes the characters that delimit a scope's name in keys and channels.
+fn escape(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn unescape(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let code = rest.get(at + 1..at + 3)?;
+        out.push(match code {
+            "25" => '%',
+            "3A" => ':',
+            "7B" => '{',
+            "7D" => '}',
+            _ => return None,
+        });
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
 }

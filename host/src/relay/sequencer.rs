@@ -16,8 +16,8 @@ pub struct Entry {
     pub origin: String,
     /// The origin node's own sequence number for it.
     pub n: u64,
-    /// For user scopes: the workspace whose connections must not get it.
-    pub exclude: Option<String>,
+    /// For user scopes: which of the user's connections get it.
+    pub reach: crate::broadcast::Reach,
     /// When the origin broadcast it, in ms since the epoch.
     pub at_ms: u64,
     /// The frame's JSON.
@@ -112,7 +112,7 @@ mod tests {
             origin: "n1".into(),
             n: offset,
             at_ms: 0,
-            exclude: None,
+            reach: crate::broadcast::Reach::All,
             frame: format!("{{\"o\":{offset}}}"),
         }
     }
