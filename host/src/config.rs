@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::api::ConnectionLimits;
 use crate::bus::BusLimits;
-use crate::hub::HubConfig;
+use crate::hub::{HubConfig, TokenRules};
 use crate::plugins::{CompileLimits, MemoryBudget};
 
 /// The development secret used when none is configured. Anyone can mint tokens with it, so
@@ -31,8 +32,11 @@ pub struct Config {
     /// Compiled-component cache; `None` compiles on every start.
     pub cache_dir: Option<PathBuf>,
     pub jwt_secret: Vec<u8>,
-    /// True when `jwt_secret` is the development secret.
+    /// True when `jwt_secret` is the development secret (however it was supplied): the server
+    /// then listens on loopback only and accepts loopback clients only.
     pub dev_secret: bool,
+    /// The `aud` and `iss` connection tokens must carry, when set.
+    pub token_rules: TokenRules,
     /// Bearer token for admin routes; without one they answer loopback callers only.
     pub admin_token: Option<String>,
     /// Bearer token for `POST /v1/events` (the admin token works too).
@@ -57,6 +61,8 @@ pub struct Config {
     pub max_json_depth: usize,
     /// Largest listener report in one `POST /v1/events` response; past it, results are summarized.
     pub max_report_bytes: usize,
+    /// Caps on connections, HTTP timeouts, the kernel send buffer of each socket.
+    pub connection_limits: ConnectionLimits,
     /// Instance slots of the plugin runtime's pool (all plugins together).
     pub instance_slots: u32,
     /// Benchmark baseline: no plugins; a native Rust listener forwards every event to its
@@ -125,6 +131,8 @@ struct RawRelay {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawAuth {
     jwt_secret: Option<String>,
+    audience: Option<String>,
+    issuer: Option<String>,
     admin_token: Option<String>,
     publish_token: Option<String>,
     allowed_origins: Option<Vec<String>>,
@@ -141,6 +149,7 @@ struct RawHub {
     auth_timeout_ms: Option<u64>,
     ping_interval_secs: Option<u64>,
     read_timeout_secs: Option<u64>,
+    max_connections_per_user: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +167,11 @@ struct RawLimits {
     publish_output_kib: Option<u64>,
     max_json_depth: Option<u64>,
     max_report_kib: Option<u64>,
+    max_connections: Option<u64>,
+    max_connections_per_address: Option<u64>,
+    http_header_timeout_secs: Option<u64>,
+    http_body_timeout_secs: Option<u64>,
+    socket_send_buffer_kib: Option<u64>,
 }
 
 impl Config {
@@ -218,8 +232,12 @@ impl Config {
 
         let secret = env("BUSBAR_JWT_SECRET").or(raw.auth.jwt_secret);
         let (jwt_secret, dev_secret) = match secret {
-            Some(s) if s.len() < 32 => return Err(invalid("auth.jwt-secret", "must be at least 32 bytes")),
-            Some(s) => (s.into_bytes(), false),
+            // Supplied explicitly, the public secret is still the public secret.
+            Some(s) if s == DEV_JWT_SECRET => (s.into_bytes(), true),
+            Some(s) => {
+                check_secret(&s).map_err(|problem| invalid("auth.jwt-secret", problem))?;
+                (s.into_bytes(), false)
+            }
             None => (DEV_JWT_SECRET.as_bytes().to_vec(), true),
         };
         if dev_secret && !listen.ip().is_loopback() {
@@ -228,6 +246,10 @@ impl Config {
                 format!("required when listening on {listen}: the development secret is public (set BUSBAR_JWT_SECRET)"),
             ));
         }
+        let token_rules = TokenRules {
+            audience: env("BUSBAR_JWT_AUDIENCE").or(raw.auth.audience).filter(|a| !a.is_empty()),
+            issuer: env("BUSBAR_JWT_ISSUER").or(raw.auth.issuer).filter(|i| !i.is_empty()),
+        };
         let admin_token = env("BUSBAR_ADMIN_TOKEN").or(raw.auth.admin_token);
         let publish_token = env("BUSBAR_PUBLISH_TOKEN").or(raw.auth.publish_token);
         for (key, token) in [("auth.admin-token", &admin_token), ("auth.publish-token", &publish_token)] {
@@ -261,6 +283,7 @@ impl Config {
             auth_timeout: Duration::from_millis(ranged("hub.auth-timeout-ms", h.auth_timeout_ms, 1, 600_000, d.auth_timeout.as_millis() as u64)?),
             ping_interval: Duration::from_secs(ranged("hub.ping-interval-secs", h.ping_interval_secs, 1, 3600, d.ping_interval.as_secs())?),
             read_timeout: Duration::from_secs(ranged("hub.read-timeout-secs", h.read_timeout_secs, 1, 3600, d.read_timeout.as_secs())?),
+            max_connections_per_user: ranged("hub.max-connections-per-user", h.max_connections_per_user, 1, 1_000_000, d.max_connections_per_user as u64)? as usize,
             ..d
         };
         if hub.read_timeout <= hub.ping_interval {
@@ -285,6 +308,14 @@ impl Config {
         };
         let max_json_depth = ranged("limits.max-json-depth", l.max_json_depth, 1, 127, crate::event::MAX_JSON_DEPTH as u64)? as usize;
         let max_report_bytes = (ranged("limits.max-report-kib", l.max_report_kib, 1, 1 << 20, 1024)? << 10) as usize;
+        let c = ConnectionLimits::default();
+        let connection_limits = ConnectionLimits {
+            max_connections: ranged("limits.max-connections", l.max_connections, 1, 10_000_000, c.max_connections as u64)? as usize,
+            max_per_address: ranged("limits.max-connections-per-address", l.max_connections_per_address, 1, 10_000_000, c.max_per_address as u64)? as usize,
+            header_timeout: Duration::from_secs(ranged("limits.http-header-timeout-secs", l.http_header_timeout_secs, 1, 3600, c.header_timeout.as_secs())?),
+            body_timeout: Duration::from_secs(ranged("limits.http-body-timeout-secs", l.http_body_timeout_secs, 1, 3600, c.body_timeout.as_secs())?),
+            send_buffer: (ranged("limits.socket-send-buffer-kib", l.socket_send_buffer_kib, 4, 64 << 10, (c.send_buffer >> 10) as u64)? << 10) as usize,
+        };
         let instance_slots = ranged("instance-slots", raw.instance_slots, 8, 100_000, 1000)? as u32;
         let r = raw.relay;
         let relay = match overrides.redis_url.clone().or_else(|| env("BUSBAR_REDIS_URL")).or(r.redis_url) {
@@ -319,6 +350,7 @@ impl Config {
             cache_dir,
             jwt_secret,
             dev_secret,
+            token_rules,
             admin_token,
             publish_token,
             allowed_origins,
@@ -331,11 +363,30 @@ impl Config {
             publish_limits,
             max_json_depth,
             max_report_bytes,
+            connection_limits,
             instance_slots,
             native_baseline: overrides.native_baseline,
             relay,
         })
     }
+}
+
+/// A real secret must be long and unpredictable: at least 32 bytes, at least 12 different
+/// characters, and no character making up more than a quarter of it.
+fn check_secret(secret: &str) -> Result<(), String> {
+    const HOW: &str = "generate one with `openssl rand -base64 48`";
+    if secret.len() < 32 {
+        return Err(format!("must be at least 32 bytes ({} given); {HOW}", secret.len()));
+    }
+    let mut counts = std::collections::HashMap::new();
+    for b in secret.bytes() {
+        *counts.entry(b).or_insert(0usize) += 1;
+    }
+    let most = counts.values().copied().max().unwrap_or(0);
+    if counts.len() < 12 || most * 4 > secret.len() {
+        return Err(format!("is too predictable ({} different characters); {HOW}", counts.len()));
+    }
+    Ok(())
 }
 
 /// `$XDG_CACHE_HOME/busbar`, else `~/.cache/busbar`.
@@ -395,6 +446,9 @@ mod tests {
             (None, vec![("BUSBAR_LISTEN", "nowhere")], "`listen`: `nowhere` is not an address"),
             (None, vec![("BUSBAR_LISTEN", "0.0.0.0:8080")], "`auth.jwt-secret`: required when listening on 0.0.0.0:8080"),
             (None, vec![("BUSBAR_JWT_SECRET", "short")], "`auth.jwt-secret`: must be at least 32 bytes"),
+            (None, vec![("BUSBAR_JWT_SECRET", "                                ")], "`auth.jwt-secret`: is too predictable (1 different characters)"),
+            (None, vec![("BUSBAR_JWT_SECRET", "abababababababababababababababab")], "is too predictable"),
+            (None, vec![("BUSBAR_JWT_SECRET", DEV_JWT_SECRET), ("BUSBAR_LISTEN", "0.0.0.0:8080")], "`auth.jwt-secret`: required when listening on 0.0.0.0:8080"),
             (Some("[hub]\nmax-scopes = 1"), vec![], "`hub.max-scopes`: is 1; it must be between 2 and 10000"),
             (Some("[hub]\nsubscribe-rate = -1.0"), vec![], "`hub.subscribe-rate`: is -1"),
             (Some("[hub]\nread-timeout-secs = 5\nping-interval-secs = 10"), vec![], "must be longer than"),

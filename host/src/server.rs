@@ -6,12 +6,9 @@
 //! for other nodes, close WebSockets with 1001 after their queued frames. Tests bind port 0 and
 //! cancel the token; the binary binds the configured address and cancels on SIGTERM or SIGINT.
 
-use std::future::IntoFuture;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -75,7 +72,7 @@ pub fn build_with_authorizer(
     })
     .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let runtime = Arc::new(runtime);
-    let hub = Arc::new(Hub::new(config.hub.clone(), TokenVerifier::new(&config.jwt_secret), authorizer));
+    let hub = Arc::new(Hub::new(config.hub.clone(), TokenVerifier::with_rules(&config.jwt_secret, &config.token_rules), authorizer));
     // Several nodes: the relay is the bus's Broadcaster and delivers into the hub.
     let relay = match &config.relay {
         Some(relay) => Some(
@@ -126,10 +123,13 @@ pub fn build_with_authorizer(
         registry: registry.clone(),
         access: Arc::new(Access { admin_token: config.admin_token.clone(), publish_token: config.publish_token.clone() }),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
+        dev_secret: config.dev_secret,
         max_events_body: config.max_events_body,
         max_upload: config.max_upload,
         max_json_depth: config.max_json_depth,
         max_report_bytes: config.max_report_bytes,
+        connection_limits: config.connection_limits.clone(),
+        connections: Arc::default(),
         relay: relay.clone(),
         shutdown,
     };
@@ -176,16 +176,10 @@ pub async fn run(listener: TcpListener, app: App) -> std::io::Result<()> {
     let shutdown = app.state.shutdown.clone();
     let hub = app.hub.clone();
     let relay = app.relay.clone();
+    let limits = app.state.connection_limits.clone();
+    let connections = app.state.connections.clone();
     let router = api::router(app.state);
-    // Frames are small and latency matters: no Nagle delay on any connection.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    let serving = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let serving = api::serve(listener, router, limits, connections, shutdown.clone());
     let grace_over = async {
         shutdown.cancelled().await;
         tracing::info!("shutting down: no new connections; waiting for in-flight requests");

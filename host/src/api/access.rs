@@ -53,7 +53,7 @@ pub struct Access {
     pub publish_token: Option<String>,
 }
 
-const FORWARDING_HEADERS: [&str; 5] = ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "forwarded"];
+pub(super) const FORWARDING_HEADERS: [&str; 5] = ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "forwarded"];
 
 impl Access {
     pub fn admin(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
@@ -100,7 +100,7 @@ fn from_a_browser(headers: &HeaderMap) -> bool {
 
 /// `localhost`, `127.0.0.1`, `[::1]` and the like, with any port. No `Host` (HTTP/1.0) counts
 /// as loopback: the peer address has already been checked.
-fn host_is_loopback(headers: &HeaderMap) -> bool {
+pub(super) fn host_is_loopback(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST) else { return true };
     let Ok(host) = host.to_str() else { return false };
     let name = match host.strip_prefix('[') {

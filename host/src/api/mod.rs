@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod health;
 mod plugins;
+mod serve;
 mod ws;
 
 use std::sync::Arc;
@@ -18,10 +19,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use access::Access;
 pub use error::ApiError;
+pub use serve::{Admitted, ConnectionLimits, ConnectionMetrics, SocketFd, serve};
 
 use crate::bus::Bus;
 use crate::hub::Hub;
@@ -38,12 +41,17 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub access: Arc<Access>,
     pub allowed_origins: Arc<Vec<String>>,
+    /// The server uses the public development secret: `/ws` serves loopback clients only.
+    pub dev_secret: bool,
     pub max_events_body: usize,
     pub max_upload: usize,
     /// Deepest JSON nesting accepted in a published event's payload.
     pub max_json_depth: usize,
     /// Largest listener report in one `POST /v1/events` response.
     pub max_report_bytes: usize,
+    /// Caps on connections and HTTP timeouts (the body timeout is a layer of the router).
+    pub connection_limits: ConnectionLimits,
+    pub connections: Arc<ConnectionMetrics>,
     /// The Redis relay, when several nodes share fan-out.
     pub relay: Option<crate::relay::Relay>,
     /// Cancelled when the server is to shut down (see `server::run` for the order).
@@ -66,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/realtime", get(health::realtime))
         .route("/metrics", get(health::metrics))
         .route("/ws", get(ws::upgrade))
+        .layer(RequestBodyTimeoutLayer::new(state.connection_limits.body_timeout))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -1,15 +1,23 @@
 //! `GET /ws`: checks before the upgrade (workspace, origin, no token in the URL, an
 //! `Authorization` header if present), then hands the socket to the hub's session.
+//!
+//! With the development secret, anyone can mint a token, so the endpoint is as strict as the
+//! admin routes without a token: direct loopback callers only (no forwarding headers), and a
+//! `Host` that is a loopback name, so a web page that rebinds its own name to 127.0.0.1 cannot
+//! connect even though its `Origin` matches the `Host` it chose.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::Extension;
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::error::ApiError;
+use super::serve::{Admitted, SocketFd};
+use super::{AppState, access};
 use crate::action::ScopeKind;
 use crate::hub::{AuthError, Position};
 use crate::hub::session::{self, Auth};
@@ -20,10 +28,22 @@ const TOKEN_PARAMS: [&str; 4] = ["token", "access_token", "jwt", "auth"];
 
 pub async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    place: Option<Extension<Admitted>>,
+    fd: Option<Extension<SocketFd>>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    if state.dev_secret {
+        let forwarded = access::FORWARDING_HEADERS.iter().any(|h| headers.contains_key(*h));
+        if !peer.ip().is_loopback() || forwarded || !access::host_is_loopback(&headers) {
+            state.hub.metrics().auth_failure("dev_secret_remote");
+            return Err(ApiError::Forbidden(
+                "this server uses the public development secret: loopback clients only, by a loopback host name; set BUSBAR_JWT_SECRET".into(),
+            ));
+        }
+    }
     if TOKEN_PARAMS.iter().any(|p| params.contains_key(*p)) {
         state.hub.metrics().auth_failure("token_in_url");
         return Err(ApiError::BadRequest(
@@ -65,7 +85,15 @@ pub async fn upgrade(
         .read_buffer_size(4 << 10)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| hub.clone().track_session(session::serve(hub, socket, auth)))
+        .on_upgrade(move |socket| {
+            let fd = fd.map(|Extension(SocketFd(fd))| fd);
+            let session = hub.clone().track_session(session::serve(hub, socket, auth, fd));
+            // The connection keeps its place under the connection caps while the session lives.
+            async move {
+                let _place = place;
+                session.await
+            }
+        })
         .into_response())
 }
 

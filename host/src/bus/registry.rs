@@ -7,6 +7,7 @@
 //! distinct prefix length, never a walk over every listener's patterns: a plugin that declares
 //! many patterns makes only its own registration dearer. It must not call listeners.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -79,22 +80,35 @@ impl Registry {
     }
 
     /// Listeners for `event_type`: specific ones (exact or prefix) first, then catch-alls, each
-    /// in dispatch order, every listener once.
-    pub fn matching(&self, event_type: &str) -> Vec<&Arc<Entry>> {
+    /// in dispatch order, every listener once. Without prefix subscriptions or catch-alls (or
+    /// with only those) this is a lookup and no allocation.
+    pub fn matching(&self, event_type: &str) -> impl Iterator<Item = &Arc<Entry>> {
         let index = &self.index;
-        let mut specific: Vec<usize> = index.exact.get(event_type).cloned().unwrap_or_default();
-        for &len in index.prefix_lengths.iter().take_while(|&&len| len <= event_type.len()) {
-            if let Some(prefix) = event_type.get(..len)
-                && let Some(positions) = index.prefixes.get(prefix)
-            {
-                specific.extend_from_slice(positions);
+        let exact: &[usize] = index.exact.get(event_type).map_or(&[], Vec::as_slice);
+        let positions: Cow<'_, [usize]> = if index.prefix_lengths.is_empty() && index.catch_all.is_empty() {
+            Cow::Borrowed(exact)
+        } else if index.prefix_lengths.is_empty() && exact.is_empty() {
+            Cow::Borrowed(&index.catch_all)
+        } else {
+            let mut specific = exact.to_vec();
+            for &len in index.prefix_lengths.iter().take_while(|&&len| len <= event_type.len()) {
+                if let Some(prefix) = event_type.get(..len)
+                    && let Some(positions) = index.prefixes.get(prefix)
+                {
+                    specific.extend_from_slice(positions);
+                }
             }
-        }
-        specific.sort_unstable();
-        specific.dedup();
-        let catch_all = index.catch_all.iter().filter(|p| specific.binary_search(p).is_err());
-        let order: Vec<usize> = specific.iter().chain(catch_all).copied().collect();
-        order.into_iter().map(|p| &self.entries[p]).collect()
+            specific.sort_unstable();
+            specific.dedup();
+            let specific_len = specific.len();
+            for &p in &index.catch_all {
+                if specific[..specific_len].binary_search(&p).is_err() {
+                    specific.push(p);
+                }
+            }
+            Cow::Owned(specific)
+        };
+        (0..positions.len()).map(move |i| &self.entries[positions[i]])
     }
 
     pub fn position(&self, name: &str) -> Option<usize> {
@@ -120,7 +134,7 @@ mod tests {
     }
 
     fn names(registry: &Registry, event_type: &str) -> Vec<String> {
-        registry.matching(event_type).iter().map(|e| e.name.clone()).collect()
+        registry.matching(event_type).map(|e| e.name.clone()).collect()
     }
 
     #[test]

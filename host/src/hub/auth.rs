@@ -1,6 +1,7 @@
 //! Who a connection is, and which scopes it may join.
 //!
-//! This module owns token verification (JWT, HS256 only, `exp` required, size-capped), the
+//! This module owns token verification (JWT, HS256 only, `exp` required, `nbf` checked, `aud`
+//! and `iss` when the operator configures them, size-capped), the
 //! `Claims` busbar reads from a token, `Identity` (the user and workspace of one connection), and
 //! the `ScopeAuthorizer` trait with its default, `ClaimsAuthorizer`, which denies by default.
 //! It must not know about sockets or rooms.
@@ -73,8 +74,17 @@ impl AuthError {
     }
 }
 
+/// What a token must say besides its signature: the audience and issuer the operator expects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRules {
+    /// `aud` must be (or contain) this.
+    pub audience: Option<String>,
+    /// `iss` must be this.
+    pub issuer: Option<String>,
+}
+
 /// Verifies connection tokens: HMAC-SHA256 with one secret, the algorithm pinned (never read
-/// from the token), `exp` required.
+/// from the token), `exp` required, `nbf` honoured, `aud` and `iss` checked when configured.
 #[derive(Clone)]
 pub struct TokenVerifier {
     key: DecodingKey,
@@ -83,10 +93,26 @@ pub struct TokenVerifier {
 
 impl TokenVerifier {
     pub fn new(secret: &[u8]) -> TokenVerifier {
+        TokenVerifier::with_rules(secret, &TokenRules::default())
+    }
+
+    pub fn with_rules(secret: &[u8], rules: &TokenRules) -> TokenVerifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &rules.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &rules.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         TokenVerifier { key: DecodingKey::from_secret(secret), validation }
     }
 
@@ -101,6 +127,9 @@ impl TokenVerifier {
                 jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not allowed".into()),
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                 jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing `{c}`")),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (`nbf`)".into()),
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience (`aud`)".into()),
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer (`iss`)".into()),
                 _ => AuthError::Invalid("malformed".into()),
             })
     }
@@ -241,6 +270,28 @@ mod tests {
         // The same task id in another workspace is a different task.
         assert!(!claims_allow(&at("ws-2"), &Scope::task("ws-2", "t-1")));
         assert!(!claims_allow(&at("ws-1"), &Scope::task("ws-2", "t-1")));
+    }
+
+    #[test]
+    fn nbf_aud_and_iss_are_checked_and_exp_cannot_overflow() {
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+        };
+        let plain = TokenVerifier::new(SECRET);
+        let later = sign(serde_json::json!({"sub": "u1", "exp": future(), "nbf": future()}));
+        assert_eq!(plain.verify(&later).unwrap_err(), AuthError::Invalid("not valid yet (`nbf`)".into()));
+        let forever = sign(serde_json::json!({"sub": "u1", "exp": u64::MAX}));
+        assert_eq!(plain.verify(&forever).unwrap().exp, u64::MAX);
+        let rules = TokenRules { audience: Some("busbar".into()), issuer: Some("https://app.example".into()) };
+        let strict = TokenVerifier::with_rules(SECRET, &rules);
+        let good = sign(serde_json::json!({"sub": "u1", "exp": future(), "aud": "busbar", "iss": "https://app.example"}));
+        assert!(strict.verify(&good).is_ok());
+        let other_aud = sign(serde_json::json!({"sub": "u1", "exp": future(), "aud": "other", "iss": "https://app.example"}));
+        assert_eq!(strict.verify(&other_aud).unwrap_err(), AuthError::Invalid("wrong audience (`aud`)".into()));
+        let other_iss = sign(serde_json::json!({"sub": "u1", "exp": future(), "aud": "busbar", "iss": "evil"}));
+        assert_eq!(strict.verify(&other_iss).unwrap_err(), AuthError::Invalid("wrong issuer (`iss`)".into()));
+        let none = sign(serde_json::json!({"sub": "u1", "exp": future()}));
+        assert!(matches!(strict.verify(&none), Err(AuthError::Invalid(_))));
     }
 
     fn base64_url(bytes: &[u8]) -> String {

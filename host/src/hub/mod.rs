@@ -18,6 +18,7 @@
 pub mod auth;
 mod metrics;
 mod outbox;
+mod sendq;
 pub mod session;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -31,7 +32,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{AuthError, Claims, ClaimsAuthorizer, Grants, Identity, ScopeAuthorizer, TokenVerifier};
+pub use auth::{AuthError, Claims, ClaimsAuthorizer, Grants, Identity, ScopeAuthorizer, TokenRules, TokenVerifier};
 pub use metrics::{HubMetrics, HubSnapshot};
 pub use outbox::{Close, Push};
 
@@ -63,6 +64,8 @@ pub struct HubConfig {
     pub authorize_timeout: Duration,
     /// Largest inbound message; bigger ones close the connection with 1009.
     pub max_inbound_bytes: usize,
+    /// Open connections of one user; another is refused with 4429.
+    pub max_connections_per_user: usize,
 }
 
 impl Default for HubConfig {
@@ -78,6 +81,7 @@ impl Default for HubConfig {
             read_timeout: Duration::from_secs(60),
             authorize_timeout: Duration::from_secs(2),
             max_inbound_bytes: 64 << 10,
+            max_connections_per_user: 100,
         }
     }
 }
@@ -203,6 +207,8 @@ pub struct Hub {
     authorizer: Arc<dyn ScopeAuthorizer>,
     rooms: Box<[Shard]>,
     conns: RwLock<HashMap<u64, Arc<Conn>>>,
+    /// Open connections per user, for `max_connections_per_user`.
+    per_user: Mutex<HashMap<String, usize>>,
     /// Epoch and offset of the `everyone` scope; its lock orders broadcasts to everyone.
     everyone: Mutex<(Arc<str>, u64)>,
     next_id: AtomicU64,
@@ -224,6 +230,7 @@ impl Hub {
             authorizer,
             rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             conns: RwLock::new(HashMap::new()),
+            per_user: Mutex::new(HashMap::new()),
             everyone: Mutex::new((Arc::from(""), 0)),
             next_id: AtomicU64::new(1),
             metrics: HubMetrics::default(),
@@ -276,7 +283,19 @@ impl Hub {
     }
 
     /// Registers an authenticated connection (in no room yet: see `join_own_rooms`).
-    pub fn register(&self, identity: Identity) -> Arc<Conn> {
+    /// Registers an authenticated connection, or refuses it when its user has
+    /// `max_connections_per_user` open already.
+    pub fn register(&self, identity: Identity) -> Result<Arc<Conn>, Close> {
+        {
+            let mut per_user = self.per_user.lock();
+            let open = per_user.entry(identity.user_id.clone()).or_insert(0);
+            if *open >= self.config.max_connections_per_user {
+                drop(per_user);
+                self.metrics.auth_failure("too_many_connections");
+                return Err(Close::TOO_MANY_CONNECTIONS);
+            }
+            *open += 1;
+        }
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Relaxed),
             outbox: Outbox::new(self.config.max_queue_bytes, self.config.max_queue_age),
@@ -293,7 +312,7 @@ impl Hub {
         if self.sessions.is_closed() {
             self.disconnect(&conn, Close::GOING_AWAY);
         }
-        conn
+        Ok(conn)
     }
 
     /// Puts a connection in its workspace and user rooms. A room given a position in `since` is
@@ -333,6 +352,13 @@ impl Hub {
         if self.conns.write().remove(&conn.id).is_some() {
             self.metrics.disconnects.fetch_add(1, Relaxed);
             self.metrics.active_connections.fetch_sub(1, Relaxed);
+        }
+        let mut per_user = self.per_user.lock();
+        if let Some(open) = per_user.get_mut(&conn.identity.user_id) {
+            *open -= 1;
+            if *open == 0 {
+                per_user.remove(&conn.identity.user_id);
+            }
         }
         true
     }

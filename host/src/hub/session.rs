@@ -2,9 +2,11 @@
 //!
 //! This module owns the session loop. It is generic over the socket (`Stream` + `Sink` of
 //! axum WebSocket messages), so the protocol can be driven by a real socket or by channels. The
-//! reader handles `auth`, `subscribe`, `unsubscribe` and `ping` frames; the writer drains the
-//! connection's outbox and sends server pings. Every error frame carries a `type`. The session
-//! never touches rooms directly: it asks the `Hub`.
+//! reader handles `auth` (the first authenticates; a later one is verified like the first and,
+//! for the same user and workspace, extends the connection's life: a token refresh),
+//! `subscribe`, `unsubscribe` and `ping` frames; the writer drains the connection's outbox and
+//! sends server pings. Every error frame carries a `type`. The session never touches rooms
+//! directly: it asks the `Hub`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
 use super::outbox::Next;
+use super::sendq::{self, SendQueue};
 use super::{AuthError, Close, Conn, Hub, Identity, Position, SubscribeError};
 use crate::action::{Scope, ScopeKind};
 
@@ -39,7 +42,9 @@ struct Inbound {
 
 /// Serves one connection until it closes (the client leaves, the hub evicts it, or the hub
 /// shuts down).
-pub async fn serve<S>(hub: Arc<Hub>, socket: S, auth: Auth)
+/// `fd` is the socket's descriptor, when the session runs on a real socket: it lets the writer
+/// see how long written frames wait in the kernel (see `sendq`).
+pub async fn serve<S>(hub: Arc<Hub>, socket: S, auth: Auth, fd: Option<i32>)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + 'static,
 {
@@ -57,11 +62,19 @@ where
             }
         },
     };
-    let conn = hub.register(identity);
+    let conn = match hub.register(identity) {
+        Ok(conn) => conn,
+        Err(close) => {
+            let _ = sink.send(text(error_frame("too_many_connections", close.reason))).await;
+            let _ = sink.send(close_message(close)).await;
+            linger(&mut stream).await;
+            return;
+        }
+    };
     conn.send_control(json!({"type": "auth_ack"}).to_string());
     hub.join_own_rooms(&conn, &since).await;
     tracing::debug!(conn = conn.id, user = %conn.identity.user_id, workspace = %conn.identity.workspace_id, "connected");
-    let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink));
+    let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink, fd.and_then(SendQueue::new)));
     let close = read_loop(&hub, &conn, &mut stream).await;
     hub.disconnect(&conn, close);
     let _ = writer.await;
@@ -147,11 +160,9 @@ async fn read_loop<R>(hub: &Hub, conn: &Arc<Conn>, stream: &mut R) -> Close
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    // A connection lives no longer than its token: at `exp` it is closed with 4501, and the
-    // client reconnects with a fresh token.
-    let expiry = UNIX_EPOCH + Duration::from_secs(conn.identity.claims.exp);
-    let left = expiry.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-    let expires = tokio::time::sleep(left);
+    // A connection lives no longer than its token: at `exp` it is closed with 4501, unless the
+    // client sent a fresh token in an `auth` frame before then.
+    let expires = tokio::time::sleep(until(conn.identity.claims.exp));
     tokio::pin!(expires);
     loop {
         let next = tokio::select! {
@@ -177,7 +188,11 @@ where
             return Close::TOO_BIG;
         }
         match message {
-            Message::Text(body) => handle(hub, conn, &body).await,
+            Message::Text(body) => {
+                if let Some(exp) = handle(hub, conn, &body).await {
+                    expires.as_mut().reset(tokio::time::Instant::now() + until(exp));
+                }
+            }
             Message::Close(_) => return Close::NORMAL,
             // Pings are answered by the WebSocket layer; any frame counts as liveness.
             Message::Ping(_) | Message::Pong(_) | Message::Binary(_) => {}
@@ -185,16 +200,24 @@ where
     }
 }
 
-async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) {
+/// Longest a connection is kept open on one token, whatever its `exp` says.
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(365 * 86_400);
+
+/// How long until `exp` (seconds since the Unix epoch), without overflowing on any value.
+fn until(exp: u64) -> Duration {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    Duration::from_secs(exp.saturating_sub(now)).min(MAX_TOKEN_LIFE)
+}
+
+/// Handles one frame; returns the new expiry when it was a verified token refresh.
+async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) -> Option<u64> {
     // Unknown types and invalid JSON are ignored, for forward compatibility.
-    let Ok(frame) = serde_json::from_str::<Inbound>(body) else { return };
+    let Ok(frame) = serde_json::from_str::<Inbound>(body) else { return None };
     match frame.kind.as_str() {
         "ping" => {
             conn.send_control(json!({"type": "pong"}).to_string());
         }
-        "auth" => {
-            conn.send_control(json!({"type": "auth_ack"}).to_string());
-        }
+        "auth" => return refresh(hub, conn, &frame.payload),
         "subscribe" | "unsubscribe" => {
             let (raw_scope, raw_id) = (
                 frame.payload["scope"].as_str().unwrap_or_default().to_string(),
@@ -212,7 +235,7 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) {
             };
             let reply = match result {
                 // A subscribe's ack was sent by the hub, ahead of any replayed frame.
-                Ok(Some(_)) => return,
+                Ok(Some(_)) => return None,
                 Ok(None) => json!({"type": "unsubscribe_ack", "payload": {"scope": raw_scope, "id": raw_id}}),
                 Err(e) => json!({"type": format!("{}_error", frame.kind),
                                  "payload": {"scope": raw_scope, "id": raw_id, "error": e.code()}}),
@@ -220,6 +243,28 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) {
             conn.send_control(reply.to_string());
         }
         _ => {}
+    }
+    None
+}
+
+/// A later `auth` frame: verified exactly like the first. A token for the same user and
+/// workspace extends the connection's life to its `exp` (`auth_ack` with `exp`); anything else
+/// gets `auth_error` and changes nothing.
+fn refresh(hub: &Hub, conn: &Arc<Conn>, payload: &Value) -> Option<u64> {
+    let refused = |code: &str| {
+        hub.metrics().auth_failure(if code == "invalid_token" { "refresh_invalid" } else { "refresh_refused" });
+        conn.send_control(json!({"type": "auth_error", "payload": {"error": code}}).to_string());
+        None
+    };
+    let Some(token) = payload["token"].as_str() else { return refused("bad_request") };
+    match hub.verifier().identify(token, &conn.identity.workspace_id) {
+        Ok(identity) if identity.user_id == conn.identity.user_id => {
+            let exp = identity.claims.exp;
+            conn.send_control(json!({"type": "auth_ack", "payload": {"exp": exp}}).to_string());
+            Some(exp)
+        }
+        Ok(_) => refused("other_user"),
+        Err(e) => refused(e.code()),
     }
 }
 
@@ -238,31 +283,53 @@ fn parse_scope(kind: &str, workspace: &str, id: &str) -> Result<Scope, Subscribe
     Ok(Scope::of(kind, workspace, id))
 }
 
-async fn write_loop<W>(hub: Arc<Hub>, conn: Arc<Conn>, mut sink: W)
+async fn write_loop<W>(hub: Arc<Hub>, conn: Arc<Conn>, mut sink: W, mut kernel: Option<SendQueue>)
 where
     W: Sink<Message, Error = axum::Error> + Unpin,
 {
     let mut ping = tokio::time::interval(hub.config().ping_interval);
     ping.tick().await;
+    let max_age = conn.outbox().max_age();
     let mut frames = Vec::new();
     loop {
+        let waiting = kernel.as_ref().is_some_and(|k| !k.is_empty());
         let next = tokio::select! {
             biased;
-            next = conn.outbox().next(&mut frames) => Some(next),
-            _ = ping.tick() => None,
+            next = conn.outbox().next(&mut frames) => Some(Some(next)),
+            _ = ping.tick() => Some(None),
+            // While written frames wait in the kernel, look again now and then.
+            () = tokio::time::sleep(max_age / 4), if waiting => None,
         };
         let sent = match next {
-            None => send_all(&hub, &conn, &mut sink, std::iter::once(Message::Ping(Default::default()))).await,
-            Some(Next::Frames) => {
-                let sent = send_all(&hub, &conn, &mut sink, frames.drain(..).map(Message::Text)).await;
-                conn.outbox().written();
+            None => Ok(()),
+            Some(None) => {
+                let sent = send_all(&hub, &conn, &mut sink, std::iter::once(Message::Ping(Default::default()))).await;
+                if let Some(kernel) = &mut kernel {
+                    kernel.wrote_bytes(sendq::framed(0));
+                }
                 sent
             }
-            Some(Next::Close(close)) => {
+            Some(Some(Next::Frames)) => {
+                let bytes: u64 = frames.iter().map(|f| sendq::framed(f.len() as u64)).sum();
+                let sent = send_all(&hub, &conn, &mut sink, frames.drain(..).map(Message::Text)).await;
+                conn.outbox().written();
+                if let Some(kernel) = &mut kernel {
+                    kernel.wrote_bytes(bytes);
+                }
+                sent
+            }
+            Some(Some(Next::Close(close))) => {
                 send_close(&conn, &mut sink, close).await;
                 break;
             }
         };
+        // A frame that waited in the kernel past the age bound is as late as one that waited in
+        // the outbox: the client is not keeping up.
+        if let Some(age) = kernel.as_mut().and_then(SendQueue::oldest)
+            && age > max_age
+        {
+            hub.evict_slow(&conn);
+        }
         if sent.is_err() {
             // Evicted in the middle of a write, or the socket failed: say why, if the socket
             // still takes it (after whatever part of the batch was buffered).
