@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use busbar::bus::{Bus, BusLimits, EventStatus, NotDispatched, PublishReport, Registration};
-use busbar::plugins::{CompileLimits, KvOnRemove, Plugin, Registry, Runtime, RuntimeConfig};
+use busbar::plugins::{CompileLimits, Grant, KvOnRemove, Plugin, Registry, Runtime, RuntimeConfig};
 use busbar::event::Event;
 use busbar::plugins::LoadError;
 use serde_json::{Value, json};
@@ -492,4 +492,59 @@ fn a_compile_bomb_is_refused_by_the_compile_limits_not_the_kernel() {
     // The same runtime still compiles a good component through the worker.
     let good = std::fs::read(support::built("testing", "echo")).unwrap();
     runtime.load(&good, support::manifest("testing", "echo", "after-bomb")).expect("a good component still loads");
+}
+
+#[test]
+fn a_plugin_cannot_reach_past_its_events_workspace_without_a_grant() {
+    let attempts = [
+        ("workspace", json!({"try": "workspace", "to": "B"}), "a message to the room in workspace `B`"),
+        ("everyone", json!({"try": "everyone"}), "a message to everyone needs the `everyone` grant"),
+        ("follow-workspace", json!({"try": "follow-workspace", "to": "B"}), "a follow-up event in workspace `B`"),
+        ("follow-actor", json!({"try": "follow-actor"}), "a follow-up event acting as `member/admin`"),
+    ];
+    let (bus, recorder, plugin) = sandwich("trespasser", "trespasser", |_| {});
+    for (what, payload, expected) in &attempts {
+        let event = Event::new("trespass:try", "A").with_actor("member", "u-1").with_payload(&payload.to_string()).unwrap();
+        let report = bus.publish(event);
+        let outcome = &report.root().listeners[1].outcome;
+        assert_eq!(outcome.kind(), "policy_denied", "{what}: {outcome:?}");
+        assert!(outcome.message().unwrap().contains(expected), "{what}: {outcome:?}");
+        assert_eq!(report.events.len(), 1, "{what}: no follow-up was dispatched");
+        // The neighbours are untouched, and nothing of the trespasser's was applied.
+        assert_eq!(tags(&recorder.take()), ["before-trespasser", "after-trespasser"], "{what}");
+    }
+    assert_eq!(plugin.info().limit_trips.get("policy"), Some(&4));
+
+    // Within the event's workspace everything goes through; a user is reached only in it, and a
+    // follow-up is the plugin's own.
+    let stay = Event::new("trespass:try", "A").with_actor("member", "u-1").with_payload(r#"{"try": "stay", "user": "u-2"}"#).unwrap();
+    let report = bus.publish(stay);
+    assert!(report.root().listeners.iter().all(|l| l.outcome.is_ok()), "{report:?}");
+    let sent: Vec<busbar::Target> = recorder.take().into_iter().filter(|d| d.frame.event_type == "trespass:message").map(|d| d.target).collect();
+    assert_eq!(
+        sent,
+        [
+            busbar::Target::Workspace { id: "A".into() },
+            busbar::Target::User { id: "u-2".into(), workspace: Some("A".into()), exclude_workspace: None },
+        ]
+    );
+    let follow = &report.events[1];
+    assert_eq!(follow.status, EventStatus::Dispatched);
+    let frames: Vec<_> = recorder.take().into_iter().filter(|d| d.frame.event_type == "trespass:follow").collect();
+    assert!(frames.iter().all(|d| d.frame.actor_type == "plugin" && d.frame.actor_id == "trespasser"), "{frames:?}");
+
+    // Granted, the same attempts go through.
+    let (bus, recorder, _plugin) = sandwich("trespasser", "trespasser-granted", |m| {
+        m.capabilities.grants = [Grant::CrossWorkspace, Grant::Everyone, Grant::Impersonate].into();
+    });
+    for (what, payload, _) in &attempts {
+        let event = Event::new("trespass:try", "A").with_payload(&payload.to_string()).unwrap();
+        let report = bus.publish(event);
+        assert!(report.root().listeners.iter().all(|l| l.outcome.is_ok()), "{what}: {report:?}");
+        recorder.take();
+    }
+    let report = bus.publish(Event::new("trespass:try", "A").with_payload(r#"{"try": "follow-actor"}"#).unwrap());
+    let deliveries = recorder.take();
+    let follow = deliveries.iter().find(|d| d.frame.event_type == "trespass:follow").expect("the follow-up reached the echo plugins");
+    assert_eq!((follow.frame.actor_type.as_str(), follow.frame.actor_id.as_str()), ("member", "admin"), "{report:?}");
 }

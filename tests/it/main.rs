@@ -10,5 +10,6 @@ mod relay;
 mod reload;
 mod runtime;
 mod server;
+mod tenants;
 mod support;
 mod tidy;

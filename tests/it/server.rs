@@ -154,7 +154,7 @@ impl Client {
 
 /// Sends a `daemon:barrier` to everyone: the workspace-forwarder broadcasts workspace-less
 /// `daemon:*` events, so every client sees it after everything published before it.
-async fn barrier(server: &TestServer) {
+pub(crate) async fn barrier(server: &TestServer) {
     server.publish_ok(json!({"type": "daemon:barrier"})).await;
 }
 

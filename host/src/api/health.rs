@@ -45,6 +45,19 @@ fn prometheus(state: &AppState) -> String {
         }
     };
     let plain = |v: u64| vec![(String::new(), v as f64)];
+    let c = &state.connections;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    metric("connections_open", "gauge", "TCP connections open (HTTP and WebSocket).", vec![(String::new(), load(&c.open) as f64)]);
+    metric("connections_accepted_total", "counter", "TCP connections accepted.", plain(load(&c.accepted_total)));
+    metric(
+        "connections_refused_total",
+        "counter",
+        "TCP connections refused at accept, by the cap that refused them.",
+        vec![
+            ("{reason=\"total\"}".to_string(), load(&c.refused_total) as f64),
+            ("{reason=\"per_address\"}".to_string(), load(&c.refused_per_address_total) as f64),
+        ],
+    );
     metric("connects_total", "counter", "WebSocket connections accepted.", plain(hub.connects_total));
     metric("disconnects_total", "counter", "WebSocket connections closed.", plain(hub.disconnects_total));
     metric("active_connections", "gauge", "WebSocket connections open.", vec![(String::new(), hub.active_connections as f64)]);
@@ -104,7 +117,6 @@ fn prometheus(state: &AppState) -> String {
         }
     }
     let reloads = state.registry.stats();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let load_bool = |a: &std::sync::atomic::AtomicBool| a.load(std::sync::atomic::Ordering::Relaxed);
     metric(
         "plugin_reloads_total",
