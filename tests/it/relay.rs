@@ -779,3 +779,47 @@ async fn concurrent_publishes_on_one_node_all_reach_another_once() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_of_one_workspace_is_never_relayed_or_replayed_to_another() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a").await;
+    let b = node(&redis, "node-b").await;
+    // The same task id in two workspaces: two rooms, two streams.
+    let events: Vec<Value> = [("A", 0), ("A", 1), ("A", 2), ("B", 3), ("B", 4)]
+        .into_iter()
+        .map(|(w, i)| json!({"type": "task:message", "workspace_id": w, "task_id": "t-1", "payload": {"i": i}}))
+        .collect();
+    a.publish_ok(json!(events)).await;
+    relay_until(&a, "published 10 frames", |r| r["published_total"] == 10 && r["outbox_depth"] == 0).await;
+    let mut conn = redis.conn().await;
+    for (key, len) in [("busbar:{task:A:t-1}:stream", 3u64), ("busbar:{task:B:t-1}:stream", 2)] {
+        let got: u64 = redis::cmd("XLEN").arg(key).query_async(&mut conn).await.unwrap();
+        assert_eq!(got, len, "{key}");
+    }
+
+    // Bob, granted every task of B, resumes t-1 from the start on the other node: B's history only.
+    let mut bob = Client::connect(&b, "B", &token("bob", &["B"], &[("B", "task", "*")])).await;
+    bob.send(json!({"type": "subscribe", "payload": {"scope": "task", "id": "t-1", "since": {"epoch": "", "offset": 0}}})).await;
+    let ack = bob.next().await;
+    assert_eq!((&ack["payload"]["recovered"], &ack["payload"]["workspace_id"]), (&json!(true), &json!("B")), "{ack}");
+    let replayed = collect(&mut bob, |f| f.len() == 2).await;
+    assert_eq!(replayed.iter().map(|f| f["payload"]["i"].as_u64().unwrap()).collect::<Vec<_>>(), [3, 4]);
+    assert!(replayed.iter().all(|f| f["workspace_id"] == "B" && f["scope"] == "task"), "{replayed:#?}");
+
+    // Live: A's next frame for t-1 reaches A's subscriber on node b, and never Bob.
+    let mut alice = Client::connect(&b, "A", &token("alice", &["A"], &[("A", "task", "t-1")])).await;
+    assert_eq!(alice.subscribe("task", "t-1").await["type"], "subscribe_ack");
+    // Each client's workspace, user and task rooms.
+    watching(&b, 6).await;
+    a.publish_ok(json!([
+        {"type": "task:message", "workspace_id": "A", "task_id": "t-1", "payload": {"i": 5}},
+        {"type": "task:message", "workspace_id": "B", "task_id": "t-1", "payload": {"i": 6}},
+    ]))
+    .await;
+    let live = collect(&mut alice, |f| f.iter().any(|f| f["scope"] == "task")).await;
+    let task = live.iter().find(|f| f["scope"] == "task").unwrap();
+    assert_eq!((&task["payload"]["i"], &task["workspace_id"]), (&json!(5), &json!("A")));
+    let to_bob = collect(&mut bob, |f| f.len() == 1).await;
+    assert_eq!((&to_bob[0]["payload"]["i"], &to_bob[0]["workspace_id"]), (&json!(6), &json!("B")), "{to_bob:#?}");
+}
