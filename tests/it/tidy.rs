@@ -73,6 +73,7 @@ fn every_close_code_is_documented() {
         Close::TOKEN_EXPIRED,
         Close::BAD_REQUEST,
         Close::FORBIDDEN,
+        Close::TOO_MANY_CONNECTIONS,
     ] {
         assert!(protocol.contains(&format!("| {} |", close.code)), "close code {} is not in docs/protocol.md", close.code);
     }
