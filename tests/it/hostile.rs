@@ -248,16 +248,23 @@ fn sleeping_at_load_is_refused_at_the_deadline() {
     assert_eq!(err.to_string(), "failed at start-up: timed out after 50ms");
 }
 
+/// A bus with `limits` running `amplifier-<tag>` (with one config setting) between the echo
+/// plugins `before-<tag>` and `after-<tag>`, all on `amp:*`.
+fn amplifier_between_echoes(limits: BusLimits, tag: &str, setting: (&str, &str)) -> (Bus, Arc<busbar::Recorder>) {
+    let recorder = Arc::new(busbar::Recorder::new());
+    let bus = Bus::with_limits(recorder.clone(), limits);
+    let mut manifest = support::manifest("hostile", "amplifier", &format!("amplifier-{tag}"));
+    manifest.config.insert(setting.0.into(), setting.1.into());
+    busbar::plugins::register(&bus, support::echo(&format!("before-{tag}"), &["amp:*"])).unwrap();
+    busbar::plugins::register(&bus, support::load("hostile", "amplifier", manifest)).unwrap();
+    busbar::plugins::register(&bus, support::echo(&format!("after-{tag}"), &["amp:*"])).unwrap();
+    (bus, recorder)
+}
+
 #[test]
 fn amplifying_follow_ups_stop_at_the_time_budget() {
     let limits = BusLimits { time_budget: Duration::from_millis(300), max_follow_ups: 100_000, max_depth: 64, ..BusLimits::default() };
-    let recorder = Arc::new(busbar::Recorder::new());
-    let bus = Bus::with_limits(recorder.clone(), limits);
-    let mut manifest = support::manifest("hostile", "amplifier", "amplifier");
-    manifest.config.insert("work-ms".into(), "20".into());
-    busbar::plugins::register(&bus, support::echo("before-amp", &["amp:*"])).unwrap();
-    busbar::plugins::register(&bus, support::load("hostile", "amplifier", manifest)).unwrap();
-    busbar::plugins::register(&bus, support::echo("after-amp", &["amp:*"])).unwrap();
+    let (bus, _recorder) = amplifier_between_echoes(limits, "amp", ("work-ms", "20"));
     let started = Instant::now();
     let report = bus.publish(Event::new("amp:go", "w1"));
     let took = started.elapsed();
@@ -267,7 +274,7 @@ fn amplifying_follow_ups_stop_at_the_time_budget() {
     assert!(stopped > 0, "{:?}", report.summary());
     for event in report.events.iter().filter(|e| e.status == EventStatus::Dispatched) {
         let names: Vec<&str> = event.listeners.iter().map(|l| l.listener.as_str()).collect();
-        assert_eq!(names, ["before-amp", "amplifier", "after-amp"]);
+        assert_eq!(names, ["before-amp", "amplifier-amp", "after-amp"]);
         assert!(event.listeners.iter().all(|l| l.outcome.is_ok()));
     }
     assert_eq!(bus.limit_trips()["time_budget"], stopped as u64);
@@ -278,13 +285,7 @@ fn amplifying_follow_ups_stop_at_the_time_budget() {
 #[test]
 fn big_follow_ups_stop_at_the_output_budget() {
     let limits = BusLimits { output_budget: 1 << 20, ..BusLimits::default() };
-    let recorder = Arc::new(busbar::Recorder::new());
-    let bus = Bus::with_limits(recorder.clone(), limits);
-    let mut manifest = support::manifest("hostile", "amplifier", "amplifier-bytes");
-    manifest.config.insert("payload-kib".into(), "200".into());
-    busbar::plugins::register(&bus, support::echo("before-bytes", &["amp:*"])).unwrap();
-    busbar::plugins::register(&bus, support::load("hostile", "amplifier", manifest)).unwrap();
-    busbar::plugins::register(&bus, support::echo("after-bytes", &["amp:*"])).unwrap();
+    let (bus, recorder) = amplifier_between_echoes(limits, "bytes", ("payload-kib", "200"));
     let report = bus.publish(Event::new("amp:go", "w1"));
     assert!(report.root().listeners.iter().all(|l| l.outcome.is_ok()), "{:?}", report.root());
     let over = report.listener_reports().filter(|l| l.outcome.kind() == "over_budget").count();
