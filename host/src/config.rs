@@ -321,10 +321,7 @@ impl Config {
         let relay = match overrides.redis_url.clone().or_else(|| env("BUSBAR_REDIS_URL")).or(r.redis_url) {
             None => None,
             Some(url) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                    return Err(invalid("relay.redis-url", format!("`{url}` is not a redis:// URL")));
-                }
-                redis::Client::open(url.as_str()).map_err(|e| invalid("relay.redis-url", e.to_string()))?;
+                crate::relay::check_url(&url).map_err(|problem| invalid("relay.redis-url", problem))?;
                 let mut relay = crate::relay::RelayConfig::new(url);
                 if let Some(node) = env("BUSBAR_NODE_ID").or(r.node_id) {
                     if node.is_empty() || node.len() > 64 || node.contains(char::is_whitespace) {

@@ -83,6 +83,14 @@ impl Default for HistoryLimits {
     }
 }
 
+/// Checks a Redis URL (`redis://`, `rediss://` or `unix://`) without connecting.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+        return Err(format!("`{url}` is not a redis:// URL"));
+    }
+    redis::Client::open(url).map(|_| ()).map_err(|e| e.to_string())
+}
+
 impl RelayConfig {
     pub fn new(url: impl Into<String>) -> RelayConfig {
         RelayConfig {
