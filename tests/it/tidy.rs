@@ -162,3 +162,76 @@ fn every_item_of_the_contract_has_a_doc_comment() {
     }
     assert!(undocumented.is_empty(), "undocumented items in wit/busbar-plugin.wit: {undocumented:#?}");
 }
+
+/// `module -> modules it imports` inside one directory of host/src, from `super::<module>` paths
+/// (a `super::` path that is not a module of the directory is reported, so re-exports cannot hide
+/// an edge).
+fn module_graph(files: &[(String, String)]) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
+    let modules: Vec<String> = files.iter().map(|(name, _)| name.trim_end_matches(".rs").to_string()).collect();
+    let mut graph = std::collections::BTreeMap::new();
+    for (name, text) in files {
+        let module = name.trim_end_matches(".rs").to_string();
+        let mut uses = Vec::new();
+        // Tests inside a module may import its parent's items freely.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("super::") {
+                let rest = &line[at + "super::".len()..];
+                let first: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                if first.is_empty() {
+                    continue; // `super::{a, b}`: not used in this crate's plugins module
+                }
+                if !modules.contains(&first) {
+                    return Err(format!("{name}: `super::{first}` is not a module of the directory"));
+                }
+                if first != module && !uses.contains(&first) {
+                    uses.push(first);
+                }
+            }
+        }
+        graph.insert(module, uses);
+    }
+    Ok(graph)
+}
+
+/// A cycle in `graph`, if there is one.
+fn cycle(graph: &std::collections::BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+    fn visit(node: &str, graph: &std::collections::BTreeMap<String, Vec<String>>, path: &mut Vec<String>, done: &mut Vec<String>) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            return Some(path[at..].to_vec());
+        }
+        if done.iter().any(|n| n == node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(found) = visit(next, graph, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.push(node.to_string());
+        None
+    }
+    let mut done = Vec::new();
+    graph.keys().find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_plugins_modules_import_each_other_without_cycles() {
+    let dir = root().join("host/src/plugins");
+    let files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs") && !p.ends_with("mod.rs"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    let graph = module_graph(&files).unwrap();
+    assert!(graph.len() > 15, "{graph:?}");
+    assert_eq!(cycle(&graph), None, "{graph:#?}");
+    // A planted cycle and a planted re-export are caught.
+    let planted = [("a.rs".to_string(), "use super::b::B;".to_string()), ("b.rs".to_string(), "use super::a::A;".to_string())];
+    assert_eq!(cycle(&module_graph(&planted).unwrap()), Some(vec!["a".to_string(), "b".to_string()]));
+    let reexport = [("a.rs".to_string(), "use super::Registry;".to_string())];
+    assert!(module_graph(&reexport).is_err());
+}

@@ -198,7 +198,7 @@ pub fn worker_main() -> ExitCode {
         eprintln!("cannot read the component: {e}");
         return ExitCode::FAILURE;
     }
-    let engine = match Engine::new(&super::runtime::engine_config(None, false)) {
+    let engine = match Engine::new(&super::engine::config(None, false)) {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("cannot create the engine: {e:#}");

@@ -22,7 +22,7 @@ use super::manifest::Manifest;
 use super::memory::{MemoryBudget, MemoryLimiter};
 use super::text;
 use super::trips::{Limit, LimitTrips};
-use super::wasi::{self, MAX_LINE, WasiState};
+use super::wasi::{self, Grants, MAX_LINE, WasiState};
 
 /// The generated bindings. `Listener` here is the component's world, not `bus::Listener`.
 pub(crate) mod bindings {
@@ -61,7 +61,7 @@ pub(crate) struct PluginContext {
     pub ticks: Ticks,
     /// `timeout` in epoch ticks.
     pub deadline_ticks: u64,
-    pub trips: LimitTrips,
+    pub trips: Arc<LimitTrips>,
 }
 
 impl PluginContext {
@@ -84,7 +84,7 @@ impl PluginContext {
             budget,
             ticks,
             deadline_ticks: Ticks::in_duration(limits.timeout),
-            trips: LimitTrips::default(),
+            trips: Arc::default(),
         }
     }
 }
@@ -103,7 +103,17 @@ impl PluginState {
     pub fn new(ctx: Arc<PluginContext>) -> Result<PluginState, String> {
         let log_budget = Arc::new(AtomicUsize::new(ctx.log_bytes_per_call));
         Ok(PluginState {
-            wasi: WasiState::new(&ctx, log_budget.clone())?,
+            wasi: WasiState::new(
+                &Grants {
+                    plugin: &ctx.name,
+                    env: &ctx.env,
+                    read_dirs: &ctx.read_dirs,
+                    max_resources: ctx.max_host_resources,
+                    ticks: &ctx.ticks,
+                    trips: &ctx.trips,
+                },
+                log_budget.clone(),
+            )?,
             limiter: MemoryLimiter::new(ctx.memory_bytes, ctx.budget.clone()),
             ctx,
             log_budget,
@@ -145,7 +155,7 @@ impl log::Host for PluginState {
     fn write(&mut self, level: types::Level, message: String) {
         let plugin = &*self.ctx.name;
         for line in message.split('\n').filter(|line| !line.is_empty()) {
-            let granted = wasi::take_log_budget(&self.log_budget, line.len().min(MAX_LINE), &self.ctx);
+            let granted = wasi::take_log_budget(&self.log_budget, line.len().min(MAX_LINE), &self.ctx.trips);
             if granted == 0 {
                 return;
             }

@@ -277,6 +277,18 @@ impl Manifest {
     }
 }
 
+/// The manifest beside `wasm`, or defaults named after the file.
+pub fn read_manifest(wasm: &Path, stem: &str) -> Result<Manifest, ManifestError> {
+    let toml = wasm.with_extension("toml");
+    if toml.exists() {
+        return Manifest::from_file(&toml, stem);
+    }
+    let name = stem.replace('_', "-");
+    check_plugin_name(&name)
+        .map_err(|problem| ManifestError::Invalid { path: wasm.display().to_string(), key: "name", problem })?;
+    Ok(Manifest::named(name))
+}
+
 /// Plugin names are listener names: 1 to 64 of ASCII letters, digits, `-`, `_`, `.`, starting
 /// with a letter or a digit (so never `.`, `..` or a hidden file's name).
 pub fn check_plugin_name(name: &str) -> Result<(), String> {

@@ -9,6 +9,8 @@
 mod cache;
 mod clock;
 mod compile;
+mod engine;
+mod error;
 mod files;
 mod health;
 mod host;
@@ -33,14 +35,15 @@ pub use compile::{CompileError, CompileLimits, WORKER_COMMAND, worker_main};
 pub use files::FileError;
 pub use host::CONTRACT;
 pub use kv::{KvStore, KvStores};
-pub use manifest::{Capabilities, Limits, Manifest, ManifestError, check_plugin_name};
+pub use manifest::{Capabilities, Limits, Manifest, ManifestError, check_plugin_name, read_manifest};
 pub use memory::MemoryBudget;
 pub use trips::Limit;
 pub use plugin::{Plugin, PluginInfo, PluginStatus};
 pub use policy::{Grant, PLUGIN_ACTOR};
 pub use registry::{Failure, InstallError, Installed, KvOnRemove, PluginView, Registry, ReloadStats, RollbackError, VersionView};
-pub use runtime::{ComponentInfo, LoadError, Runtime, RuntimeConfig};
-pub use watch::{DEBOUNCE, DirWatcher, read_manifest, watch};
+pub use error::LoadError;
+pub use runtime::{ComponentInfo, Runtime, RuntimeConfig};
+pub use watch::{DEBOUNCE, DirWatcher, watch};
 
 use crate::bus::{Bus, BusError, Registration};
 

@@ -16,7 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::{KvStore, LoadError, Manifest, Plugin, PluginInfo, PluginStatus, Runtime};
+use super::cache::content_hash;
+use super::error::LoadError;
+use super::kv::KvStore;
+use super::manifest::Manifest;
+use super::plugin::{Plugin, PluginInfo, PluginStatus};
+use super::runtime::Runtime;
 use crate::bus::{Bus, BusError, ListenerInfo, Registration};
 use crate::event;
 
@@ -268,7 +273,7 @@ impl Registry {
             current.as_ref().map(|p| p.manifest().clone()).unwrap_or_else(|| Manifest::named(name))
         });
         if let Some(running) = &current
-            && running.hash() == super::content_hash(bytes)
+            && running.hash() == content_hash(bytes)
             && *running.manifest() == manifest
         {
             self.record_unchanged(name);

@@ -18,15 +18,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::Engine;
 
 use super::cache::{CacheUse, CompileCache, content_hash};
 use super::clock::{EPOCH_TICK, Ticks};
 use super::compile::{CompileError, CompileLimits, Compiler};
+use super::error::LoadError;
+use super::engine;
 use super::files::{self, FileError};
 use super::host::{self, CONTRACT, PluginContext, PluginState, bindings};
-use super::kv::KvStores;
-use super::manifest::{Manifest, ManifestError};
+use super::kv::{KvStore, KvStores};
+use super::manifest::{Manifest, read_manifest};
 use super::memory::MemoryBudget;
 
 use super::plugin::Plugin;
@@ -69,37 +71,6 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Why a component was refused. Each message says what to do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    File(#[from] FileError),
-    #[error("not a WebAssembly file (no `\\0asm` header)")]
-    NotWasm,
-    #[error(
-        "a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
-    )]
-    CoreModule,
-    #[error("not a valid component: {0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Compile(CompileError),
-    #[error("built against contract {found}, but this host speaks {CONTRACT}")]
-    ContractVersion { found: String },
-    #[error("does not export `{0}`: it must implement the `listener` world of {CONTRACT}")]
-    MissingExport(&'static str),
-    #[error("does not match the `listener` world of {CONTRACT}: {0}")]
-    WrongExports(String),
-    #[error("imports something this host does not provide: {0}")]
-    UnsupportedImport(String),
-    #[error("failed at start-up: {0}")]
-    Startup(String),
-    #[error("invalid subscriptions: {0}")]
-    Subscriptions(String),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-}
-
 /// What `busbar plugin check` reports about a valid component.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ComponentInfo {
@@ -127,15 +98,15 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let (engine, pooling) = if config.pooling {
-            match Engine::new(&engine_config(Some(config.instance_slots), config.perf_map)) {
+            match Engine::new(&engine::config(Some(config.instance_slots), config.perf_map)) {
                 Ok(engine) => (engine, true),
                 Err(e) => {
                     tracing::warn!("pooling allocator unavailable, allocating on demand: {e}");
-                    (Engine::new(&engine_config(None, config.perf_map)).map_err(to_anyhow)?, false)
+                    (Engine::new(&engine::config(None, config.perf_map)).map_err(to_anyhow)?, false)
                 }
             }
         } else {
-            (Engine::new(&engine_config(None, config.perf_map)).map_err(to_anyhow)?, false)
+            (Engine::new(&engine::config(None, config.perf_map)).map_err(to_anyhow)?, false)
         };
         let linker = host::linker(&engine).map_err(to_anyhow)?;
         let cache = match config.cache_dir {
@@ -189,7 +160,7 @@ impl Runtime {
     pub fn load_file(&self, wasm: &Path) -> Result<Plugin, LoadError> {
         let bytes = self.read_file(wasm)?;
         let stem = wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-        let manifest = super::read_manifest(wasm, stem)?;
+        let manifest = read_manifest(wasm, stem)?;
         self.load(&bytes, manifest)
     }
 
@@ -201,7 +172,7 @@ impl Runtime {
     }
 
     /// Like `load`, with the kv store given.
-    pub fn load_with_kv(&self, bytes: &[u8], manifest: Manifest, kv: Arc<super::KvStore>) -> Result<Plugin, LoadError> {
+    pub fn load_with_kv(&self, bytes: &[u8], manifest: Manifest, kv: Arc<KvStore>) -> Result<Plugin, LoadError> {
         let started = Instant::now();
         let (pre, hash, cache_use) = self.link(bytes)?;
         let ctx = Arc::new(PluginContext::new(&manifest, kv, self.budget.clone(), self.ticker.ticks.clone()));
@@ -280,40 +251,6 @@ fn sniff(bytes: &[u8]) -> Result<(), LoadError> {
         return Err(LoadError::CoreModule);
     }
     Ok(())
-}
-
-/// The engine configuration, the same for the runtime and the compile worker (so what the worker
-/// compiles loads here).
-pub(super) fn engine_config(pool_slots: Option<u32>, perf_map: bool) -> Config {
-    let mut config = Config::new();
-    if perf_map {
-        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-    }
-    config.wasm_component_model(true);
-    config.epoch_interruption(true);
-    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    // A trap is an outcome, not a debugging session: capturing and symbolizing a wasm backtrace
-    // would make every contained panic several times dearer. The guest's own panic message
-    // still reaches the log through its stderr.
-    config.wasm_backtrace_max_frames(None);
-    if let Some(slots) = pool_slots {
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(slots);
-        pool.total_core_instances(slots.saturating_mul(8));
-        pool.total_memories(slots);
-        pool.total_tables(slots.saturating_mul(4));
-        pool.max_memory_size((super::manifest::MAX_MEMORY_MIB as usize) << 20);
-        // JS and Python components have large function tables and instance state.
-        pool.table_elements(200_000);
-        pool.max_tables_per_module(4);
-        pool.max_memories_per_module(2);
-        pool.max_core_instance_size(16 << 20);
-        pool.max_component_instance_size(16 << 20);
-        // Keep the first pages of each memory resident between instantiations.
-        pool.linear_memory_keep_resident(64 << 10);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    }
-    config
 }
 
 fn to_anyhow(e: wasmtime::Error) -> anyhow::Error {

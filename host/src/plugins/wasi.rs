@@ -26,9 +26,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiView};
 use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable as _};
 
 use super::clock::{EPOCH_TICK, Ticks};
-use super::host::PluginContext;
 use super::text;
-use super::trips::Limit;
+use super::trips::{Limit, LimitTrips};
 
 /// The WASI `poll` interface, as `wasmtime-wasi` 48 defines it (and as it is shadowed here).
 const POLL_INTERFACE: &str = "wasi:io/poll@0.2.12";
@@ -62,6 +61,18 @@ impl Deadline {
     }
 }
 
+/// What one plugin's WASI may reach and report to: its name (for log lines), the environment and
+/// read-only directories its manifest grants, its resource cap, the runtime's clock and the
+/// plugin's limit counters.
+pub(crate) struct Grants<'a> {
+    pub plugin: &'a Arc<str>,
+    pub env: &'a [(String, String)],
+    pub read_dirs: &'a [(String, std::path::PathBuf)],
+    pub max_resources: usize,
+    pub ticks: &'a Ticks,
+    pub trips: &'a Arc<LimitTrips>,
+}
+
 /// The WASI context, resources and output pipes of one store.
 pub(crate) struct WasiState {
     ctx: WasiCtx,
@@ -75,23 +86,23 @@ pub(crate) struct WasiState {
 impl WasiState {
     /// WASI with nothing granted beyond `plugin`'s capabilities; guest output draws on
     /// `log_budget`.
-    pub fn new(plugin: &Arc<PluginContext>, log_budget: Arc<AtomicUsize>) -> Result<WasiState, String> {
-        let stdout = GuestOutput::new(plugin.clone(), "stdout", log_budget.clone());
-        let stderr = GuestOutput::new(plugin.clone(), "stderr", log_budget);
+    pub fn new(plugin: &Grants<'_>, log_budget: Arc<AtomicUsize>) -> Result<WasiState, String> {
+        let stdout = GuestOutput::new(plugin, "stdout", log_budget.clone());
+        let stderr = GuestOutput::new(plugin, "stderr", log_budget);
         let mut wasi = WasiCtxBuilder::new();
         // No inherited stdin, args, environment, network or directories: only what the
         // manifest grants. Clocks and random numbers are always available.
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
         wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
-        for (key, value) in &plugin.env {
+        for (key, value) in plugin.env {
             wasi.env(key, value);
         }
-        for (guest, host) in &plugin.read_dirs {
+        for (guest, host) in plugin.read_dirs {
             wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)
                 .map_err(|e| format!("cannot grant directory {}: {e}", host.display()))?;
         }
         let mut table = ResourceTable::new();
-        table.set_max_capacity(plugin.max_host_resources);
+        table.set_max_capacity(plugin.max_resources);
         let deadline = Deadline { at: 0, reached: false };
         Ok(WasiState { ctx: wasi.build(), table, ticks: plugin.ticks.clone(), deadline, stdout, stderr })
     }
@@ -148,15 +159,16 @@ pub(crate) fn add_to_linker<T: WasiView + 'static>(
 /// one record per line), within the per-call log budget; the rest is dropped.
 #[derive(Clone)]
 struct GuestOutput {
-    plugin: Arc<PluginContext>,
+    plugin: Arc<str>,
+    trips: Arc<LimitTrips>,
     stream: &'static str,
     budget: Arc<AtomicUsize>,
     partial: Arc<Mutex<Vec<u8>>>,
 }
 
 impl GuestOutput {
-    fn new(plugin: Arc<PluginContext>, stream: &'static str, budget: Arc<AtomicUsize>) -> GuestOutput {
-        GuestOutput { plugin, stream, budget, partial: Arc::default() }
+    fn new(grants: &Grants<'_>, stream: &'static str, budget: Arc<AtomicUsize>) -> GuestOutput {
+        GuestOutput { plugin: grants.plugin.clone(), trips: grants.trips.clone(), stream, budget, partial: Arc::default() }
     }
 
     fn accept(&self, mut bytes: &[u8]) {
@@ -181,12 +193,12 @@ impl GuestOutput {
     }
 
     fn emit(&self, line: &[u8]) {
-        let granted = take_log_budget(&self.budget, line.len().min(MAX_LINE), &self.plugin);
+        let granted = take_log_budget(&self.budget, line.len().min(MAX_LINE), &self.trips);
         if granted == 0 && !line.is_empty() {
             return;
         }
         let text = text::sanitize(&String::from_utf8_lossy(&line[..granted]), MAX_LINE);
-        let plugin = &*self.plugin.name;
+        let plugin = &*self.plugin;
         if self.stream == "stderr" {
             tracing::warn!(plugin, stream = self.stream, "{text}");
         } else {
@@ -197,14 +209,14 @@ impl GuestOutput {
 
 /// Takes up to `want` bytes from a per-call log budget; returns what was granted, and counts
 /// the plugin's `log_bytes` trip when that is less.
-pub(crate) fn take_log_budget(budget: &AtomicUsize, want: usize, plugin: &PluginContext) -> usize {
+pub(crate) fn take_log_budget(budget: &AtomicUsize, want: usize, trips: &LimitTrips) -> usize {
     let mut granted = 0;
     let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
         granted = want.min(left);
         Some(left - granted)
     });
     if granted < want {
-        plugin.trips.count(Limit::LogBytes);
+        trips.count(Limit::LogBytes);
     }
     granted
 }

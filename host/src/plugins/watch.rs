@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
-use super::{Manifest, ManifestError, Registry, check_plugin_name};
+use super::manifest::{Manifest, read_manifest};
+use super::registry::{KvOnRemove, Registry};
 
 /// How long a file must be quiet before it is loaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -100,7 +101,7 @@ impl Sync {
         let wasm = self.dir.join(format!("{stem}.wasm"));
         if !wasm.exists() {
             if let Some(name) = self.names.remove(stem) {
-                self.registry.remove(&name, super::KvOnRemove::Delete);
+                self.registry.remove(&name, KvOnRemove::Delete);
             }
             return;
         }
@@ -139,18 +140,6 @@ impl Sync {
             Err(e) => tracing::error!(plugin = %name, file = %wasm.display(), "plugin not reloaded, the running version keeps serving: {e}"),
         }
     }
-}
-
-/// The manifest beside `wasm`, or defaults named after the file.
-pub fn read_manifest(wasm: &Path, stem: &str) -> Result<Manifest, ManifestError> {
-    let toml = wasm.with_extension("toml");
-    if toml.exists() {
-        return Manifest::from_file(&toml, stem);
-    }
-    let name = stem.replace('_', "-");
-    check_plugin_name(&name)
-        .map_err(|problem| ManifestError::Invalid { path: wasm.display().to_string(), key: "name", problem })?;
-    Ok(Manifest::named(name))
 }
 
 /// Whether an event of `kind` may have changed a file. Opening and reading do not: counting

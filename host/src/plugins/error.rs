@@ -1,0 +1,41 @@
+//! Why a component was refused at load: `LoadError`, shared by the runtime (which loads) and
+//! the plugin version (whose probe can fail), so that neither imports the other for it.
+//!
+//! Each message says what to do about it. This module holds the type only.
+
+use super::compile::CompileError;
+use super::files::FileError;
+use super::host::CONTRACT;
+use super::manifest::ManifestError;
+
+/// Why a component was refused. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm,
+    #[error(
+        "a core WebAssembly module, not a component: build for wasm32-wasip2, or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("not a valid component: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Compile(CompileError),
+    #[error("built against contract {found}, but this host speaks {CONTRACT}")]
+    ContractVersion { found: String },
+    #[error("does not export `{0}`: it must implement the `listener` world of {CONTRACT}")]
+    MissingExport(&'static str),
+    #[error("does not match the `listener` world of {CONTRACT}: {0}")]
+    WrongExports(String),
+    #[error("imports something this host does not provide: {0}")]
+    UnsupportedImport(String),
+    #[error("failed at start-up: {0}")]
+    Startup(String),
+    #[error("invalid subscriptions: {0}")]
+    Subscriptions(String),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
