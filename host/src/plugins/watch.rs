@@ -52,7 +52,7 @@ pub fn watch(dir: &Path, registry: Arc<Registry>, names: HashMap<String, String>
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let state = Sync { dir: dir.to_path_buf(), registry, names };
+    let state = DirSync { dir: dir.to_path_buf(), registry, names };
     let thread = {
         let stop = stop.clone();
         std::thread::Builder::new()
@@ -63,14 +63,14 @@ pub fn watch(dir: &Path, registry: Arc<Registry>, names: HashMap<String, String>
     Ok(DirWatcher { _watcher: watcher, stop, thread: Some(thread) })
 }
 
-struct Sync {
+struct DirSync {
     dir: PathBuf,
     registry: Arc<Registry>,
     /// File stem -> plugin name (a manifest may name a plugin differently from its file).
     names: HashMap<String, String>,
 }
 
-impl Sync {
+impl DirSync {
     fn run(mut self, rx: mpsc::Receiver<notify::Result<notify::Event>>, stop: &AtomicBool) {
         let mut pending: HashMap<String, Instant> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
