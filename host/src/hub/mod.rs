@@ -18,6 +18,7 @@
 pub mod auth;
 mod metrics;
 mod outbox;
+pub mod protocol;
 mod sendq;
 pub mod session;
 
@@ -29,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthError, Claims, ClaimsAuthorizer, Grants, Identity, ScopeAuthorizer, TokenRules, TokenVerifier};
@@ -38,7 +38,6 @@ pub use outbox::{Close, Push};
 
 use crate::action::{Scope, ScopeKind};
 use crate::broadcast::{Broadcaster, Frame, Reach};
-use crate::event::Json;
 use outbox::Outbox;
 
 /// Limits and timings of the hub.
@@ -430,14 +429,14 @@ impl Hub {
                     && missed.iter().zip(since.offset + 1..).all(|((p, _, _), expected)| p.offset == expected)
             });
             if announce {
-                let _ = conn.outbox.push(ack_frame(scope, &Joined { position: position.clone(), recovered }));
+                let _ = conn.outbox.push(protocol::subscribe_ack(scope, &Joined { position: position.clone(), recovered }));
             }
             if recovered == Some(true) {
                 for (p, frame, reach) in missed {
                     let bytes = if reach.includes(&conn.identity.workspace_id) {
-                        encode(frame, scope, &p.epoch, p.offset)
+                        protocol::event(frame, scope, &p.epoch, p.offset)
                     } else {
-                        encode_skip(scope, &p.epoch, p.offset)
+                        protocol::skip(scope, &p.epoch, p.offset)
                     };
                     let _ = conn.outbox.push(bytes);
                 }
@@ -507,7 +506,7 @@ impl Hub {
                 if let Some(since) = &since {
                     joined.recovered = Some(*since == joined.position);
                 }
-                let _ = conn.outbox.push(ack_frame(&scope, &joined));
+                let _ = conn.outbox.push(protocol::subscribe_ack(&scope, &joined));
                 Ok(joined)
             }
             Err(e @ (SubscribeError::Forbidden | SubscribeError::LookupFailed)) => {
@@ -627,13 +626,13 @@ impl Hub {
                     room.seq += 1;
                 }
             }
-            let bytes = encode(frame, scope, &room.epoch, room.seq);
+            let bytes = protocol::event(frame, scope, &room.epoch, room.seq);
             let mut skip = None;
             for member in &room.members {
                 if reach.includes(&member.identity.workspace_id) {
                     self.push(member, &bytes, &mut slow);
                 } else {
-                    let skip = skip.get_or_insert_with(|| encode_skip(scope, &room.epoch, room.seq));
+                    let skip = skip.get_or_insert_with(|| protocol::skip(scope, &room.epoch, room.seq));
                     self.push(member, skip, &mut slow);
                 }
             }
@@ -655,7 +654,7 @@ impl Hub {
                 None if everyone.0 != self.local_epoch => *everyone = (self.local_epoch.clone(), 1),
                 None => everyone.1 += 1,
             }
-            let bytes = encode(frame, &EVERYONE, &everyone.0, everyone.1);
+            let bytes = protocol::event(frame, &protocol::Everyone, &everyone.0, everyone.1);
             for conn in &conns {
                 self.push(conn, &bytes, &mut slow);
             }
@@ -690,100 +689,6 @@ impl Hub {
             self.metrics.evictions.fetch_add(1, Relaxed);
         }
     }
-}
-
-/// `{"type": "subscribe_ack", "payload": {scope, id[, workspace_id], epoch, offset[, recovered]}}`.
-fn ack_frame(scope: &Scope, joined: &Joined) -> Utf8Bytes {
-    let mut payload = serde_json::json!({
-        "scope": scope.kind.as_str(),
-        "id": scope.id,
-        "epoch": joined.position.epoch,
-        "offset": joined.position.offset,
-    });
-    if !scope.workspace.is_empty() {
-        payload["workspace_id"] = serde_json::json!(scope.workspace);
-    }
-    if let Some(recovered) = joined.recovered {
-        payload["recovered"] = serde_json::json!(recovered);
-    }
-    Utf8Bytes::from(serde_json::json!({"type": "subscribe_ack", "payload": payload}).to_string())
-}
-
-/// Where an `everyone` frame was sent, for `encode`.
-struct Everyone;
-
-const EVERYONE: Everyone = Everyone;
-
-/// The room a frame is encoded for: a scope, or everyone.
-trait Destination {
-    fn kind(&self) -> &str;
-    fn id(&self) -> &str;
-    fn workspace(&self) -> &str;
-}
-
-impl Destination for Scope {
-    fn kind(&self) -> &str {
-        self.kind.as_str()
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn workspace(&self) -> &str {
-        &self.workspace
-    }
-}
-
-impl Destination for Everyone {
-    fn kind(&self) -> &str {
-        "everyone"
-    }
-    fn id(&self) -> &str {
-        ""
-    }
-    fn workspace(&self) -> &str {
-        ""
-    }
-}
-
-/// Encodes an event frame once, for every recipient. `workspace_id` is the room's workspace
-/// (a workspace, task or chat room belongs to one), else the workspace of the event the message
-/// came from.
-fn encode(frame: &Frame, room: &impl Destination, epoch: &str, seq: u64) -> Utf8Bytes {
-    #[derive(Serialize)]
-    struct Wire<'a> {
-        #[serde(rename = "type")]
-        event_type: &'a str,
-        payload: &'a Json,
-        actor_id: &'a str,
-        actor_type: &'a str,
-        event_id: &'a str,
-        workspace_id: &'a str,
-        scope: &'a str,
-        scope_id: &'a str,
-        epoch: &'a str,
-        seq: u64,
-    }
-    let workspace_id = if room.workspace().is_empty() { &frame.workspace_id } else { room.workspace() };
-    let wire = Wire {
-        event_type: &frame.event_type,
-        payload: &frame.payload,
-        actor_id: &frame.actor_id,
-        actor_type: &frame.actor_type,
-        event_id: &frame.event_id,
-        workspace_id,
-        scope: room.kind(),
-        scope_id: room.id(),
-        epoch,
-        seq,
-    };
-    Utf8Bytes::from(serde_json::to_string(&wire).expect("frames serialize"))
-}
-
-/// `{"type": "skip", scope, scope_id, epoch, seq}`: a position in a user room whose frame was
-/// for the user's connections to another workspace.
-fn encode_skip(scope: &Scope, epoch: &str, seq: u64) -> Utf8Bytes {
-    let skip = serde_json::json!({"type": "skip", "scope": scope.kind.as_str(), "scope_id": scope.id, "epoch": epoch, "seq": seq});
-    Utf8Bytes::from(skip.to_string())
 }
 
 /// A hub on its own is a Broadcaster: it numbers frames itself. (With a relay, the relay is the

@@ -14,11 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite;
 
 use super::outbox::Next;
+use super::protocol::{Control, Inbound};
 use super::sendq::{self, SendQueue};
 use super::{AuthError, Close, Conn, Hub, Identity, Position, SubscribeError};
 use crate::action::{Scope, ScopeKind};
@@ -31,14 +31,6 @@ pub enum Auth {
     Pending { workspace_id: String },
 }
 
-/// An inbound frame: `{"type": ..., "payload": ...}`.
-#[derive(Deserialize)]
-struct Inbound {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    payload: Value,
-}
 
 /// Serves one connection until it closes (the client leaves, the hub evicts it, or the hub
 /// shuts down).
@@ -71,7 +63,7 @@ where
             return;
         }
     };
-    conn.send_control(json!({"type": "auth_ack"}).to_string());
+    conn.send_control(Control::AuthAck.to_text());
     hub.join_own_rooms(&conn, &since).await;
     tracing::debug!(conn = conn.id, user = %conn.identity.user_id, workspace = %conn.identity.workspace_id, "connected");
     let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink, fd.and_then(SendQueue::new)));
@@ -215,7 +207,7 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) -> Option<u64> {
     let Ok(frame) = serde_json::from_str::<Inbound>(body) else { return None };
     match frame.kind.as_str() {
         "ping" => {
-            conn.send_control(json!({"type": "pong"}).to_string());
+            conn.send_control(Control::Pong.to_text());
         }
         "auth" => return refresh(hub, conn, &frame.payload),
         "subscribe" | "unsubscribe" => {
@@ -233,14 +225,15 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) -> Option<u64> {
                 Ok(scope) if frame.kind == "subscribe" => hub.subscribe(conn, scope, parse_position(since)).await.map(Some),
                 Ok(scope) => hub.unsubscribe(conn, &scope).map(|()| None),
             };
+            let (scope, id) = (raw_scope.as_str(), raw_id.as_str());
             let reply = match result {
                 // A subscribe's ack was sent by the hub, ahead of any replayed frame.
                 Ok(Some(_)) => return None,
-                Ok(None) => json!({"type": "unsubscribe_ack", "payload": {"scope": raw_scope, "id": raw_id}}),
-                Err(e) => json!({"type": format!("{}_error", frame.kind),
-                                 "payload": {"scope": raw_scope, "id": raw_id, "error": e.code()}}),
+                Ok(None) => Control::UnsubscribeAck { scope, id },
+                Err(e) if frame.kind == "subscribe" => Control::SubscribeError { scope, id, error: e.code() },
+                Err(e) => Control::UnsubscribeError { scope, id, error: e.code() },
             };
-            conn.send_control(reply.to_string());
+            conn.send_control(reply.to_text());
         }
         _ => {}
     }
@@ -253,14 +246,14 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) -> Option<u64> {
 fn refresh(hub: &Hub, conn: &Arc<Conn>, payload: &Value) -> Option<u64> {
     let refused = |code: &str| {
         hub.metrics().auth_failure(if code == "invalid_token" { "refresh_invalid" } else { "refresh_refused" });
-        conn.send_control(json!({"type": "auth_error", "payload": {"error": code}}).to_string());
+        conn.send_control(Control::AuthError { error: code }.to_text());
         None
     };
     let Some(token) = payload["token"].as_str() else { return refused("bad_request") };
     match hub.verifier().identify(token, &conn.identity.workspace_id) {
         Ok(identity) if identity.user_id == conn.identity.user_id => {
             let exp = identity.claims.exp;
-            conn.send_control(json!({"type": "auth_ack", "payload": {"exp": exp}}).to_string());
+            conn.send_control(Control::Refreshed { exp }.to_text());
             Some(exp)
         }
         Ok(_) => refused("other_user"),
@@ -413,7 +406,7 @@ fn text(frame: String) -> Message {
 }
 
 fn error_frame(code: &str, message: &str) -> String {
-    json!({"type": "error", "payload": {"code": code, "message": message}}).to_string()
+    Control::Error { code, message }.to_text()
 }
 
 fn close_message(close: Close) -> Message {
