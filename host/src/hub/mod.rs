@@ -11,6 +11,10 @@
 //! positions come from Redis and the backplane delivers frames here in order, and recovers what a
 //! reconnecting client missed.
 //!
+//! This file holds the configuration, the `Hub` and its connections' lifecycle (register,
+//! own rooms, disconnect, shutdown); `rooms` holds fan-out and joining with history,
+//! `subscribe` the subscribe checks, `protocol` the frames, `session` one connection's loop.
+//!
 //! Invariants: fan-out never waits on a socket; frames of one scope are pushed in `seq` order
 //! (the room's lock covers numbering and pushing); the hub knows nothing of HTTP routing (that
 //! is `api`), of the bus (it only receives frames) or of Redis (that is `relay`).
@@ -19,14 +23,20 @@ pub mod auth;
 mod metrics;
 mod outbox;
 pub mod protocol;
+mod rooms;
 mod sendq;
 pub mod session;
+mod subscribe;
+
+pub use subscribe::SubscribeError;
+use rooms::Room;
+use subscribe::TokenBucket;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -37,7 +47,6 @@ pub use metrics::{HubMetrics, HubSnapshot};
 pub use outbox::{Close, Push};
 
 use crate::action::{Scope, ScopeKind};
-use crate::broadcast::{Broadcaster, Frame, Reach};
 use outbox::Outbox;
 
 /// Limits and timings of the hub.
@@ -81,36 +90,6 @@ impl Default for HubConfig {
             authorize_timeout: Duration::from_secs(2),
             max_inbound_bytes: 64 << 10,
             max_connections_per_user: 100,
-        }
-    }
-}
-
-/// Why a subscribe or unsubscribe was refused. `code()` is what the client sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SubscribeError {
-    #[error("invalid payload")]
-    InvalidPayload,
-    #[error("forbidden")]
-    Forbidden,
-    #[error("unknown scope")]
-    UnknownScope,
-    #[error("authorization lookup failed")]
-    LookupFailed,
-    #[error("too many scopes")]
-    TooManyScopes,
-    #[error("too many subscribes")]
-    RateLimited,
-}
-
-impl SubscribeError {
-    pub fn code(self) -> &'static str {
-        match self {
-            SubscribeError::InvalidPayload => "invalid payload",
-            SubscribeError::Forbidden => "forbidden",
-            SubscribeError::UnknownScope => "unknown_scope",
-            SubscribeError::LookupFailed => "lookup_failed",
-            SubscribeError::TooManyScopes => "too_many_scopes",
-            SubscribeError::RateLimited => "rate_limited",
         }
     }
 }
@@ -181,17 +160,6 @@ impl Conn {
     pub(crate) fn outbox(&self) -> &Outbox {
         &self.outbox
     }
-}
-
-struct TokenBucket {
-    tokens: f64,
-    at: Instant,
-}
-
-struct Room {
-    epoch: Arc<str>,
-    seq: u64,
-    members: Vec<Arc<Conn>>,
 }
 
 const SHARDS: usize = 16;
@@ -299,7 +267,7 @@ impl Hub {
             id: self.next_id.fetch_add(1, Relaxed),
             outbox: Outbox::new(self.config.max_queue_bytes, self.config.max_queue_age),
             scopes: Mutex::new(BTreeSet::new()),
-            bucket: Mutex::new(TokenBucket { tokens: self.config.subscribe_burst, at: Instant::now() }),
+            bucket: Mutex::new(TokenBucket::full(self.config.subscribe_burst)),
             gone: CancellationToken::new(),
             identity,
         });
@@ -379,334 +347,5 @@ impl Hub {
         if tokio::time::timeout(limit, self.sessions.wait()).await.is_err() {
             tracing::warn!(sessions = self.sessions.len(), "connections still closing at the end of shutdown");
         }
-    }
-
-    /// Joins `conn` to `scope`'s room. Under the room's lock, first pushes `history` (frames it
-    /// missed, in order, up to the room's current position) so that no live frame can come
-    /// between them. `since` says what the connection has already seen: recovery succeeds when
-    /// `history` fills the gap from `since` to the room's position exactly.
-    ///
-    /// A room created here starts at `start` (the scope's position elsewhere, from the
-    /// backplane), else at offset 0 of this hub's epoch. A history frame whose `Reach` leaves
-    /// this connection out is replayed as a `skip` frame, as it was live. With `announce`, the
-    /// connection first gets a `subscribe_ack` saying where it stands and whether it recovered.
-    pub fn join_with_history(
-        &self,
-        conn: &Arc<Conn>,
-        scope: &Scope,
-        since: Option<&Position>,
-        start: Option<Position>,
-        history: Vec<(Position, Frame, Reach)>,
-        announce: bool,
-    ) -> Joined {
-        let mut scopes = conn.scopes.lock();
-        let mut opened = false;
-        let joined = {
-            let mut shard = self.shard(scope).write();
-            let room = shard.entry(scope.clone()).or_insert_with(|| {
-                opened = true;
-                let (epoch, seq) = match &start {
-                    Some(p) => (Arc::from(p.epoch.as_str()), p.offset),
-                    None => (self.local_epoch.clone(), 0),
-                };
-                Arc::new(Mutex::new(Room { epoch, seq, members: Vec::new() }))
-            });
-            let mut room = room.lock();
-            let position = Position { epoch: room.epoch.to_string(), offset: room.seq };
-            // What the connection missed: the history after `since`, up to where the room is.
-            let missed: Vec<&(Position, Frame, Reach)> = match since {
-                Some(since) if since.epoch == position.epoch && since.offset <= position.offset => history
-                    .iter()
-                    .filter(|(p, _, _)| p.epoch == since.epoch && p.offset > since.offset && p.offset <= position.offset)
-                    .collect(),
-                _ => Vec::new(),
-            };
-            // Recovered only with every offset in between, none missing.
-            let recovered = since.map(|since| {
-                since.epoch == position.epoch
-                    && since.offset <= position.offset
-                    && missed.len() as u64 == position.offset - since.offset
-                    && missed.iter().zip(since.offset + 1..).all(|((p, _, _), expected)| p.offset == expected)
-            });
-            if announce {
-                let _ = conn.outbox.push(protocol::subscribe_ack(scope, &Joined { position: position.clone(), recovered }));
-            }
-            if recovered == Some(true) {
-                for (p, frame, reach) in missed {
-                    let bytes = if reach.includes(&conn.identity.workspace_id) {
-                        protocol::event(frame, scope, &p.epoch, p.offset)
-                    } else {
-                        protocol::skip(scope, &p.epoch, p.offset)
-                    };
-                    let _ = conn.outbox.push(bytes);
-                }
-            }
-            // Checked under the scopes lock: `disconnect` cancels before it takes the scopes, so
-            // a connection being closed can never be left behind in a room.
-            if !conn.gone.is_cancelled() && scopes.insert(scope.clone()) {
-                room.members.push(conn.clone());
-            }
-            // A room opened for a connection that closed meanwhile would stay, empty, forever.
-            if opened && room.members.is_empty() {
-                drop(room);
-                shard.remove(scope);
-                opened = false;
-            }
-            Joined { position, recovered }
-        };
-        drop(scopes);
-        if let Some(result) = joined.recovered {
-            self.metrics.recovery(result);
-        }
-        if opened && let Some(backplane) = self.backplane.get() {
-            backplane.room_opened(scope);
-        }
-        joined
-    }
-
-    /// Whether `scope` has local members.
-    pub fn has_room(&self, scope: &Scope) -> bool {
-        self.shard(scope).read().contains_key(scope)
-    }
-
-    fn leave_room(&self, conn: &Conn, scope: &Scope) {
-        let mut shard = self.shard(scope).write();
-        if let Some(room) = shard.get(scope) {
-            let empty = {
-                let mut room = room.lock();
-                room.members.retain(|m| m.id != conn.id);
-                room.members.is_empty()
-            };
-            if empty {
-                shard.remove(scope);
-                drop(shard);
-                if let Some(backplane) = self.backplane.get() {
-                    backplane.room_closed(scope);
-                }
-            }
-        }
-    }
-
-    /// Subscribes a connection to a scope, if it may: its own workspace and user always (an
-    /// idempotent ack), task and chat scopes when the authorizer allows, within the caps. With
-    /// `since`, what the connection missed after that position is replayed first, when possible.
-    pub async fn subscribe(&self, conn: &Arc<Conn>, scope: Scope, since: Option<Position>) -> Result<Joined, SubscribeError> {
-        let result = self.check_subscribe(conn, &scope).await;
-        match result {
-            Ok(()) => {
-                self.metrics.subscribe(scope.kind);
-                let member = conn.scopes.lock().contains(&scope);
-                if !member {
-                    // The ack goes out under the room's lock, before any replayed frame.
-                    return Ok(self.join_scope(conn, &scope, since.as_ref(), true).await);
-                }
-                // Already in the room (its own workspace or user): a position to resume from
-                // can only be honoured when nothing was missed.
-                let mut joined = self.position(&scope);
-                if let Some(since) = &since {
-                    joined.recovered = Some(*since == joined.position);
-                }
-                let _ = conn.outbox.push(protocol::subscribe_ack(&scope, &joined));
-                Ok(joined)
-            }
-            Err(e @ (SubscribeError::Forbidden | SubscribeError::LookupFailed)) => {
-                self.metrics.denial(scope.kind);
-                Err(e)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The room's current position (nothing recovered).
-    fn position(&self, scope: &Scope) -> Joined {
-        let room = self.shard(scope).read().get(scope).cloned();
-        let position = match room {
-            Some(room) => {
-                let room = room.lock();
-                Position { epoch: room.epoch.to_string(), offset: room.seq }
-            }
-            None => Position { epoch: self.local_epoch.to_string(), offset: 0 },
-        };
-        Joined { position, recovered: None }
-    }
-
-    async fn check_subscribe(&self, conn: &Arc<Conn>, scope: &Scope) -> Result<(), SubscribeError> {
-        if scope.id.is_empty() || scope.id.len() > crate::event::MAX_NAME_LEN {
-            return Err(SubscribeError::InvalidPayload);
-        }
-        let who = &conn.identity;
-        match scope.kind {
-            ScopeKind::Workspace if scope.id == who.workspace_id => return Ok(()),
-            ScopeKind::User if scope.id == who.user_id => return Ok(()),
-            ScopeKind::Workspace | ScopeKind::User => return Err(SubscribeError::Forbidden),
-            // A grant in one workspace never opens a room of another.
-            ScopeKind::Task | ScopeKind::Chat if scope.workspace != who.workspace_id => {
-                return Err(SubscribeError::Forbidden);
-            }
-            ScopeKind::Task | ScopeKind::Chat => {}
-        }
-        if conn.scopes.lock().contains(scope) {
-            return Ok(());
-        }
-        self.take_token(conn)?;
-        if conn.scopes.lock().len() >= self.config.max_scopes {
-            return Err(SubscribeError::TooManyScopes);
-        }
-        match tokio::time::timeout(self.config.authorize_timeout, self.authorizer.authorize(who, scope)).await {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(SubscribeError::Forbidden),
-            Ok(Err(e)) => {
-                tracing::warn!(scope = %scope, user = %who.user_id, "scope authorization failed: {e}");
-                Err(SubscribeError::LookupFailed)
-            }
-            Err(_) => {
-                tracing::warn!(scope = %scope, user = %who.user_id, "scope authorization timed out");
-                Err(SubscribeError::LookupFailed)
-            }
-        }
-    }
-
-    fn take_token(&self, conn: &Conn) -> Result<(), SubscribeError> {
-        let mut bucket = conn.bucket.lock();
-        let now = Instant::now();
-        let refill = now.duration_since(bucket.at).as_secs_f64() * self.config.subscribe_rate;
-        bucket.tokens = (bucket.tokens + refill).min(self.config.subscribe_burst);
-        bucket.at = now;
-        if bucket.tokens < 1.0 {
-            return Err(SubscribeError::RateLimited);
-        }
-        bucket.tokens -= 1.0;
-        Ok(())
-    }
-
-    /// Leaves a task or chat scope. Leaving one's own workspace or user room is acknowledged
-    /// but does nothing: those rooms last as long as the connection.
-    pub fn unsubscribe(&self, conn: &Arc<Conn>, scope: &Scope) -> Result<(), SubscribeError> {
-        if scope.id.is_empty() {
-            return Err(SubscribeError::InvalidPayload);
-        }
-        let own = match scope.kind {
-            ScopeKind::Workspace => scope.id == conn.identity.workspace_id,
-            ScopeKind::User => scope.id == conn.identity.user_id,
-            ScopeKind::Task | ScopeKind::Chat => false,
-        };
-        if !own && conn.scopes.lock().remove(scope) {
-            self.leave_room(conn, scope);
-        }
-        self.metrics.unsubscribe(scope.kind);
-        Ok(())
-    }
-
-    /// Pushes one frame to every member of `scope` that `reach` includes, in that scope's order;
-    /// the others get a `skip` frame with the same position, so no connection sees a gap in
-    /// `seq` (`reach` only ever narrows user rooms). Numbered here, unless `at` gives the
-    /// frame's position (from the backplane, which then delivers frames in order).
-    pub fn fan_out(&self, scope: &Scope, reach: &Reach, frame: &Frame, at: Option<&Position>) {
-        self.metrics.event(&frame.event_type);
-        self.metrics.frames_broadcast.fetch_add(1, Relaxed);
-        let room = self.shard(scope).read().get(scope).cloned();
-        let Some(room) = room else { return };
-        let mut slow = Vec::new();
-        {
-            let mut room = room.lock();
-            match at {
-                Some(position) => {
-                    if *room.epoch != *position.epoch {
-                        room.epoch = Arc::from(position.epoch.as_str());
-                    }
-                    room.seq = position.offset;
-                }
-                None => {
-                    // Numbered here, in this hub's own epoch (after frames numbered elsewhere,
-                    // the offsets start again, and the epoch says so).
-                    if room.epoch != self.local_epoch {
-                        room.epoch = self.local_epoch.clone();
-                        room.seq = 0;
-                    }
-                    room.seq += 1;
-                }
-            }
-            let bytes = protocol::event(frame, scope, &room.epoch, room.seq);
-            let mut skip = None;
-            for member in &room.members {
-                if reach.includes(&member.identity.workspace_id) {
-                    self.push(member, &bytes, &mut slow);
-                } else {
-                    let skip = skip.get_or_insert_with(|| protocol::skip(scope, &room.epoch, room.seq));
-                    self.push(member, skip, &mut slow);
-                }
-            }
-        }
-        self.evict(slow);
-    }
-
-    /// Pushes a frame to every connection (the `everyone` scope). Numbered here unless `at`
-    /// gives its position.
-    pub fn fan_out_everyone(&self, frame: &Frame, at: Option<&Position>) {
-        self.metrics.event(&frame.event_type);
-        self.metrics.frames_broadcast.fetch_add(1, Relaxed);
-        let conns: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
-        let mut slow = Vec::new();
-        {
-            let mut everyone = self.everyone.lock();
-            match at {
-                Some(position) => *everyone = (Arc::from(position.epoch.as_str()), position.offset),
-                None if everyone.0 != self.local_epoch => *everyone = (self.local_epoch.clone(), 1),
-                None => everyone.1 += 1,
-            }
-            let bytes = protocol::event(frame, &protocol::Everyone, &everyone.0, everyone.1);
-            for conn in &conns {
-                self.push(conn, &bytes, &mut slow);
-            }
-        }
-        self.evict(slow);
-    }
-
-    fn push(&self, conn: &Arc<Conn>, bytes: &Utf8Bytes, slow: &mut Vec<Arc<Conn>>) {
-        match conn.outbox.push(bytes.clone()) {
-            Push::Queued => {
-                self.metrics.messages_sent.fetch_add(1, Relaxed);
-            }
-            Push::Overflow => {
-                self.metrics.messages_dropped.fetch_add(1, Relaxed);
-                slow.push(conn.clone());
-            }
-            Push::Closed => {}
-        }
-    }
-
-    fn evict(&self, slow: Vec<Arc<Conn>>) {
-        for conn in slow {
-            self.evict_slow(&conn);
-        }
-    }
-
-    /// Closes a connection that is not keeping up (4008): its outbox overflowed, or a write to
-    /// it did not finish within the outbox's age bound.
-    pub(crate) fn evict_slow(&self, conn: &Arc<Conn>) {
-        if self.disconnect(conn, Close::SLOW) {
-            tracing::info!(conn = conn.id, user = %conn.identity.user_id, "evicted slow connection");
-            self.metrics.evictions.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-/// A hub on its own is a Broadcaster: it numbers frames itself. (With a relay, the relay is the
-/// Broadcaster and delivers into the hub.)
-impl Broadcaster for Hub {
-    fn broadcast_to_workspace(&self, workspace_id: &str, frame: Frame) {
-        self.fan_out(&Scope::workspace(workspace_id), &Reach::All, &frame, None);
-    }
-
-    fn send_to_user(&self, user_id: &str, reach: &Reach, frame: Frame) {
-        self.fan_out(&Scope::user(user_id), reach, &frame, None);
-    }
-
-    fn broadcast_to_scope(&self, scope: &Scope, frame: Frame) {
-        self.fan_out(scope, &Reach::All, &frame, None);
-    }
-
-    fn broadcast(&self, frame: Frame) {
-        self.fan_out_everyone(&frame, None);
     }
 }
