@@ -335,7 +335,7 @@ impl busbar::hub::ScopeAuthorizer for OriginalRules {
     ) -> busbar::hub::auth::AuthorizeFuture<'a> {
         Box::pin(async move {
             if scope.id.starts_with("broken") {
-                return Err("the database is down".to_string());
+                return Err(busbar::hub::LookupError::new("the database is down"));
             }
             if scope.id.starts_with("slow") {
                 tokio::time::sleep(Duration::from_secs(5)).await;

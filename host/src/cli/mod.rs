@@ -81,7 +81,7 @@ impl RuntimeArgs {
     pub fn runtime(&self) -> anyhow::Result<Runtime> {
         let cache_dir = if self.no_cache { None } else { self.cache_dir.clone().or_else(default_cache_dir) };
         let compile_worker = Some(std::env::current_exe().context("cannot find the busbar executable")?);
-        Runtime::new(RuntimeConfig { cache_dir, compile_worker, ..RuntimeConfig::default() })
+        Ok(Runtime::new(RuntimeConfig { cache_dir, compile_worker, ..RuntimeConfig::default() })?)
     }
 }
 

@@ -159,7 +159,20 @@ pub struct Identity {
 }
 
 /// A boxed future, so that authorizers may look things up asynchronously.
-pub type AuthorizeFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>>;
+pub type AuthorizeFuture<'a> = Pin<Box<dyn Future<Output = Result<bool, LookupError>> + Send + 'a>>;
+
+/// An authorizer could not find the answer (its database is down, a lookup timed out): clients
+/// see `lookup_failed`, and the hub logs the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LookupError(Box<dyn std::error::Error + Send + Sync>);
+
+impl LookupError {
+    /// From any error, or from a message (`LookupError::new("chat store unreachable")`).
+    pub fn new(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> LookupError {
+        LookupError(cause.into())
+    }
+}
 
 /// Decides whether a connection may subscribe to a task or chat scope. Deny by default: return
 /// `Ok(false)` for anything not known to be allowed, `Err` when the answer could not be found

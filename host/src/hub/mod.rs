@@ -42,7 +42,7 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{AuthError, Claims, ClaimsAuthorizer, Grants, Identity, ScopeAuthorizer, TokenRules, TokenVerifier};
+pub use auth::{AuthError, Claims, ClaimsAuthorizer, Grants, Identity, LookupError, ScopeAuthorizer, TokenRules, TokenVerifier};
 pub use metrics::{HubMetrics, HubSnapshot};
 pub use outbox::{Close, Push};
 

@@ -42,7 +42,7 @@ pub use plugin::{Plugin, PluginInfo, PluginStatus};
 pub use policy::{Grant, PLUGIN_ACTOR};
 pub use registry::{Failure, InstallError, Installed, KvOnRemove, PluginView, Registry, ReloadStats, RollbackError, VersionView};
 pub use error::LoadError;
-pub use runtime::{ComponentInfo, Runtime, RuntimeConfig};
+pub use runtime::{ComponentInfo, Runtime, RuntimeConfig, RuntimeError};
 pub use watch::{DEBOUNCE, DirWatcher, watch};
 
 use crate::bus::{Bus, BusError, Registration};

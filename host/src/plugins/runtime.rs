@@ -96,22 +96,22 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let (engine, pooling) = if config.pooling {
             match Engine::new(&engine::config(Some(config.instance_slots), config.perf_map)) {
                 Ok(engine) => (engine, true),
                 Err(e) => {
                     tracing::warn!("pooling allocator unavailable, allocating on demand: {e}");
-                    (Engine::new(&engine::config(None, config.perf_map)).map_err(to_anyhow)?, false)
+                    (Engine::new(&engine::config(None, config.perf_map)).map_err(RuntimeError::engine)?, false)
                 }
             }
         } else {
-            (Engine::new(&engine::config(None, config.perf_map)).map_err(to_anyhow)?, false)
+            (Engine::new(&engine::config(None, config.perf_map)).map_err(RuntimeError::engine)?, false)
         };
-        let linker = host::linker(&engine).map_err(to_anyhow)?;
+        let linker = host::linker(&engine).map_err(RuntimeError::engine)?;
         let cache = match config.cache_dir {
             Some(dir) => CompileCache::in_dir(&dir)
-                .map_err(|e| anyhow::anyhow!("cannot use cache directory {}: {e}", dir.display()))?,
+                .map_err(|source| RuntimeError::Cache { dir: dir.display().to_string(), source })?,
             None => CompileCache::disabled(),
         };
         let ticker = Ticker::start(engine.clone());
@@ -253,8 +253,19 @@ fn sniff(bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn to_anyhow(e: wasmtime::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e:#}")
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("cannot use cache directory {dir}: {source}")]
+    Cache { dir: String, source: std::io::Error },
+}
+
+impl RuntimeError {
+    fn engine(e: wasmtime::Error) -> RuntimeError {
+        RuntimeError::Engine(format!("{e:#}"))
+    }
 }
 
 /// A thread that advances the engine's epoch every tick, so deadlines can interrupt guests.
