@@ -98,18 +98,8 @@ fn prometheus(state: &AppState) -> String {
         }
         if let Some(listener) = &view.listener {
             let s = &listener.stats;
-            for (outcome, n) in [
-                ("ok", s.ok),
-                ("error", s.errors),
-                ("trap", s.traps),
-                ("timeout", s.timeouts),
-                ("out_of_memory", s.out_of_memory),
-                ("quarantined", s.quarantined),
-                ("invalid_output", s.invalid_output),
-                ("policy_denied", s.policy_denied),
-                ("over_budget", s.over_budget),
-            ] {
-                calls.push((format!("{{plugin=\"{name}\",outcome=\"{outcome}\"}}"), n as f64));
+            for (outcome, n) in &s.outcomes {
+                calls.push((format!("{{plugin=\"{name}\",outcome=\"{outcome}\"}}"), *n as f64));
             }
             not_dispatched.push((format!("{{plugin=\"{name}\"}}"), s.follow_ups_not_dispatched as f64));
             latency.push((format!("{{plugin=\"{name}\",quantile=\"0.5\"}}"), s.latency.p50_us as f64));

@@ -29,7 +29,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 pub use outcome::{
-    EventReport, EventStatus, ListenerError, ListenerReport, NotDispatched, Outcome, PublishReport, ReportSummary,
+    EventReport, EventStatus, ListenerError, ListenerReport, NotDispatched, Outcome, OutcomeKind, PublishReport,
+    ReportSummary,
 };
 pub use stats::{LatencySnapshot, ListenerStats, StatsSnapshot};
 

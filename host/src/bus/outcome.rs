@@ -52,24 +52,72 @@ pub enum Outcome {
     OverBudget { message: String },
 }
 
+/// The kinds of `Outcome`, in one place: counters, metrics and reports iterate `ALL`, so a new
+/// outcome is added here and in `Outcome` only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OutcomeKind {
+    Ok,
+    Error,
+    Trap,
+    Timeout,
+    OutOfMemory,
+    Quarantined,
+    InvalidOutput,
+    PolicyDenied,
+    OverBudget,
+}
+
+impl OutcomeKind {
+    pub const ALL: [OutcomeKind; 9] = [
+        OutcomeKind::Ok,
+        OutcomeKind::Error,
+        OutcomeKind::Trap,
+        OutcomeKind::Timeout,
+        OutcomeKind::OutOfMemory,
+        OutcomeKind::Quarantined,
+        OutcomeKind::InvalidOutput,
+        OutcomeKind::PolicyDenied,
+        OutcomeKind::OverBudget,
+    ];
+
+    /// The name as it appears in JSON and in metrics labels (`ok`, `trap`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Ok => "ok",
+            OutcomeKind::Error => "error",
+            OutcomeKind::Trap => "trap",
+            OutcomeKind::Timeout => "timeout",
+            OutcomeKind::OutOfMemory => "out_of_memory",
+            OutcomeKind::Quarantined => "quarantined",
+            OutcomeKind::InvalidOutput => "invalid_output",
+            OutcomeKind::PolicyDenied => "policy_denied",
+            OutcomeKind::OverBudget => "over_budget",
+        }
+    }
+}
+
 impl Outcome {
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok { .. })
     }
 
+    pub fn kind_of(&self) -> OutcomeKind {
+        match self {
+            Outcome::Ok { .. } => OutcomeKind::Ok,
+            Outcome::Error { .. } => OutcomeKind::Error,
+            Outcome::Trap { .. } => OutcomeKind::Trap,
+            Outcome::Timeout { .. } => OutcomeKind::Timeout,
+            Outcome::OutOfMemory { .. } => OutcomeKind::OutOfMemory,
+            Outcome::Quarantined { .. } => OutcomeKind::Quarantined,
+            Outcome::InvalidOutput { .. } => OutcomeKind::InvalidOutput,
+            Outcome::PolicyDenied { .. } => OutcomeKind::PolicyDenied,
+            Outcome::OverBudget { .. } => OutcomeKind::OverBudget,
+        }
+    }
+
     /// The outcome's name as it appears in JSON (`ok`, `trap`, ...).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Outcome::Ok { .. } => "ok",
-            Outcome::Error { .. } => "error",
-            Outcome::Trap { .. } => "trap",
-            Outcome::Timeout { .. } => "timeout",
-            Outcome::OutOfMemory { .. } => "out_of_memory",
-            Outcome::Quarantined { .. } => "quarantined",
-            Outcome::InvalidOutput { .. } => "invalid_output",
-            Outcome::PolicyDenied { .. } => "policy_denied",
-            Outcome::OverBudget { .. } => "over_budget",
-        }
+        self.kind_of().as_str()
     }
 
     /// The message of a failed call.

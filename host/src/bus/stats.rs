@@ -3,12 +3,13 @@
 //! This module owns `ListenerStats` and its serializable `StatsSnapshot`. It must stay cheap
 //! (a few relaxed atomic adds per call) because it sits on the event path.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::outcome::Outcome;
+use super::outcome::{Outcome, OutcomeKind};
 
 /// Buckets of the latency histogram: bucket `i` counts calls that took under `2^i` µs.
 const BUCKETS: usize = 32;
@@ -17,15 +18,8 @@ const BUCKETS: usize = 32;
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     calls: AtomicU64,
-    ok: AtomicU64,
-    errors: AtomicU64,
-    traps: AtomicU64,
-    timeouts: AtomicU64,
-    out_of_memory: AtomicU64,
-    quarantined: AtomicU64,
-    invalid_output: AtomicU64,
-    policy_denied: AtomicU64,
-    over_budget: AtomicU64,
+    /// Calls by outcome, indexed by `OutcomeKind`.
+    outcomes: [AtomicU64; OutcomeKind::ALL.len()],
     /// Follow-ups this listener returned that were not dispatched (a publish limit).
     follow_ups_not_dispatched: AtomicU64,
     actions: AtomicU64,
@@ -37,15 +31,9 @@ pub struct ListenerStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
     pub calls: u64,
-    pub ok: u64,
-    pub errors: u64,
-    pub traps: u64,
-    pub timeouts: u64,
-    pub out_of_memory: u64,
-    pub quarantined: u64,
-    pub invalid_output: u64,
-    pub policy_denied: u64,
-    pub over_budget: u64,
+    /// Calls by outcome (`ok`, `error`, `trap`, ...), every kind present.
+    #[serde(flatten)]
+    pub outcomes: BTreeMap<&'static str, u64>,
     pub follow_ups_not_dispatched: u64,
     pub actions: u64,
     pub latency: LatencySnapshot,
@@ -65,21 +53,10 @@ pub struct LatencySnapshot {
 impl ListenerStats {
     pub fn record(&self, outcome: &Outcome, took: Duration) {
         self.calls.fetch_add(1, Relaxed);
-        let counter = match outcome {
-            Outcome::Ok { actions } => {
-                self.actions.fetch_add(*actions as u64, Relaxed);
-                &self.ok
-            }
-            Outcome::Error { .. } => &self.errors,
-            Outcome::Trap { .. } => &self.traps,
-            Outcome::Timeout { .. } => &self.timeouts,
-            Outcome::OutOfMemory { .. } => &self.out_of_memory,
-            Outcome::Quarantined { .. } => &self.quarantined,
-            Outcome::InvalidOutput { .. } => &self.invalid_output,
-            Outcome::PolicyDenied { .. } => &self.policy_denied,
-            Outcome::OverBudget { .. } => &self.over_budget,
-        };
-        counter.fetch_add(1, Relaxed);
+        if let Outcome::Ok { actions } = outcome {
+            self.actions.fetch_add(*actions as u64, Relaxed);
+        }
+        self.outcomes[outcome.kind_of() as usize].fetch_add(1, Relaxed);
         let us = took.as_micros().min(u64::MAX as u128) as u64;
         self.total_us.fetch_add(us, Relaxed);
         self.latency[bucket(us)].fetch_add(1, Relaxed);
@@ -107,15 +84,7 @@ impl ListenerStats {
         };
         StatsSnapshot {
             calls,
-            ok: self.ok.load(Relaxed),
-            errors: self.errors.load(Relaxed),
-            traps: self.traps.load(Relaxed),
-            timeouts: self.timeouts.load(Relaxed),
-            out_of_memory: self.out_of_memory.load(Relaxed),
-            quarantined: self.quarantined.load(Relaxed),
-            invalid_output: self.invalid_output.load(Relaxed),
-            policy_denied: self.policy_denied.load(Relaxed),
-            over_budget: self.over_budget.load(Relaxed),
+            outcomes: OutcomeKind::ALL.iter().map(|k| (k.as_str(), self.outcomes[*k as usize].load(Relaxed))).collect(),
             follow_ups_not_dispatched: self.follow_ups_not_dispatched.load(Relaxed),
             actions: self.actions.load(Relaxed),
             latency: LatencySnapshot {
@@ -164,7 +133,7 @@ mod tests {
         }
         stats.record(&Outcome::Timeout { message: "t".into() }, Duration::from_millis(100));
         let s = stats.snapshot();
-        assert_eq!((s.calls, s.ok, s.timeouts, s.actions), (100, 99, 1, 198));
+        assert_eq!((s.calls, s.outcomes["ok"], s.outcomes["timeout"], s.actions), (100, 99, 1, 198));
         assert_eq!(s.latency.p50_us, 4);
         assert_eq!(s.latency.p99_us, 4);
         assert_eq!(s.latency.max_bucket_us, 131072);
