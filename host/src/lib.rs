@@ -17,6 +17,7 @@ pub mod event;
 pub mod hub;
 pub mod plugins;
 pub mod relay;
+pub mod report;
 pub mod server;
 
 pub use action::{Action, Scope, ScopeKind, Target};

@@ -61,20 +61,10 @@ fn render(plugins: Vec<Plugin>, events: &Path) -> String {
     for line in std::fs::read_to_string(events).unwrap().lines().filter(|l| !l.trim().is_empty()) {
         let event = busbar::event::Event::from_json(line).unwrap();
         let report = bus.publish(event);
-        let deliveries = recorder.take();
-        for event in &report.events {
-            for d in deliveries.iter().filter(|d| d.frame.event_id == event.event_id) {
-                out.push_str(&format!("{}\n", d.to_line()));
-            }
-            for l in &event.listeners {
-                let mut line = serde_json::json!({"kind": "outcome", "event_id": event.event_id, "listener": l.listener});
-                let outcome = serde_json::to_value(&l.outcome).unwrap();
-                line.as_object_mut().unwrap().extend(outcome.as_object().unwrap().clone());
-                if line["outcome"] == "trap" {
-                    line["message"] = "(engine-specific)".into();
-                }
-                out.push_str(&format!("{line}\n"));
-            }
+        let style = busbar::report::Style { timings: false, redact_traps: true };
+        for line in busbar::report::lines(&report, &recorder.take(), style) {
+            out.push_str(&line);
+            out.push('\n');
         }
     }
     out

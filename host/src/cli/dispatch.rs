@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use busbar::broadcast::Recorder;
-use busbar::bus::{Bus, EventStatus};
+use busbar::bus::Bus;
 use busbar::event::Event;
 use clap::Args;
 use serde_json::json;
@@ -75,31 +75,8 @@ pub fn render(bus: &Bus, recorder: &Recorder, input: &[String], timings: bool) -
             }
         };
         let report = bus.publish(event);
-        let deliveries = recorder.take();
-        for event in &report.events {
-            for delivery in deliveries.iter().filter(|d| d.frame.event_id == event.event_id) {
-                out.push(delivery.to_line());
-            }
-            if let EventStatus::NotDispatched { reason } = event.status {
-                out.push(
-                    json!({"kind": "not_dispatched", "event_id": event.event_id, "type": event.event_type,
-                           "depth": event.depth, "reason": reason})
-                    .to_string(),
-                );
-            }
-            for listener in &event.listeners {
-                let mut line = json!({"kind": "outcome", "event_id": event.event_id, "type": event.event_type,
-                                      "listener": listener.listener});
-                let outcome = serde_json::to_value(&listener.outcome)?;
-                if let (Some(line), Some(outcome)) = (line.as_object_mut(), outcome.as_object()) {
-                    line.extend(outcome.clone());
-                    if timings {
-                        line.insert("duration_us".into(), listener.duration_us.into());
-                    }
-                }
-                out.push(line.to_string());
-            }
-        }
+        let style = busbar::report::Style { timings, redact_traps: false };
+        out.extend(busbar::report::lines(&report, &recorder.take(), style));
     }
     Ok((out, bad_lines))
 }
