@@ -65,9 +65,6 @@ pub struct Config {
     pub connection_limits: ConnectionLimits,
     /// Instance slots of the plugin runtime's pool (all plugins together).
     pub instance_slots: u32,
-    /// Benchmark baseline: no plugins; a native Rust listener forwards every event to its
-    /// workspace room instead.
-    pub native_baseline: bool,
     /// Share fan-out with other nodes through Redis; `None` is the single-node mode.
     pub relay: Option<crate::relay::RelayConfig>,
 }
@@ -80,7 +77,6 @@ pub struct Overrides {
     pub plugins_dir: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
     pub no_cache: bool,
-    pub native_baseline: bool,
     pub redis_url: Option<String>,
 }
 
@@ -362,7 +358,6 @@ impl Config {
             max_report_bytes,
             connection_limits,
             instance_slots,
-            native_baseline: overrides.native_baseline,
             relay,
         })
     }

@@ -12,10 +12,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::action::{Action, Target};
 use crate::api::{self, Access, AppState};
-use crate::bus::{Bus, ListenerError};
-use crate::event::Event;
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::{ClaimsAuthorizer, Hub, ScopeAuthorizer, TokenVerifier};
 use crate::plugins::{self, Registry, Runtime, RuntimeConfig};
@@ -87,10 +85,6 @@ pub fn build_with_authorizer(
     let bus = Arc::new(Bus::with_limits(broadcaster, config.publish_limits));
     let registry = Arc::new(Registry::new(runtime.clone(), bus.clone()));
     let loaded = match &config.plugins_dir {
-        _ if config.native_baseline => {
-            bus.subscribe("native-forwarder", &["*"], native_forwarder).map_err(|e| StartError::Examples(e.to_string()))?;
-            Vec::new()
-        }
         Some(dir) => {
             let (loaded, failures) = plugins::load_dir(&runtime, dir)
                 .map_err(|source| StartError::PluginDir { path: dir.display().to_string(), source })?;
@@ -109,7 +103,7 @@ pub fn build_with_authorizer(
         }
     }
     let watcher = match &config.plugins_dir {
-        Some(dir) if !config.native_baseline => {
+        Some(dir) => {
             let names = file_names(dir);
             let watcher = plugins::watch(dir, registry.clone(), names)
                 .map_err(|e| StartError::Watch { path: dir.display().to_string(), message: e.to_string() })?;
@@ -148,15 +142,6 @@ fn file_names(dir: &std::path::Path) -> std::collections::HashMap<String, String
             Some((stem, name))
         })
         .collect()
-}
-
-/// The benchmark baseline: every event with a workspace to its workspace room, natively.
-fn native_forwarder(event: &Event) -> Result<Vec<Action>, ListenerError> {
-    if event.workspace_id.is_empty() {
-        return Ok(Vec::new());
-    }
-    let target = Target::Workspace { id: event.workspace_id.clone() };
-    Ok(vec![Action::send(target, event.event_type.clone(), event.payload.clone())])
 }
 
 /// How long in-flight HTTP requests get to finish at shutdown before sockets close anyway.

@@ -26,9 +26,6 @@ pub struct ServeArgs {
     /// Compile every component on start instead of using the cache.
     #[arg(long)]
     no_cache: bool,
-    /// Benchmark baseline: no plugins, a native listener forwards events to workspace rooms.
-    #[arg(long, hide = true)]
-    native_baseline: bool,
     /// Share fan-out with other nodes through Redis (e.g. redis://127.0.0.1:6379).
     #[arg(long)]
     redis_url: Option<String>,
@@ -43,7 +40,6 @@ impl ServeArgs {
             plugins: Some(plugins),
             cache_dir: None,
             no_cache: false,
-            native_baseline: false,
             redis_url: None,
         }
     }
@@ -56,10 +52,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         plugins_dir: args.plugins,
         cache_dir: args.cache_dir,
         no_cache: args.no_cache,
-        native_baseline: args.native_baseline,
         redis_url: args.redis_url,
     };
-    let mut config = Config::load(&overrides).context("invalid configuration")?;
+    serve(Config::load(&overrides).context("invalid configuration")?, |_| Ok(()))
+}
+
+/// Serves `config` until SIGTERM or SIGINT; `prepare` may add to the app before it listens.
+pub fn serve(mut config: Config, prepare: impl FnOnce(&busbar::server::App) -> anyhow::Result<()>) -> anyhow::Result<ExitCode> {
     // Components are compiled by this same executable, in a child process with limits.
     config.compile_worker = Some(std::env::current_exe().context("cannot find the busbar executable")?);
     if config.dev_secret {
@@ -73,6 +72,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let app = busbar::server::build(&config, shutdown.clone())?;
+        prepare(&app)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -1,15 +1,15 @@
 //! `busbar bench fanout`: the end-to-end load tool. HTTP publish -> plugins -> hub -> N real
 //! WebSocket clients, with a baseline in the same run.
 //!
-//! For each configuration (the baseline: a native forwarder and no plugins; then the example
-//! plugins), it starts `busbar serve` as a child process, connects N clients to one workspace,
-//! measures the server's memory per idle connection, then publishes at a fixed rate for a fixed
-//! time. Every event carries its publish time; clients record delivery latency in HDR
-//! histograms. It reports deliveries per second, p50/p99/p999 latency, evictions, and the CPU
-//! time used by the server and by this load generator (to show which one was the bottleneck).
+//! For each configuration (the baseline: a native forwarder and no plugins, `busbar bench
+//! baseline-server`; then the example plugins), it starts the server as a child process,
+//! connects N clients to one workspace, measures the server's memory per idle connection, then
+//! publishes at a fixed rate for a fixed time. Every event carries its publish time; clients
+//! record delivery latency in HDR histograms. It reports deliveries per second, p50/p99/p999
+//! latency, evictions, and the CPU time used by the server and by this load generator (to show
+//! which one was the bottleneck).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,50 +18,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use busbar::config::DEV_JWT_SECRET;
 use busbar::hub::{Claims, auth};
-use clap::{Args, Subcommand};
+use clap::Args;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Fan-out through a real server: deliveries per second and latency to N clients.
-    Fanout(FanoutArgs),
-    /// Hot reload under load: time from a file landing to the new version serving, and failed,
-    /// lost and doubled events.
-    Reload(ReloadArgs),
-    /// The same plugin in every guest language: compile, first call, warm calls.
-    Languages(LanguagesArgs),
-}
-
-#[derive(Args, Clone)]
-pub struct LanguagesArgs {
-    /// Warm calls measured per case.
-    #[arg(long, default_value_t = 2000)]
-    calls: usize,
-    /// The directory holding `js/`, `python/` and `c/` plugin sources (busbar's `plugins/`).
-    #[arg(long, default_value = "plugins")]
-    plugins: PathBuf,
-    /// Skip the cold compiles (a smoke run); the cached loads use `--cache-dir`.
-    #[arg(long)]
-    quick: bool,
-    /// The compile cache for the cached loads (default: a fresh temporary directory).
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-}
-
-#[derive(Args, Clone)]
-pub struct ReloadArgs {
-    /// How many new versions to drop into the watched directory.
-    #[arg(long, default_value_t = 20)]
-    versions: usize,
-    /// Publishing threads.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-}
 
 #[derive(Args, Clone)]
 pub struct FanoutArgs {
@@ -89,14 +52,6 @@ pub struct FanoutArgs {
     json: bool,
 }
 
-pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        BenchCommand::Fanout(args) => fanout(args),
-        BenchCommand::Reload(args) => reload(args),
-        BenchCommand::Languages(args) => languages(args),
-    }
-}
-
 #[derive(Debug, Clone, serde::Serialize)]
 struct Measurement {
     config: &'static str,
@@ -117,8 +72,8 @@ struct Measurement {
     wall_seconds: f64,
 }
 
-fn fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
-    super::raise_fd_limit();
+pub fn run(args: FanoutArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut results = Vec::new();
     for &clients in &args.clients {
@@ -164,7 +119,7 @@ fn fanout(args: FanoutArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A process this tool started (a `busbar serve`, a `redis-server`), stopped when dropped.
-struct Server {
+pub(super) struct Server {
     child: Child,
     /// `host:port` of a busbar server; the `redis://` URL of a Redis server.
     addr: String,
@@ -177,7 +132,7 @@ impl Drop for Server {
     }
 }
 
-fn start_redis() -> anyhow::Result<Server> {
+pub(super) fn start_redis() -> anyhow::Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -197,9 +152,10 @@ fn start_redis() -> anyhow::Result<Server> {
 fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<Server> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
-    command.args(["serve", "--listen", "127.0.0.1:0"]);
     if config == "baseline" {
-        command.arg("--native-baseline");
+        command.args(["bench", "baseline-server", "--listen", "127.0.0.1:0"]);
+    } else {
+        command.args(["serve", "--listen", "127.0.0.1:0"]);
     }
     if let Some(url) = redis {
         command.args(["--redis-url", url]);
@@ -379,177 +335,6 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         loadgen_cpu_seconds: cpu_after.1 - cpu_before.1,
         wall_seconds: wall,
     })
-}
-
-fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
-    use busbar::broadcast::Recorder;
-    use busbar::bus::Bus;
-    use busbar::plugins::{Registry, Runtime, RuntimeConfig};
-    use std::sync::atomic::AtomicBool;
-
-    let echo = std::fs::read(format!("{}/testing/echo.wasm", busbar::BUILT_PLUGINS_DIR))
-        .context("the echo test plugin (built with busbar from source)")?;
-    let dir = std::env::temp_dir().join(format!("busbar-reload-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let cache = busbar::config::default_cache_dir(&|k| std::env::var(k).ok());
-    let runtime = Arc::new(Runtime::new(RuntimeConfig { cache_dir: cache, ..RuntimeConfig::default() })?);
-    let recorder = Arc::new(Recorder::new());
-    let bus = Arc::new(Bus::new(recorder.clone()));
-    let registry = Arc::new(Registry::new(runtime, bus.clone()));
-    let _watcher = busbar::plugins::watch(&dir, registry.clone(), Default::default())?;
-    let land = |version: usize| -> anyhow::Result<Instant> {
-        std::fs::write(dir.join("swap.toml"), format!("subscriptions = [\"*\"]\n[config]\ntag = \"v{version:03}\"\n[capabilities]\ngrants = [\"everyone\"]\n"))?;
-        let tmp = dir.join(".swap.wasm.tmp");
-        std::fs::write(&tmp, &echo)?;
-        std::fs::rename(&tmp, dir.join("swap.wasm"))?;
-        Ok(Instant::now())
-    };
-    // Version 0, then a steady publisher.
-    land(0)?;
-    while !bus.listeners().iter().any(|l| l.name == "swap") {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    // Each publisher records (event id, tag seen, when) as it goes.
-    let seen: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
-    let failures = Arc::new(AtomicU64::new(0));
-    let published = Arc::new(AtomicU64::new(0));
-    let publishers: Vec<_> = (0..args.threads)
-        .map(|_| {
-            let (bus, recorder, stop, seen, failures, published) =
-                (bus.clone(), recorder.clone(), stop.clone(), seen.clone(), failures.clone(), published.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let report = bus.publish(busbar::event::Event::new("bench:tick", "w"));
-                    published.fetch_add(1, Ordering::Relaxed);
-                    failures.fetch_add(report.root().listeners.iter().filter(|l| !l.outcome.is_ok()).count() as u64, Ordering::Relaxed);
-                    let now = Instant::now();
-                    let mut seen = seen.lock();
-                    for delivery in recorder.take() {
-                        let payload: serde_json::Value = serde_json::from_str(delivery.frame.payload.as_str()).unwrap_or_default();
-                        let tag = payload["tag"].as_str().unwrap_or_default().to_string();
-                        seen.push((delivery.frame.event_id, tag, now));
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut landed = Vec::new();
-    for version in 1..=args.versions {
-        std::thread::sleep(Duration::from_millis(300));
-        landed.push((format!("v{version:03}"), land(version)?));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for publisher in publishers {
-        let _ = publisher.join();
-    }
-    let seen = seen.lock();
-    let mut per_event: std::collections::HashMap<&str, usize> = Default::default();
-    for (id, _, _) in seen.iter() {
-        *per_event.entry(id.as_str()).or_default() += 1;
-    }
-    let published = published.load(Ordering::Relaxed);
-    let doubled = per_event.values().filter(|n| **n > 1).count();
-    let lost = published as usize - per_event.len();
-    let mut latencies: Vec<f64> = landed
-        .iter()
-        .filter_map(|(tag, at)| seen.iter().find(|(_, t, _)| t == tag).map(|(_, _, when)| when.duration_since(*at).as_secs_f64() * 1000.0))
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let _ = std::fs::remove_dir_all(&dir);
-    println!("| versions | served | events | failed | lost | doubled | landing -> serving, min / median / max ms |");
-    println!("|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} |",
-        args.versions,
-        latencies.len(),
-        published,
-        failures.load(Ordering::Relaxed),
-        lost,
-        doubled,
-        latencies.first().copied().unwrap_or(f64::NAN),
-        latencies.get(latencies.len() / 2).copied().unwrap_or(f64::NAN),
-        latencies.last().copied().unwrap_or(f64::NAN),
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn languages(args: LanguagesArgs) -> anyhow::Result<ExitCode> {
-    use busbar::bus::Listener;
-    use busbar::plugins::{Runtime, RuntimeConfig};
-
-    let mut components = vec![("rust", PathBuf::from(format!("{}/testing/conform.wasm", busbar::BUILT_PLUGINS_DIR)))];
-    for language in ["js", "python", "c", "go"] {
-        let built = super::plugin::build_dir(&args.plugins.join(language).join("conform"))?;
-        components.push((language, built.wasm));
-    }
-    let cold = Runtime::new(RuntimeConfig::default())?;
-    let temporary = args.cache_dir.is_none();
-    let cache = args.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("busbar-languages-bench-{}", std::process::id())));
-    let cached = Runtime::new(RuntimeConfig { cache_dir: Some(cache.clone()), ..RuntimeConfig::default() })?;
-    let echo = busbar::event::Event::new("conf:echo", "w").with_payload(r#"{"id":"iss-1","title":"a title"}"#)?;
-    let parse = busbar::event::Event::new("conf:parse", "w").with_payload(&format!(r#"{{"name":"Zoë","body":"{}"}}"#, "x".repeat(900)))?;
-    println!("| language | component | compile (cold) | load (cached) | new instance + first call | warm call: echo | warm call: parse 1 KiB | parse vs Rust |");
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut rust_parse = None;
-    for (language, wasm) in components {
-        let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
-        let manifest = || busbar::plugins::read_manifest(&wasm, "conform");
-        let compile = if args.quick {
-            None
-        } else {
-            let started = Instant::now();
-            cold.load(&bytes, manifest()?)?;
-            Some(started.elapsed())
-        };
-        cached.load(&bytes, manifest()?)?; // fills the cache
-        let started = Instant::now();
-        let plugin = cached.load(&bytes, manifest()?)?;
-        let load = started.elapsed();
-        // A fresh instance, then its first call.
-        let mut first = Vec::new();
-        for _ in 0..20 {
-            let started = Instant::now();
-            plugin.recycle_instance().map_err(|e| anyhow::anyhow!("{e}"))?;
-            plugin.handle(&echo).map_err(|e| anyhow::anyhow!("{e}"))?;
-            first.push(started.elapsed());
-        }
-        let median = |mut times: Vec<Duration>| {
-            times.sort();
-            times[times.len() / 2]
-        };
-        let warm = |event: &busbar::event::Event| -> anyhow::Result<Duration> {
-            let mut times = Vec::with_capacity(args.calls);
-            for _ in 0..args.calls {
-                let started = Instant::now();
-                plugin.handle(event).map_err(|e| anyhow::anyhow!("{e}"))?;
-                times.push(started.elapsed());
-            }
-            Ok(median(times))
-        };
-        let (warm_echo, warm_parse) = (warm(&echo)?, warm(&parse)?);
-        let ratio = match rust_parse {
-            None => {
-                rust_parse = Some(warm_parse);
-                1.0
-            }
-            Some(rust) => warm_parse.as_secs_f64() / Duration::as_secs_f64(&rust),
-        };
-        println!(
-            "| {language} | {:.1} MB | {} | {:.1} ms | {:.0} µs | {:.1} µs | {:.1} µs | {ratio:.1}x |",
-            bytes.len() as f64 / 1e6,
-            compile.map_or("-".to_string(), |c| format!("{:.0} ms", c.as_secs_f64() * 1e3)),
-            load.as_secs_f64() * 1e3,
-            median(first).as_secs_f64() * 1e6,
-            warm_echo.as_secs_f64() * 1e6,
-            warm_parse.as_secs_f64() * 1e6,
-        );
-    }
-    if temporary {
-        let _ = std::fs::remove_dir_all(&cache);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// A minimal reader of server-to-client WebSocket frames (unmasked), cheaper than a full client

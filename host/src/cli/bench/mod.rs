@@ -1,0 +1,37 @@
+//! `busbar bench`: busbar measured end to end (see BENCHMARKS.md), one module per benchmark:
+//! `fanout` (publish to N WebSocket clients, a native baseline beside the plugins), `reload`
+//! (hot swaps under load), `languages` (one plugin in every guest language), and `baseline`
+//! (the native server `fanout` compares against).
+
+mod baseline;
+mod fanout;
+mod languages;
+mod reload;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Fan-out through a real server: deliveries per second and latency to N clients.
+    Fanout(fanout::FanoutArgs),
+    /// Hot reload under load: time from a file landing to the new version serving, and failed,
+    /// lost and doubled events.
+    Reload(reload::ReloadArgs),
+    /// The same plugin in every guest language: compile, first call, warm calls.
+    Languages(languages::LanguagesArgs),
+    /// The baseline `fanout` runs: a server without plugins, whose native listener forwards
+    /// every event to its workspace room.
+    #[command(name = "baseline-server", hide = true)]
+    BaselineServer(baseline::BaselineArgs),
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Fanout(args) => fanout::run(args),
+        BenchCommand::Reload(args) => reload::run(args),
+        BenchCommand::Languages(args) => languages::run(args),
+        BenchCommand::BaselineServer(args) => baseline::run(args),
+    }
+}
