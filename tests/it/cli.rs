@@ -2,13 +2,8 @@
 //! exactly the checked-in expected output, and `plugin check` must accept and refuse.
 
 use std::path::Path;
-use std::process::Command;
 
-pub(crate) fn busbar() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_busbar"));
-    command.env("BUSBAR_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("busbar-cli-cache"));
-    command
-}
+use crate::support::process::{Lines, busbar, exit_within};
 
 fn data(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(name)
@@ -107,7 +102,7 @@ fn a_scaffolded_plugin_builds_passes_its_test_and_loads_into_serve() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let dist = dir.join("dist");
-        let server = crate::server::TestServer::start(|c| c.plugins_dir = Some(dist)).await;
+        let server = crate::support::server::TestServer::start(|c| c.plugins_dir = Some(dist)).await;
         let plugins: serde_json::Value = reqwest::get(server.url("/v1/plugins")).await.unwrap().json().await.unwrap();
         assert_eq!(plugins["plugins"][0]["name"], "hello-plugin");
         assert_eq!(plugins["plugins"][0]["status"], "active");
@@ -189,7 +184,7 @@ fn the_load_tools_run() {
 fn token_tail_and_publish_work_against_a_running_server() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let server = crate::server::TestServer::start(|_| {}).await;
+        let server = crate::support::server::TestServer::start(|_| {}).await;
         let token = busbar().args(["token", "--user", "tia", "--workspace", "ws-1", "--grant", "ws-1:task:t-1"]).output().unwrap();
         assert!(token.status.success());
         let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
@@ -224,33 +219,6 @@ fn token_tail_and_publish_work_against_a_running_server() {
     });
 }
 
-/// Reads a child's lines on a thread; `wait_for` blocks until a line matches.
-pub(crate) struct Lines(std::sync::mpsc::Receiver<String>, Vec<String>);
-
-impl Lines {
-    pub(crate) fn of(stream: impl std::io::Read + Send + 'static) -> Lines {
-        let (send, receive) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stream)).map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Lines(receive, Vec::new())
-    }
-
-    pub(crate) fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
-        loop {
-            let line = self.0.recv_timeout(std::time::Duration::from_secs(30)).unwrap_or_else(|_| panic!("{what}: {:#?}", self.1));
-            self.1.push(line.clone());
-            if matches(&line) {
-                return line;
-            }
-        }
-    }
-}
-
 #[test]
 fn busbar_serve_publish_and_tail_end_to_end_and_sigterm_stops_the_server_cleanly() {
     // The README's main command, as a process: the example plugins, the development secret.
@@ -263,7 +231,7 @@ fn busbar_serve_publish_and_tail_end_to_end_and_sigterm_stops_the_server_cleanly
     let mut log = Lines::of(serve.stderr.take().unwrap());
     let listening = log.wait_for("busbar serve started", |l| l.starts_with("busbar listening on http://"));
     let addr = listening.trim_start_matches("busbar listening on http://").split_whitespace().next().unwrap().to_string();
-    assert!(log.1.iter().any(|l| l.contains("no JWT secret configured")), "the development secret is announced: {:#?}", log.1);
+    assert!(log.seen().iter().any(|l| l.contains("no JWT secret configured")), "the development secret is announced: {:#?}", log.seen());
 
     let mut tail = busbar()
         .args(["tail", "--url", &format!("ws://{addr}/ws"), "--workspace", "ws-1"])
@@ -298,19 +266,4 @@ fn busbar_serve_publish_and_tail_end_to_end_and_sigterm_stops_the_server_cleanly
     log.wait_for("the server stopped", |l| l.contains("stopped"));
     let status = exit_within(&mut serve, std::time::Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
-}
-
-/// The child's exit status, killing it (and failing) if it has not exited in time.
-pub(crate) fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the process did not exit within {limit:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }

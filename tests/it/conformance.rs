@@ -219,7 +219,7 @@ fn scaffolded_plugins_build_and_pass_their_own_test_in_every_language() {
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let server = crate::server::TestServer::start(|c| c.plugins_dir = Some(served)).await;
+        let server = crate::support::server::TestServer::start(|c| c.plugins_dir = Some(served)).await;
         let list: serde_json::Value = reqwest::get(server.url("/v1/plugins")).await.unwrap().json().await.unwrap();
         let mut active: Vec<&str> =
             list["plugins"].as_array().unwrap().iter().filter(|p| p["status"] == "active").map(|p| p["name"].as_str().unwrap()).collect();

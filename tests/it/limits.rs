@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cli::{Lines, busbar, exit_within};
-use crate::server::TestServer;
 use crate::support;
+use crate::support::process::{KillOnDrop, Lines, busbar, exit_within};
+use crate::support::server::TestServer;
 
 /// A plugin directory holding `plugins` (`(group, name)` of built plugins, with their manifests).
 fn plugin_dir(plugins: &[(&str, &str)]) -> tempfile::TempDir {
@@ -22,24 +22,6 @@ fn plugin_dir(plugins: &[(&str, &str)]) -> tempfile::TempDir {
         }
     }
     dir
-}
-
-/// A server process that is killed if the test fails before stopping it.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl KillOnDrop {
-    fn child(&mut self) -> &mut std::process::Child {
-        self.0.as_mut().expect("still running")
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 async fn body(response: reqwest::Response) -> Value {

@@ -5,9 +5,6 @@
 //! with every node publishing at once, history caps and TTL as Redis holds them, and resumes that
 //! cannot be proven complete (trimmed history, an epoch Redis lost) answered `recovered: false`.
 
-use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,90 +12,8 @@ use busbar::hub::Position;
 use busbar::relay::RelayConfig;
 use serde_json::{Value, json};
 
-use crate::server::{Client, TestServer, token};
-
-/// A `redis-server` of our own, persisting every write (so a restart keeps the streams), with
-/// `DEBUG` allowed from this machine (to make it stop answering for a while).
-struct Redis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Redis { port, dir: tempfile::tempdir().unwrap(), child: None };
-        redis.run();
-        redis
-    }
-
-    fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--enable-debug-command", "local", "--dir"])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Restarts Redis without its data, as a Redis without persistence comes back: a fresh
-    /// directory, so no append-only file to load. Every scope's epoch is gone.
-    fn restart_empty(&mut self) {
-        self.kill();
-        self.dir = tempfile::tempdir().unwrap();
-        self.run();
-    }
-
-    /// A connection of the test's own, to look at what the relay keeps in Redis.
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Makes Redis stop doing anything for `seconds` (`DEBUG SLEEP`: it reads nothing, answers
-    /// nothing, then runs what was sent meanwhile), and returns once it is asleep.
-    fn sleep(&self, seconds: u64) -> std::net::TcpStream {
-        let mut sleeper = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        sleeper.write_all(format!("DEBUG SLEEP {seconds}\r\n").as_bytes()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.answers_ping() {
-            assert!(Instant::now() < deadline, "redis-server never went to sleep");
-        }
-        sleeper
-    }
-
-    /// Whether a fresh connection's PING is answered within 300 ms.
-    fn answers_ping(&self) -> bool {
-        let mut probe = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        probe.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        probe.write_all(b"PING\r\n").unwrap();
-        probe.read(&mut [0u8; 16]).is_ok_and(|n| n > 0)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::support::redis::Redis;
+use crate::support::server::{Client, TestServer, token};
 
 async fn node(redis: &Redis, name: &str) -> TestServer {
     node_with(redis, name, |_| {}).await
@@ -159,17 +74,9 @@ async fn publish_item(http: &reqwest::Client, node: &TestServer, workspace: &str
     assert!(started.elapsed() < Duration::from_secs(2), "publish {i} took {:?}", started.elapsed());
 }
 
-/// Waits until `node`'s relay says `what` is true of it (within 15 s).
+/// Waits until `node`'s relay says `what` is true of it.
 async fn relay_until(node: &TestServer, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let relay = node.realtime().await["relay"].clone();
-        if check(&relay) {
-            return relay;
-        }
-        assert!(Instant::now() < deadline, "never {what}: {relay}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.realtime_until(what, |realtime| check(&realtime["relay"])).await["relay"].clone()
 }
 
 fn position(frame: &Value) -> Position {
@@ -198,15 +105,10 @@ fn messages(frames: &[Value], scope: &str) -> Vec<(u64, u64)> {
 
 /// Waits until the node watches `n` scopes or more (subscriptions are asynchronous).
 async fn watching(server: &TestServer, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let relay = server.realtime().await["relay"].clone();
-        if relay["connected"] == true && relay["watched_scopes"].as_u64().unwrap_or(0) >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "node never watched {n} scopes: {relay}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    relay_until(server, &format!("the node watches {n} scopes"), |relay| {
+        relay["connected"] == true && relay["watched_scopes"].as_u64().unwrap_or(0) >= n
+    })
+    .await;
 }
 
 /// Nodes A and B, a client of `remote_user` on B and `lou` on A, both in ws-1, with both nodes
@@ -337,11 +239,7 @@ async fn clients_recover_what_they_missed_across_a_redis_restart() {
         publish(i).await;
     }
     // Everything published, outage included, reaches the streams.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while a.realtime().await["relay"]["outbox_depth"] != 0 {
-        assert!(Instant::now() < deadline, "the outbox never drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    relay_until(&a, "the outbox drains", |relay| relay["outbox_depth"] == 0).await;
 
     // Carol reconnects and resumes from her last position.
     let mut carol = Client::open(&b, "ws-1").await;
@@ -699,7 +597,6 @@ fn relay_config_is_validated() {
     let env = |k: &str| (k == "BUSBAR_REDIS_URL").then(|| "redis://127.0.0.1:1".to_string());
     let config = busbar::config::Config::load_with(&busbar::config::Overrides::default(), env).unwrap();
     assert_eq!(config.relay.unwrap().url, "redis://127.0.0.1:1");
-    let _ = PathBuf::new();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,7 +625,8 @@ async fn a_node_shutting_down_still_relays_what_it_accepted() {
     }
     assert!(interim.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&interim));
     a.shutdown.cancel();
-    // Long enough for every part of A to see the shutdown before the request completes.
+    // Long enough for every part of A to see the shutdown before the request completes. There
+    // is nothing to wait for instead: A's sockets close only after in-flight requests finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
     request.write_all(&body).await.unwrap();
     let mut response = vec![0; 64];

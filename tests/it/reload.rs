@@ -16,7 +16,8 @@ use busbar::event::Event;
 use busbar::plugins::{DEBOUNCE, Installed, Manifest, Registry, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 
-use crate::server::TestServer;
+use crate::support::server::TestServer;
+use crate::support::wait::{eventually, eventually_async};
 use crate::support::{self, payload};
 
 fn registry() -> (Arc<Registry>, Arc<Bus>, Arc<Recorder>) {
@@ -38,16 +39,6 @@ fn echo_manifest(name: &str, tag: &str) -> Manifest {
     m.capabilities.grants.insert(busbar::plugins::Grant::Everyone);
     m.config.insert("tag".into(), tag.into());
     m
-}
-
-/// Polls `check` every 10 ms for up to 10 s.
-fn eventually(what: &str, check: impl Fn() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < Duration::from_secs(10), "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    started.elapsed()
 }
 
 #[test]
@@ -139,6 +130,26 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
 
 fn serving(bus: &Bus, name: &str) -> bool {
     bus.listeners().iter().any(|l| l.name == name)
+}
+
+/// Waits until the watcher of `dir` has handled every change made before the call: a marker
+/// plugin is added, then removed, and each is awaited. The watcher takes file events in order
+/// and handles one batch at a time, so once the removal shows, nothing older is pending.
+fn settle(dir: &std::path::Path, bus: &Bus) {
+    let marker = dir.join("settle.wasm");
+    write_atomically(&marker, &echo_bytes());
+    eventually("the marker loads", || serving(bus, "settle"));
+    std::fs::remove_file(&marker).unwrap();
+    eventually("the marker goes", || !serving(bus, "settle"));
+}
+
+/// `settle`, watching through the server's plugin list.
+async fn settle_server(dir: &std::path::Path, server: &TestServer) {
+    let marker = dir.join("settle.wasm");
+    write_atomically(&marker, &echo_bytes());
+    eventually_async("the marker loads", async || plugin_list(server).await.contains_key("settle")).await;
+    std::fs::remove_file(&marker).unwrap();
+    eventually_async("the marker goes", async || !plugin_list(server).await.contains_key("settle")).await;
 }
 
 #[test]
@@ -243,7 +254,7 @@ fn a_slowly_written_component_is_loaded_only_once_complete() {
     assert_eq!(view.plugin.unwrap().hash, busbar::plugins::content_hash(&bytes));
     assert_eq!(tags_of_one_event(&bus, &recorder), ["slow"]);
     // Reading the file to load it does not schedule it again.
-    std::thread::sleep(DEBOUNCE * 4);
+    settle(dir.path(), &bus);
     assert_eq!(registry.stats().unchanged_total.load(Ordering::Relaxed), 0, "the file was loaded once");
     assert_eq!(failures(&registry), 0);
 }
@@ -260,15 +271,6 @@ async fn plugin_list(server: &TestServer) -> HashMap<String, Value> {
     let body: Value = reqwest::get(server.url("/v1/plugins")).await.unwrap().json().await.unwrap();
     let plugins = body["plugins"].as_array().expect("a plugin list").iter();
     plugins.map(|p| (p["name"].as_str().unwrap().to_string(), p.clone())).collect()
-}
-
-/// Polls `check` every 10 ms for up to 10 s.
-async fn eventually_async(what: &str, check: impl AsyncFn() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < Duration::from_secs(10), "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +307,7 @@ async fn failed_loads_are_counted_in_metrics_and_listed_while_the_old_version_se
     assert_eq!(probe["status"], "active");
     assert!(probe["last_failure"]["error"].as_str().unwrap().contains("probe.toml"), "{probe}");
     // Each failure is counted once: the watcher's own reads of the files schedule nothing.
-    tokio::time::sleep(DEBOUNCE * 4).await;
+    settle_server(dir.path(), &server).await;
     assert_eq!(failed_reloads(&server).await, 4.0);
     server.stop().await;
 }
@@ -352,7 +354,7 @@ fn kv_state_survives_a_reload_unless_the_manifest_resets_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_over_http() {
-    let server = crate::server::TestServer::start(|_| {}).await;
+    let server = TestServer::start(|_| {}).await;
     let http = reqwest::Client::new();
     for tag in ["one", "two"] {
         let form = reqwest::multipart::Form::new()

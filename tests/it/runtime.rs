@@ -8,6 +8,7 @@ use busbar::event::Event;
 use busbar::plugins::{LoadError, Manifest, PluginStatus, Runtime, RuntimeConfig};
 use serde_json::json;
 
+use crate::support::wait::eventually;
 use crate::support::{self, payload, recording_bus};
 
 fn request(echo: serde_json::Value) -> Event {
@@ -71,15 +72,14 @@ fn repeated_failures_quarantine_then_recover() {
     assert!(matches!(plugin.status(), PluginStatus::Quarantined { consecutive_failures: 3, .. }));
     let refused = plugin.handle(&fine).unwrap_err();
     assert!(matches!(refused, busbar::ListenerError::Quarantined(_)), "{refused}");
-    std::thread::sleep(Duration::from_millis(350));
-    assert_eq!(plugin.status(), PluginStatus::Active);
+    eventually("the cool-off ends", || plugin.status() == PluginStatus::Active);
     assert!(plugin.handle(&fine).is_ok(), "after the cool-off a good call recovers the plugin");
     assert_eq!(plugin.info().quarantines, 1);
     // A failed probe quarantines again straight away.
     for _ in 0..3 {
         let _ = plugin.handle(&trap);
     }
-    std::thread::sleep(Duration::from_millis(350));
+    eventually("the second cool-off ends", || plugin.status() == PluginStatus::Active);
     assert!(matches!(plugin.handle(&trap), Err(busbar::ListenerError::Trap(_))));
     assert!(matches!(plugin.status(), PluginStatus::Quarantined { .. }), "a failed probe re-quarantines");
 }

@@ -1,162 +1,20 @@
 //! `busbar serve` end to end: a real server on port 0, real WebSocket clients, real HTTP. Events
 //! posted over HTTP pass through the example plugins and reach exactly the right clients.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use busbar::config::{Config, DEV_JWT_SECRET, Overrides};
-use busbar::hub::{Claims, Grants, auth};
+use busbar::config::DEV_JWT_SECRET;
+use busbar::hub::{Claims, auth};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl TestServer {
-    pub async fn start(configure: impl FnOnce(&mut Config)) -> TestServer {
-        TestServer::start_with_authorizer(configure, std::sync::Arc::new(busbar::hub::ClaimsAuthorizer)).await
-    }
-
-    /// A server whose task and chat subscriptions are decided by `authorizer`.
-    pub async fn start_with_authorizer(
-        configure: impl FnOnce(&mut Config),
-        authorizer: std::sync::Arc<dyn busbar::hub::ScopeAuthorizer>,
-    ) -> TestServer {
-        let overrides = Overrides {
-            listen: Some("127.0.0.1:0".into()),
-            cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("busbar-test-cache")),
-            ..Overrides::default()
-        };
-        let mut config = Config::load_with(&overrides, |_| None).expect("test config");
-        config.instance_slots = 64;
-        configure(&mut config);
-        let shutdown = CancellationToken::new();
-        let app = busbar::server::build_with_authorizer(&config, shutdown.clone(), authorizer).expect("building the server");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let handle = tokio::spawn(busbar::server::run(listener, app));
-        TestServer { addr, shutdown, handle }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub async fn publish(&self, events: Value) -> reqwest::Response {
-        reqwest::Client::new().post(self.url("/v1/events")).json(&events).send().await.unwrap()
-    }
-
-    /// Publishes and checks every listener succeeded.
-    pub async fn publish_ok(&self, events: Value) -> Value {
-        let response = self.publish(events).await;
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
-    }
-
-    pub async fn realtime(&self) -> Value {
-        reqwest::get(self.url("/health/realtime")).await.unwrap().json().await.unwrap()
-    }
-
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
-    }
-}
-
-pub fn token(user: &str, workspaces: &[&str], grants: &[(&str, &str, &str)]) -> String {
-    let mut claims = Claims {
-        sub: user.into(),
-        exp: busbar::event::now_ms() / 1000 + 600,
-        workspaces: workspaces.iter().map(|w| w.to_string()).collect(),
-        grants: Default::default(),
-    };
-    for (workspace, kind, id) in grants {
-        let entry: &mut Grants = claims.grants.entry(workspace.to_string()).or_default();
-        match *kind {
-            "task" => entry.task.push(id.to_string()),
-            _ => entry.chat.push(id.to_string()),
-        }
-    }
-    auth::mint(DEV_JWT_SECRET.as_bytes(), &claims)
-}
-
-pub struct Client {
-    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Client {
-    /// Connects and authenticates with an `auth` frame.
-    pub async fn connect(server: &TestServer, workspace: &str, token: &str) -> Client {
-        let mut client = Client::open(server, workspace).await;
-        client.send(json!({"type": "auth", "payload": {"token": token}})).await;
-        assert_eq!(client.next().await["type"], "auth_ack");
-        client
-    }
-
-    /// Opens a socket without authenticating.
-    pub async fn open(server: &TestServer, workspace: &str) -> Client {
-        let url = format!("ws://{}/ws?workspace_id={workspace}", server.addr);
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("connecting");
-        Client { socket }
-    }
-
-    pub async fn send(&mut self, frame: Value) {
-        self.socket.send(Message::text(frame.to_string())).await.unwrap();
-    }
-
-    /// The next text frame, as JSON.
-    pub async fn next(&mut self) -> Value {
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
-                .await
-                .expect("a frame within 10 s")
-                .expect("the connection is open")
-                .expect("a valid frame");
-            match message {
-                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-                Message::Close(frame) => panic!("closed: {frame:?}"),
-                _ => continue,
-            }
-        }
-    }
-
-    /// Every frame up to (not including) the `daemon:barrier` broadcast.
-    pub async fn until_barrier(&mut self) -> Vec<Value> {
-        let mut frames = Vec::new();
-        loop {
-            let frame = self.next().await;
-            if frame["type"] == "daemon:barrier" {
-                return frames;
-            }
-            frames.push(frame);
-        }
-    }
-
-    /// Reads until the server closes; returns the close code.
-    pub async fn close_code(&mut self) -> Option<u16> {
-        read_until_close(&mut self.socket).await
-    }
-
-    pub async fn subscribe(&mut self, scope: &str, id: &str) -> Value {
-        self.send(json!({"type": "subscribe", "payload": {"scope": scope, "id": id}})).await;
-        self.next().await
-    }
-}
-
-/// Sends a `daemon:barrier` to everyone: the workspace-forwarder broadcasts workspace-less
-/// `daemon:*` events, so every client sees it after everything published before it.
-pub(crate) async fn barrier(server: &TestServer) {
-    server.publish_ok(json!({"type": "daemon:barrier"})).await;
-}
+use crate::support::server::{Client, TestServer, barrier, read_until_close, token, types};
+use crate::support::wait::eventually_async;
 
 /// Per room (scope and id), the `seq` of the frames a client got must run 1, 2, 3... with no
 /// gap: every room here is new and the client missed nothing.
@@ -169,10 +27,6 @@ fn assert_consecutive_per_room(who: &str, frames: &[Value]) {
     for (room, seqs) in rooms {
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{who}: seq in {room:?}");
     }
-}
-
-fn types(frames: &[Value]) -> Vec<String> {
-    frames.iter().map(|f| f["type"].as_str().unwrap_or_default().to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,13 +172,14 @@ async fn bad_credentials_are_refused() {
 
 /// The original system's rules, from the application's own data: a chat session is visible to
 /// its creator only; a task to members of the one workspace it belongs to. Ids starting with
-/// `broken` fail the lookup, `slow` ones outlast the hub's authorizer timeout, `late` ones are
-/// allowed after a second (and counted in `late_started` as they start).
+/// `broken` fail the lookup, `slow` ones never answer (the hub's authorizer timeout ends them),
+/// `late` ones are counted in `late_started` and allowed once the test says `late_release`.
 #[derive(Default)]
 struct OriginalRules {
     chat_creators: std::collections::HashMap<&'static str, &'static str>,
     task_workspaces: std::collections::HashMap<&'static str, &'static str>,
     late_started: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    late_release: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl busbar::hub::ScopeAuthorizer for OriginalRules {
@@ -338,11 +193,11 @@ impl busbar::hub::ScopeAuthorizer for OriginalRules {
                 return Err(busbar::hub::LookupError::new("the database is down"));
             }
             if scope.id.starts_with("slow") {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                std::future::pending::<()>().await;
             }
             if scope.id.starts_with("late") {
                 self.late_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.late_release.notified().await;
                 return Ok(true);
             }
             Ok(match scope.kind {
@@ -397,40 +252,20 @@ async fn an_application_authorizer_expresses_the_original_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_evicted_while_its_subscribe_is_authorised_leaves_no_room_behind() {
     let rules = OriginalRules::default();
-    let late_started = rules.late_started.clone();
+    let (late_started, late_release) = (rules.late_started.clone(), rules.late_release.clone());
     let server = TestServer::start_with_authorizer(|c| c.hub.max_queue_bytes = 4 << 10, std::sync::Arc::new(rules)).await;
     let mut client = stalled_client(&server, &token("u", &["ws-1"], &[])).await;
     client.send(Message::text(json!({"type": "subscribe", "payload": {"scope": "task", "id": "late-1"}}).to_string())).await.unwrap();
-    for _ in 0..500 {
-        if late_started.load(std::sync::atomic::Ordering::SeqCst) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(late_started.load(std::sync::atomic::Ordering::SeqCst), 1, "the subscribe reached the authorizer");
+    eventually_async("the subscribe reaches the authorizer", async || late_started.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
     // While the authorizer thinks, the connection overflows its outbox and is evicted.
     let padding = "e".repeat(8 << 10);
     server.publish_ok(json!({"type": "bulk:item", "workspace_id": "ws-1", "payload": {"padding": padding}})).await;
-    let mut metrics = server.realtime().await;
-    for _ in 0..250 {
-        if metrics["slow_evictions_total"] == 1 && metrics["active_connections"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        metrics = server.realtime().await;
-    }
-    assert_eq!((metrics["slow_evictions_total"].as_u64(), metrics["active_connections"].as_u64()), (Some(1), Some(0)), "{metrics}");
+    server.realtime_until("the connection is evicted", |m| m["slow_evictions_total"] == 1 && m["active_connections"] == 0).await;
     // The authorizer answers "yes" after the connection is gone (the subscribe is counted, then
     // joined at once): no room may stay open for it.
-    for _ in 0..250 {
-        if metrics["subscribes_total"]["task"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        metrics = server.realtime().await;
-    }
-    assert_eq!(metrics["subscribes_total"]["task"], 1, "the late subscribe was allowed: {metrics}");
-    assert_eq!(server.realtime().await["active_scope_rooms"], json!({}));
+    late_release.notify_one();
+    let metrics = server.realtime_until("the late subscribe is allowed", |m| m["subscribes_total"]["task"] == 1).await;
+    assert_eq!(metrics["active_scope_rooms"], json!({}));
     server.stop().await;
 }
 
@@ -615,7 +450,7 @@ async fn connects_disconnects_and_evictions_race_publishing_without_harm() {
                 if (worker + round) % 3 == 0 {
                     // Stalls, to be evicted, then vanishes.
                     let stalled = stalled_client(&server, &t).await;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    server.realtime_until("a stalled client is evicted", |m| m["slow_evictions_total"].as_u64() > Some(0)).await;
                     drop(stalled);
                 } else {
                     // Reads a little, subscribes, and leaves (politely or not). Under this load
@@ -641,15 +476,7 @@ async fn connects_disconnects_and_evictions_race_publishing_without_harm() {
     let published = publisher.await.unwrap();
     assert!(published > 0);
     // Everyone left: the hub drains back to zero connections and no rooms.
-    let mut metrics = server.realtime().await;
-    for _ in 0..100 {
-        if metrics["active_connections"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        metrics = server.realtime().await;
-    }
-    assert_eq!(metrics["active_connections"], 0, "{metrics}");
+    let metrics = server.realtime_until("every connection is gone", |m| m["active_connections"] == 0).await;
     assert!(metrics["slow_evictions_total"].as_u64() > Some(0), "the storm included evictions: {metrics}");
     assert_eq!(metrics["connects_total"], metrics["disconnects_total"]);
     assert_eq!(metrics["active_scope_rooms"], json!({}));
@@ -657,27 +484,6 @@ async fn connects_disconnects_and_evictions_race_publishing_without_harm() {
     let mut client = Client::connect(&server, "ws-1", &token("after", &["ws-1"], &[])).await;
     barrier(&server).await;
     assert!(client.until_barrier().await.is_empty());
-}
-
-/// Reads (and discards) frames until the close frame; its code.
-async fn read_until_close<S>(socket: &mut WebSocketStream<S>) -> Option<u16>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let read = async {
-        while let Some(message) = socket.next().await {
-            match message {
-                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
-                Ok(_) => continue,
-                Err(e) => {
-                    eprintln!("connection ended without a close frame: {e}");
-                    return None;
-                }
-            }
-        }
-        None
-    };
-    tokio::time::timeout(Duration::from_secs(10), read).await.expect("closed within 10 s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -750,7 +556,6 @@ async fn silent_connections_are_closed_and_live_ones_are_kept_by_server_pings() 
     })
     .await;
     let mut deaf = Client::connect(&server, "ws-1", &token("deaf", &["ws-1"], &[])).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(deaf.close_code().await, Some(4012));
     server.stop().await;
 }

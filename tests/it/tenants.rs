@@ -6,16 +6,13 @@ use std::time::{Duration, Instant};
 
 use busbar::config::DEV_JWT_SECRET;
 use busbar::hub::{Claims, auth};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::server::{Client, TestServer, barrier, token};
 use crate::support;
-
-fn types(frames: &[Value]) -> Vec<String> {
-    frames.iter().map(|f| f["type"].as_str().unwrap_or_default().to_string()).collect()
-}
+use crate::support::server::{Client, TestServer, barrier, token, types};
+use crate::support::wait::until_ok;
 
 async fn install_trespasser(server: &TestServer) {
     let form = reqwest::multipart::Form::new()
@@ -203,24 +200,31 @@ async fn connections_are_capped_in_all_per_address_and_per_user() {
     assert_eq!(error["payload"]["code"], "too_many_connections", "{error}");
     assert_eq!(third.close_code().await, Some(4429));
     drop(third);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Three are open (two sockets and this one's place is given back): one more fits, then 503.
-    let _other = Client::connect(&server, "ws-1", &token("erin", &["ws-1"], &[])).await;
+    // Two are open and the third's place comes back: one more fits, then 503.
+    let mut other = until_ok("the third's place comes back", async || Client::try_open(&server, "ws-1").await).await;
+    other.send(json!({"type": "auth", "payload": {"token": token("erin", &["ws-1"], &[])}})).await;
+    assert_eq!(other.next().await["type"], "auth_ack");
     let mut refused = TcpStream::connect(server.addr).await.unwrap();
     let (response, _) = until_closed(&mut refused, Duration::from_secs(5)).await;
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");
     server.stop().await;
 
     let server = TestServer::start(|c| c.connection_limits.max_per_address = 1).await;
+    // Connections are admitted in the order they were made, so `_held` counts before `refused`.
     let _held = TcpStream::connect(server.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut refused = TcpStream::connect(server.addr).await.unwrap();
     let (response, _) = until_closed(&mut refused, Duration::from_secs(5)).await;
     assert!(response.starts_with("HTTP/1.1 429"), "{response}");
     assert!(response.contains("too many connections from this address"), "{response}");
     drop(_held);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = until_ok("the address's place comes back", async || {
+        let response = reqwest::get(server.url("/metrics")).await.map_err(|e| e.to_string())?;
+        if response.status() != 200 {
+            return Err(response.status().to_string());
+        }
+        response.text().await.map_err(|e| e.to_string())
+    })
+    .await;
     assert!(metrics.contains("busbar_connections_refused_total{reason=\"per_address\"} 1"), "{metrics}");
     server.stop().await;
 }
@@ -276,7 +280,10 @@ async fn an_overflowing_exp_and_a_token_refresh() {
     let fresh = auth::mint(DEV_JWT_SECRET.as_bytes(), &claims("gus", now + 600));
     client.send(json!({"type": "auth", "payload": {"token": fresh}})).await;
     assert_eq!(client.next().await, json!({"type": "auth_ack", "payload": {"exp": now + 600}}));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Past the first token's exp (whole seconds).
+    while busbar::event::now_ms() / 1000 <= now + 2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client.send(json!({"type": "ping"})).await;
     assert_eq!(client.next().await["type"], "pong", "alive past the first token's exp");
     // Without a refresh, the connection ends at exp with 4501.

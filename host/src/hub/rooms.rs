@@ -24,6 +24,25 @@ pub(super) struct Room {
     pub members: Vec<Arc<Conn>>,
 }
 
+/// A resume's arithmetic: a connection that has seen up to `since` joins a room at `position`
+/// with `history` (entries positioned by `at`). Returns the entries to replay, in order, and
+/// whether that recovers: `None` without `since`; `Some(true)` only when the entries of
+/// `since`'s epoch after it fill every offset up to `position`, none missing and none twice
+/// (then exactly those are replayed); `Some(false)`, with nothing replayed, otherwise.
+fn resume<'h, H>(since: Option<&Position>, position: &Position, history: &'h [H], at: impl Fn(&H) -> &Position) -> (Vec<&'h H>, Option<bool>) {
+    let Some(since) = since else { return (Vec::new(), None) };
+    if since.epoch != position.epoch || since.offset > position.offset {
+        return (Vec::new(), Some(false));
+    }
+    let missed: Vec<&H> = history
+        .iter()
+        .filter(|h| at(h).epoch == since.epoch && at(h).offset > since.offset && at(h).offset <= position.offset)
+        .collect();
+    let complete = missed.len() as u64 == position.offset - since.offset
+        && missed.iter().zip(since.offset + 1..).all(|(h, expected)| at(h).offset == expected);
+    if complete { (missed, Some(true)) } else { (Vec::new(), Some(false)) }
+}
+
 impl Hub {
     /// Joins `conn` to `scope`'s room. Under the room's lock, first pushes `history` (frames it
     /// missed, in order, up to the room's current position) so that no live frame can come
@@ -57,33 +76,17 @@ impl Hub {
             });
             let mut room = room.lock();
             let position = Position { epoch: room.epoch.to_string(), offset: room.seq };
-            // What the connection missed: the history after `since`, up to where the room is.
-            let missed: Vec<&(Position, Frame, Reach)> = match since {
-                Some(since) if since.epoch == position.epoch && since.offset <= position.offset => history
-                    .iter()
-                    .filter(|(p, _, _)| p.epoch == since.epoch && p.offset > since.offset && p.offset <= position.offset)
-                    .collect(),
-                _ => Vec::new(),
-            };
-            // Recovered only with every offset in between, none missing.
-            let recovered = since.map(|since| {
-                since.epoch == position.epoch
-                    && since.offset <= position.offset
-                    && missed.len() as u64 == position.offset - since.offset
-                    && missed.iter().zip(since.offset + 1..).all(|((p, _, _), expected)| p.offset == expected)
-            });
+            let (missed, recovered) = resume(since, &position, &history, |(p, _, _)| p);
             if announce {
                 let _ = conn.outbox.push(protocol::subscribe_ack(scope, &Joined { position: position.clone(), recovered }));
             }
-            if recovered == Some(true) {
-                for (p, frame, reach) in missed {
-                    let bytes = if reach.includes(&conn.identity.workspace_id) {
-                        protocol::event(frame, scope, &p.epoch, p.offset)
-                    } else {
-                        protocol::skip(scope, &p.epoch, p.offset)
-                    };
-                    let _ = conn.outbox.push(bytes);
-                }
+            for (p, frame, reach) in missed {
+                let bytes = if reach.includes(&conn.identity.workspace_id) {
+                    protocol::event(frame, scope, &p.epoch, p.offset)
+                } else {
+                    protocol::skip(scope, &p.epoch, p.offset)
+                };
+                let _ = conn.outbox.push(bytes);
             }
             // Checked under the scopes lock: `disconnect` cancels before it takes the scopes, so
             // a connection being closed can never be left behind in a room.
@@ -242,5 +245,50 @@ impl Broadcaster for Hub {
 
     fn broadcast(&self, frame: Frame) {
         self.fan_out_everyone(&frame, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(epoch: &str, offset: u64) -> Position {
+        Position { epoch: epoch.into(), offset }
+    }
+
+    #[test]
+    fn resume_replays_exactly_the_missed_offsets_or_nothing() {
+        // (case, since, the room's position, history offsets in epoch "e" unless "x:N", replayed, recovered)
+        let cases: &[(&str, Option<u64>, u64, &[&str], &[u64], Option<bool>)] = &[
+            ("a plain subscribe", None, 5, &["4", "5"], &[], None),
+            ("up to date", Some(5), 5, &["4", "5"], &[], Some(true)),
+            ("up to date, room new", Some(0), 0, &[], &[], Some(true)),
+            ("three missed, all there", Some(2), 5, &["3", "4", "5"], &[3, 4, 5], Some(true)),
+            ("history out of order", Some(2), 4, &["4", "3"], &[], Some(false)),
+            ("older and newer history ignored", Some(2), 4, &["1", "2", "3", "4", "5"], &[3, 4], Some(true)),
+            ("a gap", Some(2), 5, &["3", "5"], &[], Some(false)),
+            ("history too short", Some(0), 5, &["4", "5"], &[], Some(false)),
+            ("an offset twice", Some(3), 5, &["4", "4", "5"], &[], Some(false)),
+            ("since ahead of the room", Some(7), 5, &["4", "5"], &[], Some(false)),
+            ("another epoch's entries do not count", Some(3), 5, &["x:4", "x:5"], &[], Some(false)),
+            ("another epoch's entries are skipped", Some(3), 5, &["x:4", "4", "5"], &[4, 5], Some(true)),
+        ];
+        for &(case, since, room, history, replayed, recovered) in cases {
+            let history: Vec<Position> = history
+                .iter()
+                .map(|h| match h.split_once(':') {
+                    Some((epoch, n)) => at(epoch, n.parse().unwrap()),
+                    None => at("e", h.parse().unwrap()),
+                })
+                .collect();
+            let since = since.map(|offset| at("e", offset));
+            let (missed, got) = resume(since.as_ref(), &at("e", room), &history, |p| p);
+            let offsets: Vec<u64> = missed.iter().map(|p| p.offset).collect();
+            assert_eq!((offsets.as_slice(), got), (replayed, recovered), "{case}");
+        }
+        // Since a position of another epoch: the room restarted its numbering; nothing recovers.
+        let history = [at("e", 3)];
+        let (missed, got) = resume(Some(&at("old", 2)), &at("e", 3), &history, |p| p);
+        assert_eq!((missed.len(), got), (0, Some(false)));
     }
 }

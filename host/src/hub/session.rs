@@ -412,3 +412,6 @@ fn error_frame(code: &str, message: &str) -> String {
 fn close_message(close: Close) -> Message {
     Message::Close(Some(CloseFrame { code: close.code, reason: close.reason.into() }))
 }
+
+#[cfg(test)]
+mod tests;

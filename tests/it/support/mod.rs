@@ -1,5 +1,11 @@
 //! Shared helpers: one plugin runtime per test process, loading the built plugins with test
-//! manifests, and reading what the Recorder saw.
+//! manifests, and reading what the Recorder saw. The submodules hold the harnesses the tests
+//! share: a server and its clients, child processes, a Redis of the test's own, and waiting.
+
+pub mod process;
+pub mod redis;
+pub mod server;
+pub mod wait;
 
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
@@ -13,8 +19,7 @@ use serde_json::Value;
 /// compiled once per build.
 pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("busbar-test-cache");
-    Runtime::new(RuntimeConfig { cache_dir: Some(cache), ..RuntimeConfig::default() })
-        .expect("creating the plugin runtime")
+    Runtime::new(RuntimeConfig { cache_dir: Some(cache), ..RuntimeConfig::default() }).expect("creating the plugin runtime")
 });
 
 /// Path of a built plugin: `group` is `examples`, `testing` or `hostile`.
@@ -25,11 +30,8 @@ pub fn built(group: &str, name: &str) -> PathBuf {
 /// The manifest checked in beside a built plugin, renamed to `as_name`.
 pub fn manifest(group: &str, name: &str, as_name: &str) -> Manifest {
     let path = built(group, name).with_extension("toml");
-    let mut manifest = if path.exists() {
-        Manifest::from_file(&path, name).expect("reading a checked-in manifest")
-    } else {
-        Manifest::named(name)
-    };
+    let mut manifest =
+        if path.exists() { Manifest::from_file(&path, name).expect("reading a checked-in manifest") } else { Manifest::named(name) };
     manifest.name = as_name.to_string();
     manifest
 }
@@ -56,10 +58,7 @@ pub fn recording_bus() -> (Bus, Arc<Recorder>) {
 
 /// The `tag` of every echoed frame, in delivery order.
 pub fn tags(deliveries: &[Delivery]) -> Vec<String> {
-    deliveries
-        .iter()
-        .filter_map(|d| payload(d)["tag"].as_str().map(str::to_string))
-        .collect()
+    deliveries.iter().filter_map(|d| payload(d)["tag"].as_str().map(str::to_string)).collect()
 }
 
 pub fn payload(delivery: &Delivery) -> Value {
