@@ -15,7 +15,9 @@ fn main() {
     let plugins = root.join("plugins/rust");
     let out = PathBuf::from(env("OUT_DIR")).join("plugins");
     write_go_files(&root, &PathBuf::from(env("OUT_DIR")));
-    for watched in ["plugins/rust", "plugins/go", "plugin-sdk", "wit"] {
+    // Only the Go files that are embedded: a Go plugin's build writes its own target/ under
+    // plugins/go, which must not make this script run again.
+    for watched in ["plugins/rust", "plugins/go/gen", "plugins/go/pkg", "plugins/go/sdk", "plugins/go/export", "plugin-sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
@@ -125,8 +127,8 @@ fn ensure_wasm_target() {
 }
 
 /// `$OUT_DIR/go_files.rs`: the Go support files (generated bindings, the vendored
-/// go.bytecodealliance.org/pkg, the SDK) as `(path under plugins/go, bytes)`, for
-/// `busbar plugin build`.
+/// go.bytecodealliance.org/pkg, the SDK, the component's exports that call the plugin) as
+/// `(path under plugins/go, bytes)`, for `busbar plugin build`.
 fn write_go_files(root: &Path, out_dir: &Path) {
     fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -141,7 +143,7 @@ fn write_go_files(root: &Path, out_dir: &Path) {
     }
     let go = root.join("plugins/go");
     let mut files = Vec::new();
-    for part in ["gen", "pkg", "sdk"] {
+    for part in ["gen", "pkg", "sdk", "export"] {
         walk(&go.join(part), &mut files);
     }
     files.sort();

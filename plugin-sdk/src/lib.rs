@@ -90,16 +90,22 @@ pub mod __private {
     pub use wit_bindgen;
 }
 
-/// serde and serde_json, so that a plugin crate depends on this SDK alone. To derive on your
-/// own payload types, point the derive at this copy:
+/// serde and serde_json, re-exported for plugins that only need `serde_json` (`json!`,
+/// `Value`). To derive on your own payload types, depend on serde itself (`serde = { version =
+/// "1", features = ["derive"] }`, as `busbar plugin new` sets up) and derive as usual:
 ///
 /// ```
-/// use busbar_plugin_sdk::serde::Deserialize;
+/// use busbar_plugin_sdk::{Error, Event};
+/// use serde::Deserialize;
 ///
 /// #[derive(Deserialize)]
-/// #[serde(crate = "busbar_plugin_sdk::serde")]
 /// struct IssueCreated {
 ///     title: String,
+/// }
+///
+/// fn title(event: &Event) -> Result<String, Error> {
+///     let created: IssueCreated = event.payload_as()?;
+///     Ok(created.title)
 /// }
 /// ```
 pub use serde;

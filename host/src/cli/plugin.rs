@@ -44,9 +44,11 @@ impl Lang {
     }
 }
 
-/// The helpers `busbar plugin build` puts beside JavaScript and Python plugins.
+/// The helpers `busbar plugin build` puts beside JavaScript and Python plugins, and for Python
+/// the module componentize-py is given, whose `WitWorld` calls the plugin's `app.py`.
 const JS_SDK: &str = include_str!("../../../plugins/js/sdk/busbar.js");
 const PY_SDK: &str = include_str!("../../../plugins/python/sdk/busbar.py");
+const PY_EXPORTS: &str = include_str!("../../../plugins/python/sdk/busbar_exports.py");
 
 /// The Go support files: generated bindings (`gen/`), the vendored go.bytecodealliance.org/pkg
 /// (`pkg/`) and the SDK (`sdk/`), by path under plugins/go.
@@ -159,14 +161,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         .filter(|part| !part.is_empty())
         .map(|part| part[..1].to_ascii_uppercase() + &part[1..])
         .collect();
-    let template = match args.lang {
-        Lang::Rust => RUST_TEMPLATE,
-        Lang::Js => JS_TEMPLATE,
-        Lang::Python => PYTHON_TEMPLATE,
-        Lang::C => C_TEMPLATE,
-        Lang::Go => GO_TEMPLATE,
-    };
-    for (path, text) in template.iter().chain(COMMON_TEMPLATE) {
+    for (path, text) in args.lang.template().iter().chain(COMMON_TEMPLATE) {
         let text = text
             .replace("{{name}}", &args.name)
             .replace("{{type}}", &type_name)
@@ -254,8 +249,8 @@ fn build_rust(dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// JavaScript and Python: the plugin's sources and the SDK are staged in `dir/target/stage`,
-/// then componentized with the pinned toolchain.
+/// JavaScript, Python, C and Go: the plugin's sources and the SDK are staged in
+/// `dir/target/stage`, then built with the pinned toolchain and turned into a component.
 fn build_guest(dir: &Path, lang: Lang, name: &str, out: &Path) -> anyhow::Result<()> {
     let stage = dir.join("target/stage");
     let _ = std::fs::remove_dir_all(&stage);
@@ -295,7 +290,7 @@ fn build_guest(dir: &Path, lang: Lang, name: &str, out: &Path) -> anyhow::Result
                     .arg("-d")
                     .arg(&wit)
                     .args(["-w", "listener", "componentize", "-p", "."])
-                    .arg("app")
+                    .arg("busbar_exports")
                     .arg("-o")
                     .arg(&out)
                     .current_dir(&stage),
@@ -320,17 +315,20 @@ fn build_guest(dir: &Path, lang: Lang, name: &str, out: &Path) -> anyhow::Result
             Ok(())
         }
         Lang::Go => {
-            // The plugin's files are package export_wit_world of the generated module.
+            // The plugin's files are package app of the generated module; package
+            // export_wit_world, which the bindings call, is busbar's exports calling app.
             let module = stage.join("module");
-            std::fs::create_dir_all(module.join("export_wit_world"))?;
+            std::fs::create_dir_all(module.join("app"))?;
             for file in sources(&stage, "go")? {
-                std::fs::rename(&file, module.join("export_wit_world").join(file.file_name().context("a file name")?))?;
+                check_go_package(&file)?;
+                std::fs::rename(&file, module.join("app").join(file.file_name().context("a file name")?))?;
             }
             for (path, bytes) in GO_FILES {
                 let target = match path.split_once('/') {
                     Some(("gen", rest)) => module.join(rest),
                     Some(("pkg", rest)) => module.join("pkg").join(rest),
                     Some(("sdk", rest)) => module.join("busbar").join(rest),
+                    Some(("export", rest)) => module.join("export_wit_world").join(rest),
                     _ => continue,
                 };
                 if let Some(parent) = target.parent() {
@@ -367,6 +365,24 @@ fn build_guest(dir: &Path, lang: Lang, name: &str, out: &Path) -> anyhow::Result
     }
 }
 
+/// Refuses a Go file that is not an importable package of the plugin's own: `package main`, or
+/// `package export_wit_world` (the layout before busbar wrote the exports, whose `Handle` had
+/// to call `busbar.Run` by hand).
+fn check_go_package(file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let package = text.lines().find_map(|line| line.trim().strip_prefix("package ")).map(str::trim);
+    match package {
+        Some("export_wit_world") => bail!(
+            "{}: `package export_wit_world` is the old layout: write `package app` with \
+             `func Subscriptions() []string` and `func Handle(e busbar.Event) ([]busbar.Action, error)`; \
+             `busbar plugin build` now provides the exports that call them",
+            file.display()
+        ),
+        Some("main") => bail!("{}: a plugin is `package app`, not `package main`", file.display()),
+        _ => Ok(()),
+    }
+}
+
 /// Adds the `listener` world to a core module that does not carry it (Go's toolchain cannot).
 fn embed_contract(core: &mut Vec<u8>) -> anyhow::Result<()> {
     let mut resolve = wit_parser::Resolve::default();
@@ -393,6 +409,17 @@ fn componentize(core: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 impl Lang {
+    /// The files `busbar plugin new` writes for this language (besides `COMMON_TEMPLATE`).
+    fn template(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Lang::Rust => RUST_TEMPLATE,
+            Lang::Js => JS_TEMPLATE,
+            Lang::Python => PYTHON_TEMPLATE,
+            Lang::C => C_TEMPLATE,
+            Lang::Go => GO_TEMPLATE,
+        }
+    }
+
     /// Source extensions copied into the build's staging directory.
     fn extensions(self) -> &'static [&'static str] {
         match self {
@@ -409,7 +436,7 @@ impl Lang {
         match self {
             Lang::Rust => Vec::new(),
             Lang::Js => vec![("busbar.js", JS_SDK.as_bytes())],
-            Lang::Python => vec![("busbar.py", PY_SDK.as_bytes())],
+            Lang::Python => vec![("busbar.py", PY_SDK.as_bytes()), ("busbar_exports.py", PY_EXPORTS.as_bytes())],
             Lang::C => C_FILES.to_vec(),
             Lang::Go => Vec::new(),
         }
@@ -490,4 +517,111 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("FAILED (run `busbar plugin test --bless` to accept the new output)");
     Ok(ExitCode::FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The most lines of code a template may ask its author to read (issue #14).
+    const MOST_AUTHOR_LINES: usize = 12;
+
+    /// The lines of `source` that are the author's code: every line except blank ones, comments
+    /// (line comments, block comments, Python docstrings) and package, import, `use` and
+    /// `#include` lines (an import that opens a bracket runs to the line that closes it).
+    fn author_lines(lang: Lang, source: &str) -> Vec<&str> {
+        const DOCSTRING: &str = "\"\"\"";
+        const IMPORTS: &[&str] = &["#include", "package ", "import ", "import(", "use ", "pub use "];
+        let mut code = Vec::new();
+        let (mut in_block_comment, mut in_docstring, mut in_import) = (false, false, false);
+        for line in source.lines().map(str::trim) {
+            if in_block_comment {
+                in_block_comment = !line.contains("*/");
+                continue;
+            }
+            if in_docstring {
+                in_docstring = !line.contains(DOCSTRING);
+                continue;
+            }
+            if in_import {
+                in_import = !(line.starts_with(')') || line.starts_with('}'));
+                continue;
+            }
+            let (comment, import) = if lang == Lang::Python {
+                in_docstring = line.starts_with(DOCSTRING) && line.matches(DOCSTRING).count() == 1;
+                (line.starts_with('#') || line.starts_with(DOCSTRING), line.starts_with("import ") || line.starts_with("from "))
+            } else {
+                in_block_comment = line.starts_with("/*") && !line.contains("*/");
+                (line.starts_with("//") || line.starts_with("/*"), IMPORTS.iter().any(|p| line.starts_with(p)))
+            };
+            in_import = import && (line.ends_with('(') || line.ends_with('{'));
+            if !line.is_empty() && !comment && !import {
+                code.push(line);
+            }
+        }
+        code
+    }
+
+    /// The template's source file, the one the author edits.
+    fn template_source(lang: Lang) -> &'static str {
+        let file = match lang {
+            Lang::Rust => "src/lib.rs".to_string(),
+            _ => format!("app.{}", lang.extensions()[0]),
+        };
+        let found = lang.template().iter().find(|(path, _)| *path == file);
+        found.unwrap_or_else(|| panic!("the {lang:?} template has no {file}")).1
+    }
+
+    #[test]
+    fn every_template_asks_for_at_most_twelve_lines_of_author_code() {
+        for &lang in Lang::value_variants() {
+            let code = author_lines(lang, template_source(lang));
+            assert!(
+                code.len() <= MOST_AUTHOR_LINES,
+                "the {lang:?} template has {} lines of author code, more than {MOST_AUTHOR_LINES}:\n{}",
+                code.len(),
+                code.join("\n")
+            );
+            assert!(code.len() >= 3, "the {lang:?} template has almost no code: is the counter broken? {code:?}");
+        }
+    }
+
+    /// The counter leaves out exactly what is not code, in every language, so that a template
+    /// that grows by a line of code is caught.
+    #[test]
+    fn author_lines_are_code_lines_only() {
+        let samples = [
+            (
+                Lang::Rust,
+                "//! Docs.\n\nuse a::b;\nuse c::{\n    d,\n};\n/* block\n   comment */\nstruct X;\n// note\nfn f() {\n    g();\n}\n",
+                4,
+            ),
+            (
+                Lang::Js,
+                "// Docs.\nimport { a } from './a.js';\nimport {\n  b,\n} from './b.js';\n\nexport function f() {\n  return [];\n}\n",
+                3,
+            ),
+            (
+                Lang::C,
+                "// Docs.\n#include <stdlib.h>\n#include \"busbar.h\"\n/*\n * block\n */\n#define N 3\nint f(void) {\n  return N;  // three\n}\n",
+                4,
+            ),
+            (Lang::Go, "// Docs.\npackage app\n\nimport (\n\t\"fmt\"\n)\n\nimport \"os\"\n\nfunc F() {\n\tfmt.Println(os.Args)\n}\n", 3),
+            (
+                Lang::Python,
+                "\"\"\"Docs,\nover two lines.\"\"\"\n\nimport json\nfrom a import (\n    b,\n)\n# note\n\n\ndef f():\n    \"\"\"One line.\"\"\"\n    return json.dumps(b)\n",
+                2,
+            ),
+        ];
+        for (lang, source, expected) in samples {
+            assert_eq!(author_lines(lang, source).len(), expected, "{lang:?}: {:?}", author_lines(lang, source));
+        }
+        // Code added at the end of any template is counted: no template leaves the counter
+        // inside a comment, docstring or import, so a template that grows past the limit fails.
+        for &lang in Lang::value_variants() {
+            let line = if lang == Lang::Python { "x = 1\n" } else { "x();\n" };
+            let grown = format!("{}{}", template_source(lang), line.repeat(MOST_AUTHOR_LINES + 1));
+            assert!(author_lines(lang, &grown).len() > MOST_AUTHOR_LINES, "{lang:?}");
+        }
+    }
 }

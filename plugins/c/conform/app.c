@@ -92,7 +92,7 @@ bool busbar_handle(const busbar_event_t *e, busbar_actions_t *actions, busbar_st
     snprintf(payload, sizeof payload, "{\"file\":\"%s\",\"env\":\"%s\",\"network\":\"denied\"}", file, env);
     everyone(actions, "conf:sandbox", payload);
   } else if (busbar_str_eq(&e->event_type, "conf:log")) {
-    busbar_log(BUSBAR_PLUGIN_TYPES_LEVEL_INFO, "conformance log line");
+    busbar_log_info("conformance log line");
   }
   return true;
 }

@@ -7,8 +7,5 @@
 void busbar_subscriptions(busbar_strings_t *out) { busbar_strings_push(out, "*"); }
 
 bool busbar_handle(const busbar_event_t *event, busbar_actions_t *actions, busbar_str_t *error) {
-  (void)event;
-  (void)actions;
-  (void)error;
   abort();
 }

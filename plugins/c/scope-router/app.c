@@ -8,11 +8,10 @@ void busbar_subscriptions(busbar_strings_t *out) {
 }
 
 bool busbar_handle(const busbar_event_t *event, busbar_actions_t *actions, busbar_str_t *error) {
-  (void)error;
   bool task = busbar_str_starts_with(&event->event_type, "task:");
-  const listener_option_string_t *id = task ? &event->task_id : &event->chat_session_id;
+  const busbar_option_str_t *id = task ? &event->task_id : &event->chat_session_id;
   if (!id->is_some) {
-    busbar_log(BUSBAR_PLUGIN_TYPES_LEVEL_DEBUG, "event without a scope id");
+    busbar_log_debug("event without a scope id");
     return true;
   }
   // Keys for the server only, which must not reach clients.

@@ -44,6 +44,16 @@ char *busbar_cstr(const busbar_str_t *s) {
   return c;
 }
 
+char *busbar_prefixed(const char *prefix, const busbar_str_t *s) {
+  size_t n = strlen(prefix);
+  char *c = malloc(n + s->len + 1);
+  if (!c) abort();
+  memcpy(c, prefix, n);
+  memcpy(c + n, s->ptr, s->len);
+  c[n + s->len] = 0;
+  return c;
+}
+
 void busbar_strings_push(busbar_strings_t *list, const char *text) {
   list->ptr = grow(list->ptr, &list->cap, list->len + 1, sizeof(listener_string_t));
   list->ptr[list->len++] = busbar_str(text);
@@ -109,6 +119,10 @@ void busbar_forward(busbar_actions_t *actions, const busbar_event_t *event, busb
   a->val.send.payload = copy(&event->payload);
 }
 
+void busbar_forward_as(busbar_actions_t *actions, const busbar_event_t *event, busbar_target_t to, const char *event_type) {
+  busbar_send(actions, to, event_type, (const char *)event->payload.ptr, event->payload.len);
+}
+
 void busbar_follow_up(busbar_actions_t *actions, const busbar_event_t *event, const char *event_type, const char *payload, size_t payload_len) {
   listener_action_t *a = push(actions);
   a->tag = BUSBAR_PLUGIN_TYPES_ACTION_PUBLISH;
@@ -126,16 +140,29 @@ bool busbar_error(busbar_str_t *error, const char *message) {
   return false;
 }
 
-void busbar_log(busbar_plugin_types_level_t level, const char *message) {
+void busbar_log(busbar_level_t level, const char *message) {
   listener_string_t m;
   listener_string_set(&m, message);  // borrowed for the call
   busbar_plugin_log_write(level, &m);
 }
 
+void busbar_log_debug(const char *message) { busbar_log(BUSBAR_LOG_DEBUG, message); }
+void busbar_log_info(const char *message) { busbar_log(BUSBAR_LOG_INFO, message); }
+void busbar_log_warn(const char *message) { busbar_log(BUSBAR_LOG_WARN, message); }
+void busbar_log_error(const char *message) { busbar_log(BUSBAR_LOG_ERROR, message); }
+
 bool busbar_config_get(const char *key, busbar_str_t *value) {
   listener_string_t k;
   listener_string_set(&k, key);
   return busbar_plugin_config_get(&k, value);
+}
+
+char *busbar_config_or(const char *key, const char *fallback) {
+  busbar_str_t value;
+  if (!busbar_config_get(key, &value)) value = busbar_str(fallback);
+  char *text = busbar_cstr(&value);
+  free(value.ptr);
+  return text;
 }
 
 bool busbar_kv_get(const char *key, busbar_str_t *value) {

@@ -18,9 +18,19 @@
 
 #include "listener.h"
 
+// The generated types under readable names. An event's `task_id` and `chat_session_id` are
+// busbar_option_str_t: `is_some`, then `val`.
 typedef listener_string_t busbar_str_t;
+typedef listener_option_string_t busbar_option_str_t;
 typedef listener_event_t busbar_event_t;
 typedef busbar_plugin_types_target_t busbar_target_t;
+typedef busbar_plugin_types_level_t busbar_level_t;
+
+#define BUSBAR_LOG_TRACE BUSBAR_PLUGIN_TYPES_LEVEL_TRACE
+#define BUSBAR_LOG_DEBUG BUSBAR_PLUGIN_TYPES_LEVEL_DEBUG
+#define BUSBAR_LOG_INFO BUSBAR_PLUGIN_TYPES_LEVEL_INFO
+#define BUSBAR_LOG_WARN BUSBAR_PLUGIN_TYPES_LEVEL_WARN
+#define BUSBAR_LOG_ERROR BUSBAR_PLUGIN_TYPES_LEVEL_ERROR
 
 typedef struct {
   listener_action_t *ptr;
@@ -42,6 +52,7 @@ busbar_str_t busbar_str_n(const char *bytes, size_t len);    // a copy of bytes
 bool busbar_str_eq(const busbar_str_t *s, const char *text);
 bool busbar_str_starts_with(const busbar_str_t *s, const char *prefix);
 char *busbar_cstr(const busbar_str_t *s);                    // a NUL-terminated copy (free it)
+char *busbar_prefixed(const char *prefix, const busbar_str_t *s);  // prefix then s, NUL-terminated (free it)
 void busbar_strings_push(busbar_strings_t *list, const char *text);
 
 // Targets (the id is copied).
@@ -54,6 +65,8 @@ busbar_target_t busbar_everyone(void);
 // Actions. `payload` is JSON text.
 void busbar_send(busbar_actions_t *actions, busbar_target_t to, const char *event_type, const char *payload, size_t payload_len);
 void busbar_forward(busbar_actions_t *actions, const busbar_event_t *event, busbar_target_t to);
+// The event's payload (byte for byte) to `to`, under another type.
+void busbar_forward_as(busbar_actions_t *actions, const busbar_event_t *event, busbar_target_t to, const char *event_type);
 // Like busbar_forward, without the top-level `keys` (NULL-terminated) of an object payload. The
 // other members are kept byte for byte.
 void busbar_forward_without(busbar_actions_t *actions, const busbar_event_t *event, busbar_target_t to, const char *const *keys);
@@ -61,8 +74,13 @@ void busbar_follow_up(busbar_actions_t *actions, const busbar_event_t *event, co
 bool busbar_error(busbar_str_t *error, const char *message);  // sets error; returns false
 
 // Host services.
-void busbar_log(busbar_plugin_types_level_t level, const char *message);
+void busbar_log(busbar_level_t level, const char *message);   // level: BUSBAR_LOG_INFO...
+void busbar_log_debug(const char *message);
+void busbar_log_info(const char *message);
+void busbar_log_warn(const char *message);
+void busbar_log_error(const char *message);
 bool busbar_config_get(const char *key, busbar_str_t *value);   // false when unset; free value.ptr
+char *busbar_config_or(const char *key, const char *fallback);  // NUL-terminated copy (free it)
 bool busbar_kv_get(const char *key, busbar_str_t *value);       // false when absent; free value.ptr
 bool busbar_kv_set(const char *key, const char *bytes, size_t len);
 bool busbar_kv_delete(const char *key);

@@ -1,7 +1,7 @@
 // The conformance plugin in Go: the same behaviour as the Rust reference
 // (plugins/rust/testing/conform), output compared byte for byte by tests/it/conformance.rs.
-// `busbar plugin build` compiles it as package export_wit_world, with the SDK (package busbar).
-package export_wit_world
+// `busbar plugin build` compiles it as package app, with the SDK (package busbar).
+package app
 
 import (
 	"fmt"
@@ -10,13 +10,9 @@ import (
 	"strconv"
 
 	"wit_component/busbar"
-
-	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
 
 func Subscriptions() []string { return []string{"conf:*"} }
-
-func Handle(e busbar.Event) witTypes.Result[[]busbar.Action, string] { return busbar.Run(e, handle) }
 
 func everyone(eventType, payload string) []busbar.Action {
 	return []busbar.Action{busbar.Send(busbar.Everyone(), eventType, payload)}
@@ -29,7 +25,7 @@ func attempt(err error) string {
 	return "allowed"
 }
 
-func handle(e busbar.Event) ([]busbar.Action, error) {
+func Handle(e busbar.Event) ([]busbar.Action, error) {
 	switch e.EventType {
 	case "conf:echo":
 		return []busbar.Action{busbar.Forward(e, busbar.Everyone())}, nil

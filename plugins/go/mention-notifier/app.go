@@ -1,7 +1,7 @@
 // On `comment:created`, publishes an `inbox:new` follow-up for every `@user` the comment
 // mentions, once per comment even if the event comes again (a bounded record in the kv store).
 // The Go twin of plugins/rust/examples/mention-notifier.
-package export_wit_world
+package app
 
 import (
 	"encoding/json"
@@ -9,8 +9,6 @@ import (
 	"unicode"
 
 	"wit_component/busbar"
-
-	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
 
 const remembered = 512
@@ -34,8 +32,6 @@ type item struct {
 }
 
 func Subscriptions() []string { return []string{"comment:created"} }
-
-func Handle(e busbar.Event) witTypes.Result[[]busbar.Action, string] { return busbar.Run(e, handle) }
 
 func isHandle(r rune) bool {
 	return unicode.IsLetter(r) || unicode.IsNumber(r) || r == '_' || r == '-' || r == '.'
@@ -90,7 +86,7 @@ func remember(key string) error {
 	return busbar.KVSet("order", []byte(text))
 }
 
-func handle(e busbar.Event) ([]busbar.Action, error) {
+func Handle(e busbar.Event) ([]busbar.Action, error) {
 	var created commentCreated
 	if err := busbar.PayloadOf(e, &created); err != nil {
 		return nil, busbar.Fail(e.EventType + " payload: " + err.Error())

@@ -1,13 +1,11 @@
 // Routes `task:*` events to the task scope and `chat:*` events to the chat scope, using the
 // event's routing hints. The Go twin of plugins/rust/examples/scope-router.
-package export_wit_world
+package app
 
 import (
 	"strings"
 
 	"wit_component/busbar"
-
-	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
 
 // Keys for the server only, which must not reach clients.
@@ -15,9 +13,7 @@ var internal = map[string][]string{"task:failed": {"error"}}
 
 func Subscriptions() []string { return []string{"task:*", "chat:*"} }
 
-func Handle(e busbar.Event) witTypes.Result[[]busbar.Action, string] { return busbar.Run(e, handle) }
-
-func handle(e busbar.Event) ([]busbar.Action, error) {
+func Handle(e busbar.Event) ([]busbar.Action, error) {
 	task := strings.HasPrefix(e.EventType, "task:")
 	id := e.ChatSessionId
 	if task {

@@ -1,13 +1,14 @@
 // Package busbar: helpers for busbar listener plugins written in Go.
 //
-// A plugin is package export_wit_world with two functions:
+// A plugin is package app with two functions:
 //
 //	func Subscriptions() []string
-//	func Handle(e busbar.Event) witTypes.Result[[]busbar.Action, string] { return busbar.Run(e, handle) }
+//	func Handle(e busbar.Event) ([]busbar.Action, error)
 //
-// where handle(e) returns actions (built with Send, Forward, ForwardWithout, FollowUp) or an
-// error (the call fails with its message). A panic traps: busbar contains it and replaces the
-// instance.
+// where Handle returns actions (built with Send, Forward, ForwardWithout, FollowUp) or an error
+// (the call fails with its message). A panic traps: busbar contains it and replaces the
+// instance. `busbar plugin build` adds the component's exports (plugins/go/export), which call
+// these two through Run.
 package busbar
 
 import (
@@ -39,7 +40,7 @@ func init() { debug.SetGCPercent(-1) }
 var calls uint32
 
 // Run calls handle and turns its result into the export's result, collecting garbage every 64
-// events (at a point where that is allowed).
+// events (at a point where that is allowed). The exports busbar adds call it; plugins do not.
 func Run(e Event, handle func(Event) ([]Action, error)) witTypes.Result[[]Action, string] {
 	calls++
 	if calls%64 == 0 {

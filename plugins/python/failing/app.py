@@ -1,12 +1,10 @@
 """Fails on every event with a raised exception: busbar must contain it like a Rust panic
 (the call traps, the listeners after it run, the next call gets a fresh instance)."""
 
-import wit_world
+
+def subscriptions():
+    return ["*"]
 
 
-class WitWorld(wit_world.WitWorld):
-    def subscriptions(self):
-        return ["*"]
-
-    def handle(self, event):
-        raise RuntimeError(f"failing on purpose: {event.event_type}")
+def handle(event):
+    raise RuntimeError(f"failing on purpose: {event.event_type}")

@@ -4,7 +4,6 @@ The Python twin of plugins/rust/examples/mention-notifier."""
 
 import json
 
-import wit_world
 from busbar import follow_up, kv, payload_of
 
 REMEMBERED = 512
@@ -38,32 +37,32 @@ def remember(key):
     kv.set_text("order", json.dumps(order, separators=(",", ":"), ensure_ascii=False))
 
 
-class WitWorld(wit_world.WitWorld):
-    def subscriptions(self):
-        return ["comment:created"]
+def subscriptions():
+    return ["comment:created"]
 
-    def handle(self, event):
-        created = payload_of(event)
-        comment = created["comment"]
-        key = f"comment:{comment['id']}"
-        if kv.get(key) is not None:
-            return []
-        actions = [
-            follow_up(
-                event,
-                "inbox:new",
-                {
-                    "item": {
-                        "type": "mention",
-                        "recipient_id": user,
-                        "comment_id": comment["id"],
-                        "issue_id": comment.get("issue_id", ""),
-                        "issue_title": created.get("issue_title", ""),
-                    }
-                },
-            )
-            for user in mentions(comment["content"])
-            if user != event.actor_id
-        ]
-        remember(key)
-        return actions
+
+def handle(event):
+    created = payload_of(event)
+    comment = created["comment"]
+    key = f"comment:{comment['id']}"
+    if kv.get(key) is not None:
+        return []
+    actions = [
+        follow_up(
+            event,
+            "inbox:new",
+            {
+                "item": {
+                    "type": "mention",
+                    "recipient_id": user,
+                    "comment_id": comment["id"],
+                    "issue_id": comment.get("issue_id", ""),
+                    "issue_title": created.get("issue_title", ""),
+                }
+            },
+        )
+        for user in mentions(comment["content"])
+        if user != event.actor_id
+    ]
+    remember(key)
+    return actions

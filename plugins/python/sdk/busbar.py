@@ -1,10 +1,11 @@
 """busbar: helpers for busbar listener plugins written in Python.
 
-A plugin module defines `class WitWorld(wit_world.WitWorld)` with `subscriptions(self)` and
-`handle(self, event)`; `handle` returns a list of actions (built with `send`, `forward` and
-`follow_up`), raises `Err(message)` to fail the call, and any other exception traps (busbar
-contains it and replaces the instance). Event fields are snake_case (`event_type`,
-`workspace_id`, `task_id`...); `payload` is JSON text.
+A plugin module, `app.py`, defines two functions, `subscriptions()` and `handle(event)`;
+`handle` returns a list of actions (built with `send`, `forward` and `follow_up`), raises
+`Err(message)` to fail the call, and any other exception traps (busbar contains it and replaces
+the instance). Event fields are snake_case (`event_type`, `workspace_id`, `task_id`...);
+`payload` is JSON text. `busbar plugin build` adds the component's exports
+(`busbar_exports.py`), which call the two functions.
 """
 
 import json

@@ -4,9 +4,9 @@
 //! Shows: parsing the payload into the author's own types, follow-up events, and the private
 //! key-value store (a bounded record of the comments already handled).
 
-use busbar_plugin_sdk::serde::Deserialize;
 use busbar_plugin_sdk::serde_json::json;
 use busbar_plugin_sdk::{Action, Error, Event, Plugin, export, kv};
+use serde::Deserialize;
 
 /// How many handled comments are remembered; older ones are forgotten first.
 const REMEMBERED: usize = 512;
@@ -14,7 +14,6 @@ const REMEMBERED: usize = 512;
 struct MentionNotifier;
 
 #[derive(Deserialize)]
-#[serde(crate = "busbar_plugin_sdk::serde")]
 struct CommentCreated {
     comment: Comment,
     #[serde(default)]
@@ -22,7 +21,6 @@ struct CommentCreated {
 }
 
 #[derive(Deserialize)]
-#[serde(crate = "busbar_plugin_sdk::serde")]
 struct Comment {
     id: String,
     #[serde(default)]
