@@ -389,6 +389,12 @@ pub fn default_cache_dir(env: &impl Fn(&str) -> Option<String>) -> Option<PathBu
     Some(base.join("busbar"))
 }
 
+/// Where `busbar plugin build` installs the guest toolchains: `$BUSBAR_TOOLCHAINS`, else
+/// `toolchains` in the cache directory.
+pub fn toolchains_dir(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    env("BUSBAR_TOOLCHAINS").map(PathBuf::from).or_else(|| Some(default_cache_dir(env)?.join("toolchains")))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

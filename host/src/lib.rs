@@ -6,11 +6,13 @@
 //!
 //! An event's journey, by module: [`event`] (what was published) → [`bus`] (who runs, in which
 //! order, with which outcome) → [`plugins`] (the sandboxed call) → [`action`] (what the listener
-//! asked for) → [`broadcast`] (who receives it).
+//! asked for) → [`broadcast`] (who receives it). [`build`] turns a plugin's sources into a
+//! component.
 
 pub mod action;
 pub mod api;
 pub mod broadcast;
+pub mod build;
 pub mod bus;
 pub mod config;
 pub mod event;

@@ -13,7 +13,6 @@ mod publish;
 mod serve;
 mod tail;
 mod token;
-mod toolchain;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,6 +116,10 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// What a plugin author sees while building: the build's progress (toolchain installs take
+/// minutes the first time), and warnings.
+const BUILD_LOGGING: &str = "warn,busbar::build=info";
+
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BUSBAR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -153,11 +156,11 @@ pub fn main() -> ExitCode {
         }
         Command::Plugin(PluginCommand::New(args)) => plugin::new(args),
         Command::Plugin(PluginCommand::Build(args)) => {
-            init_logging("warn");
+            init_logging(BUILD_LOGGING);
             plugin::build(args)
         }
         Command::Plugin(PluginCommand::Test(args)) => {
-            init_logging("warn");
+            init_logging(BUILD_LOGGING);
             plugin::test(args)
         }
         Command::Dev(args) => {
