@@ -9,6 +9,8 @@
 //! asked for) → [`broadcast`] (who receives it). [`build`] turns a plugin's sources into a
 //! component.
 
+#![warn(unreachable_pub)]
+
 pub mod action;
 pub mod api;
 pub mod broadcast;

@@ -18,10 +18,10 @@ use super::AppState;
 use super::error::ApiError;
 
 /// Extracting this checks that the caller may use admin routes.
-pub struct Admin;
+pub(super) struct Admin;
 
 /// Extracting this checks that the caller may publish events.
-pub struct Publisher;
+pub(super) struct Publisher;
 
 fn peer(parts: &Parts) -> Result<SocketAddr, ApiError> {
     parts

@@ -18,15 +18,15 @@ use crate::bus::ReportSummary;
 use crate::event::Event;
 
 /// Most events in one request.
-pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
+pub(super) const MAX_EVENTS_PER_REQUEST: usize = 1000;
 
 #[derive(Serialize)]
-pub struct PublishResponse {
+pub(super) struct PublishResponse {
     pub results: Vec<PublishResult>,
 }
 
 #[derive(Serialize)]
-pub struct PublishResult {
+pub(super) struct PublishResult {
     pub event_id: String,
     /// The event, then its follow-ups, each with every listener's outcome; left out when it
     /// would take the response past its size limit.
@@ -37,7 +37,7 @@ pub struct PublishResult {
     pub summary: Option<ReportSummary>,
 }
 
-pub async fn publish(
+pub(super) async fn publish(
     _: Publisher,
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,

@@ -12,11 +12,11 @@ use super::AppState;
 use super::access::Admin;
 use super::error::ApiError;
 
-pub async fn live() -> Json<serde_json::Value> {
+pub(super) async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn realtime(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn realtime(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut body = serde_json::to_value(state.hub.snapshot()).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["plugins"] = serde_json::to_value(state.registry.list()).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["plugin_reloads"] = serde_json::to_value(state.registry.stats()).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -31,7 +31,7 @@ pub async fn realtime(_: Admin, State(state): State<AppState>) -> Result<impl In
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)))
 }
 
-pub async fn metrics(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn metrics(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus(&state)))
 }
 

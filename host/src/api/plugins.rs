@@ -11,18 +11,18 @@ use super::access::Admin;
 use super::error::ApiError;
 use crate::plugins::{InstallError, Installed, KvOnRemove, Manifest, PluginView, RollbackError, check_plugin_name};
 
-pub async fn list(_: Admin, State(state): State<AppState>) -> Json<serde_json::Value> {
+pub(super) async fn list(_: Admin, State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({ "plugins": state.registry.list() }))
 }
 
-pub async fn get(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginView>, ApiError> {
+pub(super) async fn get(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginView>, ApiError> {
     state.registry.get(&name).map(Json).ok_or_else(|| ApiError::NotFound(format!("no plugin named `{name}`")))
 }
 
 /// Upload a component: the raw bytes (`application/wasm`), or `multipart/form-data` with a
 /// `component` part and an optional `manifest` part (TOML). Every refused upload is recorded as
 /// the plugin's last failure and counted, like a failed load from the plugin directory.
-pub async fn put(
+pub(super) async fn put(
     _: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -110,7 +110,7 @@ async fn read_upload(state: &AppState, name: &str, request: Request) -> Result<(
 }
 
 /// Restores the previous version at the same position (and makes the current one previous).
-pub async fn rollback(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginView>, ApiError> {
+pub(super) async fn rollback(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginView>, ApiError> {
     state.registry.rollback(&name).map_err(|e| match e {
         RollbackError::Unknown(_) => ApiError::NotFound(e.to_string()),
         RollbackError::NoPrevious(_) | RollbackError::Bus(_) => ApiError::Conflict(e.to_string()),
@@ -121,12 +121,12 @@ pub async fn rollback(_: Admin, State(state): State<AppState>, Path(name): Path<
 /// `?keep-kv=true` keeps the plugin's kv store for the next plugin installed under this name.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct DeleteQuery {
+pub(super) struct DeleteQuery {
     #[serde(default)]
     keep_kv: bool,
 }
 
-pub async fn delete(
+pub(super) async fn delete(
     _: Admin,
     State(state): State<AppState>,
     Path(name): Path<String>,

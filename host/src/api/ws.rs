@@ -26,7 +26,7 @@ use crate::hub::session::{self, Auth};
 /// proxy and server logs).
 const TOKEN_PARAMS: [&str; 4] = ["token", "access_token", "jwt", "auth"];
 
-pub async fn upgrade(
+pub(super) async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     place: Option<Extension<Admitted>>,

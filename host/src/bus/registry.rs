@@ -73,7 +73,7 @@ impl Index {
 
 impl Registry {
     /// A snapshot of `entries`, sorted into dispatch order and indexed.
-    pub fn with(&self, mut entries: Vec<Arc<Entry>>, next_seq: u64) -> Registry {
+    pub(super) fn with(&self, mut entries: Vec<Arc<Entry>>, next_seq: u64) -> Registry {
         entries.sort_by_key(|e| e.sort_key());
         let index = Index::build(&entries);
         Registry { entries, next_seq: next_seq.max(self.next_seq), index }
@@ -82,7 +82,7 @@ impl Registry {
     /// Listeners for `event_type`: specific ones (exact or prefix) first, then catch-alls, each
     /// in dispatch order, every listener once. Without prefix subscriptions or catch-alls (or
     /// with only those) this is a lookup and no allocation.
-    pub fn matching(&self, event_type: &str) -> impl Iterator<Item = &Arc<Entry>> {
+    pub(super) fn matching(&self, event_type: &str) -> impl Iterator<Item = &Arc<Entry>> {
         let index = &self.index;
         let exact: &[usize] = index.exact.get(event_type).map_or(&[], Vec::as_slice);
         let positions: Cow<'_, [usize]> = if index.prefix_lengths.is_empty() && index.catch_all.is_empty() {
@@ -111,7 +111,7 @@ impl Registry {
         (0..positions.len()).map(move |i| &self.entries[positions[i]])
     }
 
-    pub fn position(&self, name: &str) -> Option<usize> {
+    pub(super) fn position(&self, name: &str) -> Option<usize> {
         self.entries.iter().position(|e| e.name == name)
     }
 }

@@ -54,12 +54,12 @@ pub enum Push {
 
 /// What the writer gets next: frames (appended to its buffer) or the close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     Frames,
     Close(Close),
 }
 
-pub struct Outbox {
+pub(crate) struct Outbox {
     inner: Mutex<Inner>,
     ready: Notify,
     max_bytes: usize,
@@ -76,7 +76,7 @@ struct Inner {
 }
 
 impl Outbox {
-    pub fn new(max_bytes: usize, max_age: Duration) -> Outbox {
+    pub(crate) fn new(max_bytes: usize, max_age: Duration) -> Outbox {
         Outbox {
             inner: Mutex::new(Inner { frames: VecDeque::new(), bytes: 0, in_flight: None, closed: None }),
             ready: Notify::new(),
@@ -86,11 +86,11 @@ impl Outbox {
     }
 
     /// How long a frame may wait, queued or being written, before its connection is evicted.
-    pub fn max_age(&self) -> Duration {
+    pub(crate) fn max_age(&self) -> Duration {
         self.max_age
     }
 
-    pub fn push(&self, frame: Utf8Bytes) -> Push {
+    pub(crate) fn push(&self, frame: Utf8Bytes) -> Push {
         let mut inner = self.inner.lock();
         if inner.closed.is_some() {
             return Push::Closed;
@@ -109,7 +109,7 @@ impl Outbox {
 
     /// Closes the queue; the frames still queued are dropped unless the close `keeps_queued`.
     /// Returns `Some(frames dropped)` if this call closed it, `None` if it was already closed.
-    pub fn close(&self, close: Close) -> Option<usize> {
+    pub(crate) fn close(&self, close: Close) -> Option<usize> {
         let mut inner = self.inner.lock();
         if inner.closed.is_some() {
             return None;
@@ -126,18 +126,18 @@ impl Outbox {
         Some(dropped)
     }
 
-    pub fn closed(&self) -> Option<Close> {
+    pub(crate) fn closed(&self) -> Option<Close> {
         self.inner.lock().closed
     }
 
     /// Whether the queue was closed by a close that still writes what was queued.
-    pub fn drains(&self) -> bool {
+    pub(crate) fn drains(&self) -> bool {
         self.inner.lock().closed.is_some_and(Close::keeps_queued)
     }
 
     /// Waits for frames (moves all of them, oldest first, into `into`) or for the close. Frames
     /// taken count against the bounds until the writer reports them `written`.
-    pub async fn next(&self, into: &mut Vec<Utf8Bytes>) -> Next {
+    pub(crate) async fn next(&self, into: &mut Vec<Utf8Bytes>) -> Next {
         loop {
             let notified = self.ready.notified();
             {
@@ -158,7 +158,7 @@ impl Outbox {
     }
 
     /// The writer has written the batch `next` gave it.
-    pub fn written(&self) {
+    pub(crate) fn written(&self) {
         let mut inner = self.inner.lock();
         if let Some((_, bytes)) = inner.in_flight.take() {
             inner.bytes = inner.bytes.saturating_sub(bytes);
@@ -166,7 +166,7 @@ impl Outbox {
     }
 
     /// Frames waiting to be written.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner.lock().frames.len()
     }
 }

@@ -44,7 +44,7 @@ pub(crate) enum Control<'a> {
 }
 
 impl Control<'_> {
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         serde_json::to_string(self).expect("control frames serialize")
     }
 }

@@ -259,7 +259,8 @@ mod tests {
     #[test]
     fn resume_replays_exactly_the_missed_offsets_or_nothing() {
         // (case, since, the room's position, history offsets in epoch "e" unless "x:N", replayed, recovered)
-        let cases: &[(&str, Option<u64>, u64, &[&str], &[u64], Option<bool>)] = &[
+        type Case<'a> = (&'a str, Option<u64>, u64, &'a [&'a str], &'a [u64], Option<bool>);
+        let cases: &[Case] = &[
             ("a plain subscribe", None, 5, &["4", "5"], &[], None),
             ("up to date", Some(5), 5, &["4", "5"], &[], Some(true)),
             ("up to date, room new", Some(0), 0, &[], &[], Some(true)),

@@ -26,13 +26,13 @@ pub(crate) struct SendQueue {
 impl SendQueue {
     /// Tracks the socket `fd`; what is in its send queue already (the upgrade response) is
     /// counted as written before the session.
-    pub fn new(fd: i32) -> Option<SendQueue> {
+    pub(super) fn new(fd: i32) -> Option<SendQueue> {
         let queued = unacknowledged(fd)?;
         Some(SendQueue { fd, written: queued, marks: VecDeque::new() })
     }
 
     /// `bytes` of WebSocket frames were just handed to the socket.
-    pub fn wrote_bytes(&mut self, bytes: u64) {
+    pub(super) fn wrote_bytes(&mut self, bytes: u64) {
         if bytes == 0 {
             return;
         }
@@ -45,7 +45,7 @@ impl SendQueue {
 
     /// How long the oldest byte the client has not acknowledged has waited; `None` when it has
     /// everything (or the kernel cannot say).
-    pub fn oldest(&mut self) -> Option<Duration> {
+    pub(super) fn oldest(&mut self) -> Option<Duration> {
         let pending = unacknowledged(self.fd)?;
         let delivered = self.written.saturating_sub(pending);
         while self.marks.front().is_some_and(|(end, _)| *end <= delivered) {
@@ -54,7 +54,7 @@ impl SendQueue {
         self.marks.front().map(|(_, at)| at.elapsed())
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.marks.is_empty()
     }
 }

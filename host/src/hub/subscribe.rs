@@ -49,7 +49,7 @@ pub(super) struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn full(burst: f64) -> TokenBucket {
+    pub(super) fn full(burst: f64) -> TokenBucket {
         TokenBucket { tokens: burst, at: Instant::now() }
     }
 }

@@ -18,13 +18,13 @@ use super::compile::{CompileError, Compiler};
 
 /// Where compiled components live, or nowhere (compile every time).
 #[derive(Debug, Clone)]
-pub struct CompileCache {
+pub(super) struct CompileCache {
     dir: Option<PathBuf>,
 }
 
 /// How a component was obtained, for logs and benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheUse {
+pub(super) enum CacheUse {
     Hit,
     Compiled,
 }
@@ -35,12 +35,12 @@ pub fn content_hash(bytes: &[u8]) -> String {
 }
 
 impl CompileCache {
-    pub fn disabled() -> CompileCache {
+    pub(super) fn disabled() -> CompileCache {
         CompileCache { dir: None }
     }
 
     /// A cache in `dir`, created (private to this user) if missing.
-    pub fn in_dir(dir: impl Into<PathBuf>) -> std::io::Result<CompileCache> {
+    pub(super) fn in_dir(dir: impl Into<PathBuf>) -> std::io::Result<CompileCache> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         #[cfg(unix)]
@@ -52,7 +52,7 @@ impl CompileCache {
     }
 
     /// The component for `bytes`, from the cache when possible, else from `compiler`.
-    pub fn load(
+    pub(super) fn load(
         &self,
         engine: &Engine,
         compiler: &Compiler,

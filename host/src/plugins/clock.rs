@@ -11,23 +11,23 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Granularity of deadlines: the engine's epoch advances once per tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Ticks since the runtime started; shared by the ticker thread and every store.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Ticks(Arc<AtomicU64>);
 
 impl Ticks {
-    pub fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         self.0.load(Relaxed)
     }
 
-    pub fn advance(&self) {
+    pub(super) fn advance(&self) {
         self.0.fetch_add(1, Relaxed);
     }
 
     /// Ticks in `duration`, rounded up, plus one for the tick already under way.
-    pub fn in_duration(duration: Duration) -> u64 {
+    pub(super) fn in_duration(duration: Duration) -> u64 {
         duration.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1
     }
 }

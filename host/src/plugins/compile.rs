@@ -51,7 +51,7 @@ pub enum CompileError {
 }
 
 /// Compiles components, in a child process when it has a worker executable.
-pub struct Compiler {
+pub(super) struct Compiler {
     worker: Option<PathBuf>,
     limits: CompileLimits,
     running: Mutex<usize>,
@@ -67,7 +67,7 @@ const EXIT_INVALID: i32 = 3;
 pub const WORKER_COMMAND: &str = "compile-worker";
 
 impl Compiler {
-    pub fn new(worker: Option<PathBuf>, limits: CompileLimits) -> Compiler {
+    pub(super) fn new(worker: Option<PathBuf>, limits: CompileLimits) -> Compiler {
         Compiler {
             worker,
             limits,
@@ -79,12 +79,12 @@ impl Compiler {
     }
 
     /// Components refused for each compile limit: `memory`, `time`.
-    pub fn refusals(&self) -> [(&'static str, u64); 2] {
+    pub(super) fn refusals(&self) -> [(&'static str, u64); 2] {
         [("memory", self.memory_refusals.load(Relaxed)), ("time", self.timeouts.load(Relaxed))]
     }
 
     /// The serialized, compiled form of the component in `bytes`, for `engine`.
-    pub fn compile(&self, engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, CompileError> {
+    pub(super) fn compile(&self, engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, CompileError> {
         let _turn = self.wait_turn();
         let compiled = match &self.worker {
             Some(program) => self.in_child(program, bytes),

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Largest manifest read from disk.
-pub const MAX_MANIFEST_BYTES: u64 = 64 << 10;
+pub(super) const MAX_MANIFEST_BYTES: u64 = 64 << 10;
 
 /// Why a plugin file was not read.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ pub enum FileError {
 
 /// Reads `path`, a regular file (or a symlink to one in the same directory) of at most `max`
 /// bytes.
-pub fn read(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
+pub(super) fn read(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
     let shown = || path.display().to_string();
     let io = |source| FileError::Io { path: shown(), source };
     let link = std::fs::symlink_metadata(path).map_err(io)?;

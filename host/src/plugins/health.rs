@@ -42,7 +42,7 @@ enum Trigger {
 
 impl Health {
     /// `Quarantined` while the cool-off lasts; afterwards the call goes ahead as a probe.
-    pub fn check(&self) -> Result<(), ListenerError> {
+    pub(super) fn check(&self) -> Result<(), ListenerError> {
         let until = self.quarantined_until_ms.load(Relaxed);
         let now = event::now_ms();
         if until != 0 && now < until {
@@ -56,24 +56,24 @@ impl Health {
     }
 
     /// Milliseconds since the epoch until which the plugin is quarantined, if it is.
-    pub fn quarantined_until_ms(&self) -> Option<u64> {
+    pub(super) fn quarantined_until_ms(&self) -> Option<u64> {
         let until = self.quarantined_until_ms.load(Relaxed);
         (until > event::now_ms()).then_some(until)
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(super) fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Relaxed)
     }
 
-    pub fn total_quarantines(&self) -> u64 {
+    pub(super) fn total_quarantines(&self) -> u64 {
         self.total_quarantines.load(Relaxed)
     }
 
-    pub fn rate_quarantines(&self) -> u64 {
+    pub(super) fn rate_quarantines(&self) -> u64 {
         self.rate_quarantines.load(Relaxed)
     }
 
-    pub fn record_success(&self, plugin: &str) {
+    pub(super) fn record_success(&self, plugin: &str) {
         if self.quarantined_until_ms.load(Relaxed) != 0 {
             self.quarantined_until_ms.store(0, Relaxed);
             self.quarantines.store(0, Relaxed);
@@ -88,7 +88,7 @@ impl Health {
         }
     }
 
-    pub fn record_failure(&self, plugin: &str, limits: &Limits) {
+    pub(super) fn record_failure(&self, plugin: &str, limits: &Limits) {
         let in_a_row = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         self.push(true);
         let window = limits.failure_window.min(64);

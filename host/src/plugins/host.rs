@@ -65,7 +65,7 @@ pub(crate) struct PluginContext {
 }
 
 impl PluginContext {
-    pub fn new(manifest: &Manifest, kv: Arc<KvStore>, budget: Arc<MemoryBudget>, ticks: Ticks) -> PluginContext {
+    pub(super) fn new(manifest: &Manifest, kv: Arc<KvStore>, budget: Arc<MemoryBudget>, ticks: Ticks) -> PluginContext {
         let limits = &manifest.limits;
         PluginContext {
             name: Arc::from(manifest.name.as_str()),
@@ -100,7 +100,7 @@ pub(crate) struct PluginState {
 
 impl PluginState {
     /// A fresh state: WASI with nothing granted beyond the manifest's capabilities.
-    pub fn new(ctx: Arc<PluginContext>) -> Result<PluginState, String> {
+    pub(super) fn new(ctx: Arc<PluginContext>) -> Result<PluginState, String> {
         let log_budget = Arc::new(AtomicUsize::new(ctx.log_bytes_per_call));
         Ok(PluginState {
             wasi: WasiState::new(
@@ -121,14 +121,14 @@ impl PluginState {
     }
 
     /// Resets per-call budgets and starts the deadline, before a call or an instantiation.
-    pub fn begin_call(&mut self) {
+    pub(super) fn begin_call(&mut self) {
         self.limiter.refused = None;
         self.log_budget.store(self.ctx.log_bytes_per_call, Ordering::Relaxed);
         self.wasi.start(self.ctx.ticks.now() + self.ctx.deadline_ticks);
     }
 
     /// Flushes any unterminated output line after a call.
-    pub fn end_call(&mut self) {
+    pub(super) fn end_call(&mut self) {
         self.wasi.finish();
     }
 }

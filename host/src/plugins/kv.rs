@@ -13,11 +13,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 /// Longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 512;
+pub(super) const MAX_KEY_BYTES: usize = 512;
 
 /// Bytes charged per entry besides its key and value: the map slot, the key's and the value's
 /// headers and allocator rounding. So a plugin within its byte limit holds about that much.
-pub const ENTRY_OVERHEAD: usize = 64;
+pub(super) const ENTRY_OVERHEAD: usize = 64;
 
 /// One plugin's store.
 #[derive(Debug, Default)]

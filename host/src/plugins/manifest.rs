@@ -159,7 +159,7 @@ struct RawCapabilities {
 }
 
 /// Largest memory cap a manifest may ask for.
-pub const MAX_MEMORY_MIB: u64 = 4096;
+pub(super) const MAX_MEMORY_MIB: u64 = 4096;
 
 impl Manifest {
     /// The manifest of a component that has none: every default, named `name`.

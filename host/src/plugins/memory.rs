@@ -85,7 +85,7 @@ impl Drop for Reservation {
 
 /// Which limit refused a growth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(super) enum Refusal {
     /// The plugin's own cap (`limits.memory-mib`).
     PluginCap { desired: usize },
     /// The process-wide budget (`limits.plugin-memory-mib` in busbar.toml).
@@ -103,7 +103,7 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl MemoryLimiter {
-    pub fn new(max_bytes: usize, budget: Arc<MemoryBudget>) -> MemoryLimiter {
+    pub(super) fn new(max_bytes: usize, budget: Arc<MemoryBudget>) -> MemoryLimiter {
         MemoryLimiter { max_bytes, budget, held: 0, refused: None }
     }
 

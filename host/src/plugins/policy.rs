@@ -66,7 +66,7 @@ pub const PLUGIN_ACTOR: &str = "plugin";
 /// what is allowed to what the policy says: messages to a user reach only their connections to
 /// the event's workspace without `cross-workspace`; follow-ups get the plugin as their actor
 /// without `impersonate`. The first action over the line refuses them all.
-pub fn apply(actions: &mut [Action], event: &Event, plugin: &str, grants: &BTreeSet<Grant>) -> Result<(), String> {
+pub(super) fn apply(actions: &mut [Action], event: &Event, plugin: &str, grants: &BTreeSet<Grant>) -> Result<(), String> {
     let cross = grants.contains(&Grant::CrossWorkspace);
     let home = event.workspace_id.as_str();
     let outside = |what: &str, workspace: &str| {

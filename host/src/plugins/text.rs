@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 /// `text` cut to at most `max` bytes (plus a note of what was cut), with control characters
 /// escaped. One line out, whatever came in.
-pub fn sanitize(text: &str, max: usize) -> String {
+pub(super) fn sanitize(text: &str, max: usize) -> String {
     let kept = cut(text, max);
     let mut out = String::with_capacity(kept.len() + 16);
     for c in kept.chars() {
@@ -34,7 +34,7 @@ pub fn sanitize(text: &str, max: usize) -> String {
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-pub fn cut(text: &str, max: usize) -> &str {
+pub(super) fn cut(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

@@ -62,21 +62,21 @@ impl Limit {
 
 /// One counter per `Limit`.
 #[derive(Debug, Default)]
-pub struct LimitTrips {
+pub(super) struct LimitTrips {
     counts: [AtomicU64; Limit::ALL.len()],
 }
 
 impl LimitTrips {
-    pub fn count(&self, limit: Limit) {
+    pub(super) fn count(&self, limit: Limit) {
         self.counts[limit as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn get(&self, limit: Limit) -> u64 {
+    pub(super) fn get(&self, limit: Limit) -> u64 {
         self.counts[limit as usize].load(Relaxed)
     }
 
     /// Every limit that tripped at least once, by name.
-    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+    pub(super) fn snapshot(&self) -> BTreeMap<&'static str, u64> {
         Limit::ALL.iter().map(|l| (l.as_str(), self.get(*l))).filter(|(_, n)| *n > 0).collect()
     }
 }

@@ -33,7 +33,7 @@ use super::trips::{Limit, LimitTrips};
 const POLL_INTERFACE: &str = "wasi:io/poll@0.2.12";
 
 /// Longest line of guest stdout/stderr kept; longer lines are cut.
-pub const MAX_LINE: usize = 4096;
+pub(super) const MAX_LINE: usize = 4096;
 
 /// When the current call (or instantiation) must end, as a tick of the runtime's clock, and
 /// whether a host call reached it.
@@ -56,7 +56,7 @@ impl Deadline {
     }
 
     /// Whether a host call gave up at the deadline since the last `start`.
-    pub fn reached(&self) -> bool {
+    pub(super) fn reached(&self) -> bool {
         self.reached
     }
 }
@@ -86,7 +86,7 @@ pub(crate) struct WasiState {
 impl WasiState {
     /// WASI with nothing granted beyond `plugin`'s capabilities; guest output draws on
     /// `log_budget`.
-    pub fn new(plugin: &Grants<'_>, log_budget: Arc<AtomicUsize>) -> Result<WasiState, String> {
+    pub(super) fn new(plugin: &Grants<'_>, log_budget: Arc<AtomicUsize>) -> Result<WasiState, String> {
         let stdout = GuestOutput::new(plugin, "stdout", log_budget.clone());
         let stderr = GuestOutput::new(plugin, "stderr", log_budget);
         let mut wasi = WasiCtxBuilder::new();
@@ -108,21 +108,21 @@ impl WasiState {
     }
 
     /// Starts a call (or an instantiation) that must end at tick `at`.
-    pub fn start(&mut self, at: u64) {
+    pub(super) fn start(&mut self, at: u64) {
         self.deadline = Deadline { at, reached: false };
     }
 
     /// Flushes any unterminated output line after a call.
-    pub fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         self.stdout.flush_partial();
         self.stderr.flush_partial();
     }
 
-    pub fn deadline(&self) -> &Deadline {
+    pub(super) fn deadline(&self) -> &Deadline {
         &self.deadline
     }
 
-    pub fn view(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+    pub(super) fn view(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
         wasmtime_wasi::WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
     }
 }

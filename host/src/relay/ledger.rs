@@ -26,7 +26,7 @@ struct Early<T> {
 
 /// Own frames delivered locally, by `n`. `T` is the relay's target (a scope or everyone).
 #[derive(Debug)]
-pub struct Ledger<T> {
+pub(super) struct Ledger<T> {
     early: HashMap<u64, Early<T>>,
     /// Came back from Redis while still in the outbox (a batch whose reply was lost).
     returned: HashSet<u64>,
@@ -43,7 +43,7 @@ impl<T> Default for Ledger<T> {
 impl<T: Clone + Eq + Hash> Ledger<T> {
     /// Claims a frame still in the outbox for local delivery now. False if it already came back
     /// from Redis (and so was delivered through its cursor).
-    pub fn claim_early(&mut self, n: u64, target: &T) -> bool {
+    pub(super) fn claim_early(&mut self, n: u64, target: &T) -> bool {
         if self.returned.contains(&n) || self.early.contains_key(&n) {
             return false;
         }
@@ -52,18 +52,18 @@ impl<T: Clone + Eq + Hash> Ledger<T> {
     }
 
     /// Whether the frame was delivered early and has not come back yet.
-    pub fn is_early(&self, n: u64) -> bool {
+    pub(super) fn is_early(&self, n: u64) -> bool {
         self.early.contains_key(&n)
     }
 
     /// Whether the frame was delivered locally already, either way.
-    pub fn delivered(&self, n: u64) -> bool {
+    pub(super) fn delivered(&self, n: u64) -> bool {
         self.early.contains_key(&n) || self.returned.contains(&n)
     }
 
     /// An own frame came back from Redis in order: true if it was delivered early (skip it).
     /// Otherwise it is delivered now, and remembered while it is still in the outbox.
-    pub fn came_back(&mut self, n: u64) -> bool {
+    pub(super) fn came_back(&mut self, n: u64) -> bool {
         if self.early.remove(&n).is_some() {
             return true;
         }
@@ -75,7 +75,7 @@ impl<T: Clone + Eq + Hash> Ledger<T> {
 
     /// Redis has the frame at `at` (for a retried frame: at or before `at`); `cursor` is its
     /// target's cursor, if watched (locked by the caller).
-    pub fn published(&mut self, n: u64, at: Position, cursor: Option<&Cursor>) {
+    pub(super) fn published(&mut self, n: u64, at: Position, cursor: Option<&Cursor>) {
         self.settle(n);
         if let Some(early) = self.early.get_mut(&n) {
             if passed(cursor, &at) {
@@ -87,7 +87,7 @@ impl<T: Clone + Eq + Hash> Ledger<T> {
     }
 
     /// The frame was dropped from a full outbox: it never reaches Redis.
-    pub fn dropped(&mut self, n: u64) {
+    pub(super) fn dropped(&mut self, n: u64) {
         self.settle(n);
         self.early.remove(&n);
     }
@@ -95,7 +95,7 @@ impl<T: Clone + Eq + Hash> Ledger<T> {
     /// `target`'s cursor moved other than by delivering (it was removed, skipped a gap, or
     /// started a new epoch, leaving `left_epoch`): forgets early frames it can no longer bring
     /// back.
-    pub fn cursor_moved(&mut self, target: &T, cursor: Option<&Cursor>, left_epoch: Option<&str>) {
+    pub(super) fn cursor_moved(&mut self, target: &T, cursor: Option<&Cursor>, left_epoch: Option<&str>) {
         self.early.retain(|_, early| {
             let Some(at) = &early.at else { return true };
             early.target != *target || !(passed(cursor, at) || left_epoch == Some(at.epoch.as_str()))
@@ -103,12 +103,12 @@ impl<T: Clone + Eq + Hash> Ledger<T> {
     }
 
     /// Frames remembered, early and returned.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.early.len() + self.returned.len()
     }
 
     /// The frame left the outbox: it can no longer be delivered early.
-    pub fn settle(&mut self, n: u64) {
+    pub(super) fn settle(&mut self, n: u64) {
         self.settled_through = self.settled_through.max(n);
         self.returned.remove(&n);
     }
