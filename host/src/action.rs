@@ -21,33 +21,13 @@ pub enum ScopeKind {
     Chat,
 }
 
-impl ScopeKind {
-    pub const ALL: [ScopeKind; 4] = [ScopeKind::Workspace, ScopeKind::User, ScopeKind::Task, ScopeKind::Chat];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ScopeKind::Workspace => "workspace",
-            ScopeKind::User => "user",
-            ScopeKind::Task => "task",
-            ScopeKind::Chat => "chat",
-        }
-    }
-}
-
-impl fmt::Display for ScopeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named_variants!(ScopeKind { Workspace = "workspace", User = "user", Task = "task", Chat = "chat" });
 
 impl FromStr for ScopeKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<ScopeKind, String> {
-        ScopeKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown scope kind `{s}`"))
+        ScopeKind::from_name(s).ok_or_else(|| format!("unknown scope kind `{s}`"))
     }
 }
 

@@ -228,15 +228,7 @@ impl TryFrom<EventInput> for Event {
             }
             None => new_id(),
         };
-        check_name("workspace_id", &input.workspace_id)?;
-        check_name("actor_type", &input.actor_type)?;
-        check_name("actor_id", &input.actor_id)?;
-        if let Some(task) = &input.task_id {
-            check_name("task_id", task)?;
-        }
-        if let Some(chat) = &input.chat_session_id {
-            check_name("chat_session_id", chat)?;
-        }
+        check_names(&input.workspace_id, &input.actor_type, &input.actor_id, input.task_id.as_deref(), input.chat_session_id.as_deref())?;
         Ok(Event {
             id,
             event_type: input.event_type,
@@ -278,6 +270,15 @@ pub fn check_name(name: &'static str, value: &str) -> Result<(), EventError> {
         return Err(field(name, "contains a control character"));
     }
     Ok(())
+}
+
+/// Checks the names an event (or a follow-up a plugin asks for) carries besides its type.
+pub fn check_names(workspace_id: &str, actor_type: &str, actor_id: &str, task_id: Option<&str>, chat_session_id: Option<&str>) -> Result<(), EventError> {
+    check_name("workspace_id", workspace_id)?;
+    check_name("actor_type", actor_type)?;
+    check_name("actor_id", actor_id)?;
+    task_id.map_or(Ok(()), |task| check_name("task_id", task))?;
+    chat_session_id.map_or(Ok(()), |chat| check_name("chat_session_id", chat))
 }
 
 fn field(field: &'static str, problem: impl Into<String>) -> EventError {

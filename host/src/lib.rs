@@ -11,6 +11,35 @@
 
 #![warn(unreachable_pub)]
 
+/// For a fieldless enum whose variants have names (on the wire, in manifests, on the command
+/// line), from one table: `ALL`, `as_str`, `from_name` and `Display`.
+macro_rules! named_variants {
+    ($ty:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every variant, in declaration order.
+            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
+
+            /// The variant's name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+
+            /// The variant named `name`.
+            pub fn from_name(name: &str) -> Option<$ty> {
+                $ty::ALL.into_iter().find(|v| v.as_str() == name)
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 pub mod action;
 pub mod api;
 pub mod broadcast;

@@ -61,9 +61,9 @@ fn each_kind(check: impl Fn(Kind)) {
 fn several_subscribers_all_receive_in_registration_order() {
     each_kind(|kind| {
         let (bus, recorder) = recording_bus();
-        recorder_listener(kind, &bus, "first", &["issue:created"]);
-        recorder_listener(kind, &bus, "second", &["issue:created"]);
-        recorder_listener(kind, &bus, "third", &["issue:created"]);
+        for name in ["first", "second", "third"] {
+            recorder_listener(kind, &bus, name, &["issue:created"]);
+        }
         let report = bus.publish(event("issue:created"));
         assert_eq!(tags(&recorder.take()), ["first", "second", "third"], "{kind:?}");
         let outcomes: Vec<_> = report.root().listeners.iter().map(|l| (l.listener.as_str(), l.outcome.clone())).collect();
@@ -120,9 +120,9 @@ fn publishing_without_subscribers_is_a_no_op() {
 fn a_failing_listener_does_not_stop_the_ones_after_it() {
     each_kind(|kind| {
         let (bus, recorder) = recording_bus();
-        recorder_listener(kind, &bus, "before", &["issue:created"]);
-        recorder_listener(kind, &bus, "failing", &["issue:created"]);
-        recorder_listener(kind, &bus, "after", &["issue:created"]);
+        for name in ["before", "failing", "after"] {
+            recorder_listener(kind, &bus, name, &["issue:created"]);
+        }
         recorder_listener(kind, &bus, "global-failing", &["*"]);
         recorder_listener(kind, &bus, "global-after", &["*"]);
         for failing in ["failing", "global-failing"] {

@@ -111,11 +111,23 @@ async fn watching(server: &TestServer, n: u64) {
     .await;
 }
 
+/// Nodes A and B.
+async fn two_nodes(redis: &Redis) -> (TestServer, TestServer) {
+    (node(redis, "node-a").await, node(redis, "node-b").await)
+}
+
+/// Nodes A and B, and a client of `user` on B in ws-1, with B watching its rooms.
+async fn a_reader_on_b(redis: &Redis, user: &str) -> (TestServer, TestServer, Client) {
+    let (a, b) = two_nodes(redis).await;
+    let reader = Client::connect(&b, "ws-1", &token(user, &["ws-1"], &[])).await;
+    watching(&b, 3).await;
+    (a, b, reader)
+}
+
 /// Nodes A and B, a client of `remote_user` on B and `lou` on A, both in ws-1, with both nodes
 /// watching their rooms.
 async fn two_nodes_with_readers(redis: &Redis, remote_user: &str) -> (TestServer, TestServer, Client, Client) {
-    let a = node(redis, "node-a").await;
-    let b = node(redis, "node-b").await;
+    let (a, b) = two_nodes(redis).await;
     let remote = Client::connect(&b, "ws-1", &token(remote_user, &["ws-1"], &[])).await;
     let local = Client::connect(&a, "ws-1", &token("lou", &["ws-1"], &[])).await;
     watching(&b, 3).await;
@@ -126,8 +138,7 @@ async fn two_nodes_with_readers(redis: &Redis, remote_user: &str) -> (TestServer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_published_on_one_node_reaches_clients_of_another_in_order() {
     let redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
+    let (a, b) = two_nodes(&redis).await;
     let grants = [("ws-1", "task", "t-1"), ("ws-1", "chat", "c-1")];
     let mut alice = Client::connect(&b, "ws-1", &token("alice", &["ws-1"], &grants)).await;
     assert_eq!(alice.subscribe("task", "t-1").await["type"], "subscribe_ack");
@@ -179,10 +190,7 @@ async fn what_is_published_on_one_node_reaches_clients_of_another_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_receives_only_scopes_it_has_subscribers_for() {
     let redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
-    let mut bob = Client::connect(&b, "ws-1", &token("bob", &["ws-1"], &[])).await;
-    watching(&b, 3).await;
+    let (a, b, mut bob) = a_reader_on_b(&redis, "bob").await;
     let before = b.realtime().await["relay"]["received_total"].as_u64().unwrap();
     let events: Vec<Value> =
         (0..20).map(|i| json!({"type": "task:message", "workspace_id": "ws-77", "task_id": "t-77", "payload": {"i": i}})).collect();
@@ -200,8 +208,7 @@ async fn a_node_receives_only_scopes_it_has_subscribers_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_recover_what_they_missed_across_a_redis_restart() {
     let mut redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
+    let (a, b) = two_nodes(&redis).await;
     let t = token("carol", &["ws-1"], &[]);
     let mut carol = Client::connect(&b, "ws-1", &t).await;
     // A client on the publishing node, to see local delivery go on while Redis is away.
@@ -262,8 +269,7 @@ async fn clients_recover_what_they_missed_across_a_redis_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_restarted_node_reconnect_and_recover() {
     let redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
+    let (a, b) = two_nodes(&redis).await;
     let grants = [("ws-1", "task", "t-5")];
     let t = token("erin", &["ws-1"], &grants);
     let mut erin = Client::connect(&b, "ws-1", &t).await;
@@ -544,8 +550,7 @@ async fn a_resume_from_before_the_trimmed_history_is_not_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_into_an_epoch_redis_lost_is_not_recovered() {
     let mut redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
+    let (a, b) = two_nodes(&redis).await;
     // carol's room closes while Redis is up, dan's while it is away.
     let (carol_t, dan_t) = (token("carol", &["ws-1"], &[]), token("dan", &["ws-2"], &[]));
     let mut carol = Client::connect(&b, "ws-1", &carol_t).await;
@@ -603,10 +608,7 @@ fn relay_config_is_validated() {
 async fn a_node_shutting_down_still_relays_what_it_accepted() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
-    let mut carol = Client::connect(&b, "ws-1", &token("carol", &["ws-1"], &[])).await;
-    watching(&b, 3).await;
+    let (a, b, mut carol) = a_reader_on_b(&redis, "carol").await;
     // A publish in flight on A when A starts shutting down: its handler is reading the body (the
     // server said `100 Continue`), which is not sent yet.
     let events: Vec<Value> = (0..50).map(|i| json!({"type": "feed:item", "workspace_id": "ws-1", "payload": {"i": i}})).collect();
@@ -646,10 +648,7 @@ async fn a_node_shutting_down_still_relays_what_it_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_on_one_node_all_reach_another_once() {
     let redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
-    let mut carol = Client::connect(&b, "ws-1", &token("carol", &["ws-1"], &[])).await;
-    watching(&b, 3).await;
+    let (a, b, mut carol) = a_reader_on_b(&redis, "carol").await;
     // Many publishes at once on A: their frames enter A's relay outbox from several threads.
     let http = reqwest::Client::new();
     let publishers: Vec<_> = (0..8u64)
@@ -681,8 +680,7 @@ async fn concurrent_publishes_on_one_node_all_reach_another_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_of_one_workspace_is_never_relayed_or_replayed_to_another() {
     let redis = Redis::start();
-    let a = node(&redis, "node-a").await;
-    let b = node(&redis, "node-b").await;
+    let (a, b) = two_nodes(&redis).await;
     // The same task id in two workspaces: two rooms, two streams.
     let events: Vec<Value> = [("A", 0), ("A", 1), ("A", 2), ("B", 3), ("B", 4)]
         .into_iter()

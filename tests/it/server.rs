@@ -100,13 +100,21 @@ async fn events_reach_exactly_the_right_clients() {
     server.stop().await;
 }
 
+/// A token that expired long ago (signed with the server's secret).
+fn expired_token() -> String {
+    auth::mint(DEV_JWT_SECRET.as_bytes(), &Claims { sub: "u".into(), exp: 1_000, workspaces: vec!["ws-1".into()], grants: Default::default() })
+}
+
+/// A WebSocket upgrade request for ws-1 carrying `header: value`.
+fn upgrade_with(server: &TestServer, header: &'static str, value: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = format!("ws://{}/ws?workspace_id=ws-1", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert(header, value.parse().unwrap());
+    request
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_credentials_are_refused() {
+async fn bad_auth_frames_are_refused_with_their_close_codes() {
     let server = TestServer::start(|_| {}).await;
-    let expired = auth::mint(
-        DEV_JWT_SECRET.as_bytes(),
-        &Claims { sub: "u".into(), exp: 1_000, workspaces: vec!["ws-1".into()], grants: Default::default() },
-    );
     let wrong_alg = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
         &json!({"sub": "u", "exp": busbar::event::now_ms() / 1000 + 60, "workspaces": ["ws-1"]}),
@@ -119,7 +127,7 @@ async fn bad_credentials_are_refused() {
     );
     for (token, code, close) in [
         ("garbage".to_string(), "invalid_token", 4500),
-        (expired.clone(), "token_expired", 4501),
+        (expired_token(), "token_expired", 4501),
         (wrong_alg, "invalid_token", 4500),
         (other_secret, "invalid_token", 4500),
         (token("u", &["ws-9"], &[]), "forbidden_workspace", 4503),
@@ -136,21 +144,30 @@ async fn bad_credentials_are_refused() {
     client.send(json!({"type": "subscribe", "payload": {"scope": "task", "id": "t"}})).await;
     assert_eq!(client.next().await["payload"]["code"], "bad_request");
     assert_eq!(client.close_code().await, Some(4502));
+    assert_eq!(server.realtime().await["auth_failures_total"]["token_expired"], 1);
+    server.stop().await;
+}
 
-    // Header authentication is checked before the upgrade.
-    for (token, status) in [(expired.as_str(), 401), (&*token("u", &["ws-9"], &[]), 403)] {
-        let mut request = format!("ws://{}/ws?workspace_id=ws-1", server.addr).into_client_request().unwrap();
-        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_tokens_are_checked_before_the_upgrade() {
+    let server = TestServer::start(|_| {}).await;
+    for (token, status) in [(expired_token(), 401), (token("u", &["ws-9"], &[]), 403)] {
+        let request = upgrade_with(&server, "authorization", &format!("Bearer {token}"));
         let err = tokio_tungstenite::connect_async(request).await.unwrap_err();
         assert!(err.to_string().contains(&status.to_string()), "{err}");
     }
     // A good header token connects without an auth frame.
-    let mut request = format!("ws://{}/ws?workspace_id=ws-1", server.addr).into_client_request().unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {}", token("u", &["ws-1"], &[])).parse().unwrap());
+    let request = upgrade_with(&server, "authorization", &format!("Bearer {}", token("u", &["ws-1"], &[])));
     let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut client = Client { socket };
     assert_eq!(client.next().await["type"], "auth_ack");
+    assert_eq!(server.realtime().await["auth_failures_total"]["token_expired"], 1);
+    server.stop().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_with_a_url_token_without_a_workspace_or_from_a_foreign_origin_are_refused() {
+    let server = TestServer::start(|_| {}).await;
     // Tokens in the URL are refused, even valid ones.
     let url = format!("ws://{}/ws?workspace_id=ws-1&token={}", server.addr, token("u", &["ws-1"], &[]));
     let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
@@ -159,14 +176,9 @@ async fn bad_credentials_are_refused() {
     let err = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await.unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
     // Origins not on the allow-list are refused.
-    let mut request = format!("ws://{}/ws?workspace_id=ws-1", server.addr).into_client_request().unwrap();
-    request.headers_mut().insert("origin", "https://evil.example.com".parse().unwrap());
-    let err = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(upgrade_with(&server, "origin", "https://evil.example.com")).await.unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");
-
-    let metrics = server.realtime().await;
-    assert_eq!(metrics["auth_failures_total"]["token_expired"], 2);
-    assert_eq!(metrics["auth_failures_total"]["token_in_url"], 1);
+    assert_eq!(server.realtime().await["auth_failures_total"]["token_in_url"], 1);
     server.stop().await;
 }
 
@@ -269,6 +281,25 @@ async fn a_connection_evicted_while_its_subscribe_is_authorised_leaves_no_room_b
     server.stop().await;
 }
 
+/// The reply to a subscribe, as `essentials` leaves it.
+fn reply(kind: &str, id: &str, error: Option<&str>) -> Value {
+    let mut v = json!({"type": if error.is_some() { "subscribe_error" } else { "subscribe_ack" }, "payload": {"scope": kind, "id": id}});
+    if let Some(e) = error {
+        v["payload"]["error"] = json!(e);
+    }
+    v
+}
+
+/// Acks also carry the room's position and workspace; only the rest is compared.
+fn essentials(mut v: Value) -> Value {
+    if let Some(payload) = v["payload"].as_object_mut() {
+        payload.remove("epoch");
+        payload.remove("offset");
+        payload.remove("workspace_id");
+    }
+    v
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_are_authorised_and_capped() {
     let server = TestServer::start(|c| {
@@ -278,22 +309,6 @@ async fn scopes_are_authorised_and_capped() {
     .await;
     let grants = [("ws-1", "task", "t-*"), ("ws-2", "chat", "c-1")];
     let mut client = Client::connect(&server, "ws-1", &token("alice", &["ws-1", "ws-2"], &grants)).await;
-    let reply = |kind: &str, id: &str, error: Option<&str>| {
-        let mut v = json!({"type": if error.is_some() { "subscribe_error" } else { "subscribe_ack" }, "payload": {"scope": kind, "id": id}});
-        if let Some(e) = error {
-            v["payload"]["error"] = json!(e);
-        }
-        v
-    };
-    // Acks also carry the room's position and workspace; only the part compared here matters.
-    let essentials = |mut v: Value| {
-        if let Some(payload) = v["payload"].as_object_mut() {
-            payload.remove("epoch");
-            payload.remove("offset");
-            payload.remove("workspace_id");
-        }
-        v
-    };
     let ack = client.subscribe("task", "t-1").await;
     assert_eq!(ack["payload"]["workspace_id"], "ws-1", "a task room belongs to a workspace: {ack}");
     assert_eq!(essentials(ack), reply("task", "t-1", None));
@@ -328,18 +343,20 @@ async fn scopes_are_authorised_and_capped() {
     let metrics = server.realtime().await;
     assert_eq!(metrics["subscribe_denied_total"]["task"], 1);
     assert_eq!(metrics["subscribe_denied_total"]["chat"], 1);
+    server.stop().await;
+}
 
-    // The subscribe rate is capped too.
-    let limited = TestServer::start(|c| {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_rate_is_capped() {
+    let server = TestServer::start(|c| {
         c.hub.subscribe_burst = 2.0;
         c.hub.subscribe_rate = 0.01;
     })
     .await;
-    let mut client = Client::connect(&limited, "ws-1", &token("a", &["ws-1"], &grants)).await;
+    let mut client = Client::connect(&server, "ws-1", &token("a", &["ws-1"], &[("ws-1", "task", "t-*")])).await;
     assert_eq!(client.subscribe("task", "t-1").await["type"], "subscribe_ack");
     assert_eq!(client.subscribe("task", "t-2").await["type"], "subscribe_ack");
     assert_eq!(essentials(client.subscribe("task", "t-3").await), reply("task", "t-3", Some("rate_limited")));
-    limited.stop().await;
     server.stop().await;
 }
 
@@ -595,41 +612,35 @@ fn component(group: &str, name: &str) -> Vec<u8> {
     std::fs::read(crate::support::built(group, name)).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_are_uploaded_replaced_refused_and_deleted_over_http() {
-    let server = TestServer::start(|_| {}).await;
-    let http = reqwest::Client::new();
-    let mut client = Client::connect(&server, "ws-1", &token("u", &["ws-1"], &[])).await;
-
-    // Upload the echo plugin with a manifest that runs it first, for `probe:*` only.
+/// Uploads the echo plugin with a manifest that runs it first, for `probe:*` only, with `tag`
+/// in its config; returns the plugin's view.
+async fn upload_echo(http: &reqwest::Client, server: &TestServer) -> Value {
     let manifest = "order = 1\nsubscriptions = [\"probe:*\"]\n[config]\ntag = \"v1\"\n[capabilities]\ngrants = [\"everyone\"]\n";
     let form = reqwest::multipart::Form::new()
         .part("component", reqwest::multipart::Part::bytes(component("testing", "echo")))
         .text("manifest", manifest);
     let response = http.put(server.url("/v1/plugins/echo")).multipart(form).send().await.unwrap();
     assert_eq!(response.status(), 201);
-    let view: Value = response.json().await.unwrap();
+    response.json().await.unwrap()
+}
+
+/// The `tag`s (the echo plugin's frames carry one) `client` receives for a `probe:*` event.
+async fn probe_tags(server: &TestServer, client: &mut Client) -> Vec<Value> {
+    server.publish_ok(json!({"type": "probe:one", "workspace_id": "ws-1"})).await;
+    barrier(server).await;
+    client.until_barrier().await.iter().filter_map(|f| f["payload"].get("tag").cloned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_uploaded_over_http_runs_is_replaced_listed_and_deleted() {
+    let server = TestServer::start(|_| {}).await;
+    let http = reqwest::Client::new();
+    let mut client = Client::connect(&server, "ws-1", &token("u", &["ws-1"], &[])).await;
+    let view = upload_echo(&http, &server).await;
     assert_eq!(view["status"], "active");
     assert_eq!(view["listener"]["position"], 0);
     assert_eq!(view["plugin"]["subscriptions"], json!(["probe:*"]));
-    server.publish_ok(json!({"type": "probe:one", "workspace_id": "ws-1"})).await;
-    barrier(&server).await;
-    let frames = client.until_barrier().await;
-    assert_eq!(frames[0]["payload"]["tag"], "v1", "{frames:?}");
-
-    // A bad upload is refused and the running version keeps serving.
-    for bad in [b"not wasm".to_vec(), component("testing", "echo")[..1000].to_vec(), component("hostile", "startup-panic")] {
-        let response = http.put(server.url("/v1/plugins/echo")).body(bad).send().await.unwrap();
-        assert_eq!(response.status(), 422);
-        let error: Value = response.json().await.unwrap();
-        assert_eq!(error["error"]["code"], "invalid_plugin");
-    }
-    let view: Value = http.get(server.url("/v1/plugins/echo")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(view["status"], "active");
-    assert!(view["last_failure"]["error"].as_str().unwrap().contains("start-up"), "{view}");
-    server.publish_ok(json!({"type": "probe:two", "workspace_id": "ws-1"})).await;
-    barrier(&server).await;
-    assert_eq!(client.until_barrier().await[0]["payload"]["tag"], "v1");
+    assert_eq!(probe_tags(&server, &mut client).await, [json!("v1")]);
 
     // A raw upload without a manifest replaces the code and keeps the manifest.
     let response = http
@@ -640,30 +651,17 @@ async fn plugins_are_uploaded_replaced_refused_and_deleted_over_http() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-
-    // Bad names and manifests are 400s.
-    let response = http.put(server.url("/v1/plugins/bad%20name")).body(component("testing", "echo")).send().await.unwrap();
-    assert_eq!(response.status(), 400);
-    let form = reqwest::multipart::Form::new()
-        .part("component", reqwest::multipart::Part::bytes(component("testing", "echo")))
-        .text("manifest", "name = \"other\"\n");
-    let response = http.put(server.url("/v1/plugins/echo")).multipart(form).send().await.unwrap();
-    assert_eq!(response.status(), 400);
+    assert_eq!(probe_tags(&server, &mut client).await, [json!("v1")]);
 
     // The listing and metrics reflect it.
     let list: Value = http.get(server.url("/v1/plugins")).send().await.unwrap().json().await.unwrap();
     let names: Vec<&str> = list["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["echo", "scope-router", "mention-notifier", "workspace-forwarder"]);
-    let echo = &list["plugins"][0];
-    assert_eq!(echo["listener"]["stats"]["calls"], 2);
+    assert_eq!(list["plugins"][0]["listener"]["stats"]["calls"], 2);
     let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("busbar_plugin_calls_total{plugin=\"echo\",outcome=\"ok\"} 2"), "{metrics}");
     assert!(metrics.contains("busbar_active_connections 1"), "{metrics}");
-    // Three refused components and one refused manifest; the bad name never named a plugin.
-    assert!(metrics.contains("busbar_plugin_reloads_total{result=\"failed\"} 4"), "{metrics}");
-    let realtime = server.realtime().await;
-    assert_eq!(realtime["plugins"][0]["name"], "echo");
-    assert!(echo["last_failure"]["error"].as_str().unwrap().contains("upload refused: manifest names `other`"), "{echo}");
+    assert_eq!(server.realtime().await["plugins"][0]["name"], "echo");
 
     // Delete.
     assert_eq!(http.delete(server.url("/v1/plugins/echo")).send().await.unwrap().status(), 204);
@@ -673,9 +671,41 @@ async fn plugins_are_uploaded_replaced_refused_and_deleted_over_http() {
     assert!(realtime["plugins"].as_array().unwrap().iter().all(|p| p["name"] != "echo"), "{realtime}");
     let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(!metrics.contains("plugin=\"echo\""), "{metrics}");
-    server.publish_ok(json!({"type": "probe:three", "workspace_id": "ws-1"})).await;
-    barrier(&server).await;
-    assert!(client.until_barrier().await.iter().all(|f| f["payload"].get("tag").is_none()));
+    assert_eq!(probe_tags(&server, &mut client).await, Vec::<Value>::new());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_are_refused_and_the_running_version_keeps_serving() {
+    let server = TestServer::start(|_| {}).await;
+    let http = reqwest::Client::new();
+    let mut client = Client::connect(&server, "ws-1", &token("u", &["ws-1"], &[])).await;
+    upload_echo(&http, &server).await;
+    for bad in [b"not wasm".to_vec(), component("testing", "echo")[..1000].to_vec(), component("hostile", "startup-panic")] {
+        let response = http.put(server.url("/v1/plugins/echo")).body(bad).send().await.unwrap();
+        assert_eq!(response.status(), 422);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "invalid_plugin");
+    }
+    let view: Value = http.get(server.url("/v1/plugins/echo")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["status"], "active");
+    assert!(view["last_failure"]["error"].as_str().unwrap().contains("start-up"), "{view}");
+    assert_eq!(probe_tags(&server, &mut client).await, [json!("v1")]);
+
+    // Bad names and manifests are 400s.
+    let response = http.put(server.url("/v1/plugins/bad%20name")).body(component("testing", "echo")).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(component("testing", "echo")))
+        .text("manifest", "name = \"other\"\n");
+    let response = http.put(server.url("/v1/plugins/echo")).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let view: Value = http.get(server.url("/v1/plugins/echo")).send().await.unwrap().json().await.unwrap();
+    assert!(view["last_failure"]["error"].as_str().unwrap().contains("upload refused: manifest names `other`"), "{view}");
+    // Three refused components and one refused manifest; the bad name never named a plugin.
+    let metrics = http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("busbar_plugin_reloads_total{result=\"failed\"} 4"), "{metrics}");
+    assert_eq!(probe_tags(&server, &mut client).await, [json!("v1")]);
     server.stop().await;
 }
 

@@ -45,6 +45,7 @@ fn prometheus(state: &AppState) -> String {
         }
     };
     let plain = |v: u64| vec![(String::new(), v as f64)];
+    let by = |label: &str, map: Vec<(String, u64)>| map.into_iter().map(|(k, v)| (format!("{{{label}=\"{}\"}}", escape(&k)), v as f64)).collect();
     let c = &state.connections;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     metric("connections_open", "gauge", "TCP connections open (HTTP and WebSocket).", vec![(String::new(), load(&c.open) as f64)]);
@@ -53,10 +54,7 @@ fn prometheus(state: &AppState) -> String {
         "connections_refused_total",
         "counter",
         "TCP connections refused at accept, by the cap that refused them.",
-        vec![
-            ("{reason=\"total\"}".to_string(), load(&c.refused_total) as f64),
-            ("{reason=\"per_address\"}".to_string(), load(&c.refused_per_address_total) as f64),
-        ],
+        by("reason", vec![("total".into(), load(&c.refused_total)), ("per_address".into(), load(&c.refused_per_address_total))]),
     );
     metric("connects_total", "counter", "WebSocket connections accepted.", plain(hub.connects_total));
     metric("disconnects_total", "counter", "WebSocket connections closed.", plain(hub.disconnects_total));
@@ -65,7 +63,6 @@ fn prometheus(state: &AppState) -> String {
     metric("messages_sent_total", "counter", "Frames queued to connections.", plain(hub.messages_sent_total));
     metric("messages_dropped_total", "counter", "Frames dropped (evicted or closed connections).", plain(hub.messages_dropped_total));
     metric("inbound_too_large_total", "counter", "Inbound frames over the size limit.", plain(hub.inbound_too_large_total));
-    let by = |label: &str, map: Vec<(String, u64)>| map.into_iter().map(|(k, v)| (format!("{{{label}=\"{}\"}}", escape(&k)), v as f64)).collect();
     metric("events_sent_total", "counter", "Broadcasts by event type.", by("type", hub.events_sent_by_type.into_iter().collect()));
     let scoped = |map: std::collections::BTreeMap<crate::action::ScopeKind, u64>| map.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     metric("subscribes_total", "counter", "Subscribes accepted by scope kind.", by("scope", scoped(hub.subscribes_total)));
@@ -112,13 +109,16 @@ fn prometheus(state: &AppState) -> String {
         "plugin_reloads_total",
         "counter",
         "Plugin installs and reloads by result.",
-        vec![
-            ("{result=\"created\"}".to_string(), load(&reloads.installs_total) as f64),
-            ("{result=\"replaced\"}".to_string(), load(&reloads.replacements_total) as f64),
-            ("{result=\"unchanged\"}".to_string(), load(&reloads.unchanged_total) as f64),
-            ("{result=\"failed\"}".to_string(), load(&reloads.failures_total) as f64),
-            ("{result=\"rolled_back\"}".to_string(), load(&reloads.rollbacks_total) as f64),
-        ],
+        by(
+            "result",
+            vec![
+                ("created".into(), load(&reloads.installs_total)),
+                ("replaced".into(), load(&reloads.replacements_total)),
+                ("unchanged".into(), load(&reloads.unchanged_total)),
+                ("failed".into(), load(&reloads.failures_total)),
+                ("rolled_back".into(), load(&reloads.rollbacks_total)),
+            ],
+        ),
     );
     if let Some(relay) = &state.relay {
         let snapshot = relay.snapshot();

@@ -11,7 +11,6 @@
 mod guest;
 mod toolchain;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::str::FromStr;
@@ -30,24 +29,13 @@ pub enum Lang {
     Go,
 }
 
-impl Lang {
-    pub const ALL: [Lang; 5] = [Lang::Rust, Lang::Js, Lang::Python, Lang::C, Lang::Go];
+named_variants!(Lang { Rust = "rust", Js = "js", Python = "python", C = "c", Go = "go" });
 
+impl Lang {
     /// The language of the plugin in `dir`, from its files.
     pub fn of(dir: &Path) -> Result<Lang, BuildError> {
         let marks = [("Cargo.toml", Lang::Rust), ("app.js", Lang::Js), ("app.py", Lang::Python), ("app.c", Lang::C), ("app.go", Lang::Go)];
         marks.into_iter().find(|(file, _)| dir.join(file).exists()).map(|(_, lang)| lang).ok_or_else(|| BuildError::NotAPlugin(dir.to_path_buf()))
-    }
-
-    /// Its name on the command line: `rust`, `js`, `python`, `c`, `go`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lang::Rust => "rust",
-            Lang::Js => "js",
-            Lang::Python => "python",
-            Lang::C => "c",
-            Lang::Go => "go",
-        }
     }
 
     /// The extensions of its source files (the first is the plugin's main file's).
@@ -65,13 +53,7 @@ impl Lang {
 impl FromStr for Lang {
     type Err = String;
     fn from_str(s: &str) -> Result<Lang, String> {
-        Lang::ALL.into_iter().find(|lang| lang.as_str() == s).ok_or_else(|| format!("unknown language `{s}` (rust, js, python, c or go)"))
-    }
-}
-
-impl fmt::Display for Lang {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        Lang::from_name(s).ok_or_else(|| format!("unknown language `{s}` (rust, js, python, c or go)"))
     }
 }
 

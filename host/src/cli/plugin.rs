@@ -54,42 +54,19 @@ pub struct TestArgs {
     runtime: RuntimeArgs,
 }
 
-const COMMON_TEMPLATE: &[(&str, &str)] = &[
-    ("tests/events.jsonl", include_str!("../../templates/common/tests/events.jsonl")),
-    ("tests/expected.jsonl", include_str!("../../templates/common/tests/expected.jsonl")),
-    (".gitignore", include_str!("../../templates/common/.gitignore")),
-];
+/// A template's files, `(path in the new plugin, text)`, from `host/templates/<dir>/`.
+macro_rules! template {
+    ($dir:literal: $($file:literal),+) => {
+        &[$(($file, include_str!(concat!("../../templates/", $dir, "/", $file)))),+]
+    };
+}
 
-const RUST_TEMPLATE: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("../../templates/rust/Cargo.toml")),
-    ("plugin.toml", include_str!("../../templates/rust/plugin.toml")),
-    ("src/lib.rs", include_str!("../../templates/rust/src/lib.rs")),
-    ("README.md", include_str!("../../templates/rust/README.md")),
-];
-
-const JS_TEMPLATE: &[(&str, &str)] = &[
-    ("app.js", include_str!("../../templates/js/app.js")),
-    ("plugin.toml", include_str!("../../templates/js/plugin.toml")),
-    ("README.md", include_str!("../../templates/js/README.md")),
-];
-
-const C_TEMPLATE: &[(&str, &str)] = &[
-    ("app.c", include_str!("../../templates/c/app.c")),
-    ("plugin.toml", include_str!("../../templates/c/plugin.toml")),
-    ("README.md", include_str!("../../templates/c/README.md")),
-];
-
-const GO_TEMPLATE: &[(&str, &str)] = &[
-    ("app.go", include_str!("../../templates/go/app.go")),
-    ("plugin.toml", include_str!("../../templates/go/plugin.toml")),
-    ("README.md", include_str!("../../templates/go/README.md")),
-];
-
-const PYTHON_TEMPLATE: &[(&str, &str)] = &[
-    ("app.py", include_str!("../../templates/python/app.py")),
-    ("plugin.toml", include_str!("../../templates/python/plugin.toml")),
-    ("README.md", include_str!("../../templates/python/README.md")),
-];
+const COMMON_TEMPLATE: &[(&str, &str)] = template!("common": "tests/events.jsonl", "tests/expected.jsonl", ".gitignore");
+const RUST_TEMPLATE: &[(&str, &str)] = template!("rust": "Cargo.toml", "plugin.toml", "src/lib.rs", "README.md");
+const JS_TEMPLATE: &[(&str, &str)] = template!("js": "app.js", "plugin.toml", "README.md");
+const C_TEMPLATE: &[(&str, &str)] = template!("c": "app.c", "plugin.toml", "README.md");
+const GO_TEMPLATE: &[(&str, &str)] = template!("go": "app.go", "plugin.toml", "README.md");
+const PYTHON_TEMPLATE: &[(&str, &str)] = template!("python": "app.py", "plugin.toml", "README.md");
 
 pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     busbar::plugins::check_plugin_name(&args.name).map_err(|p| anyhow::anyhow!("plugin name {p}"))?;

@@ -122,14 +122,7 @@ pub trait Backplane: Send + Sync + 'static {
     fn room_closed(&self, scope: &Scope);
     /// Joins `conn` to `scope`, replaying what it missed after `since` when it can (through
     /// `Hub::join_with_history`, passing `announce` on).
-    fn join<'a>(
-        &'a self,
-        hub: &'a Hub,
-        conn: &'a Arc<Conn>,
-        scope: &'a Scope,
-        since: Option<&'a Position>,
-        announce: bool,
-    ) -> BoxFuture<'a, Joined>;
+    fn join<'a>(&'a self, hub: &'a Hub, conn: &'a Arc<Conn>, scope: &'a Scope, since: Option<&'a Position>, announce: bool) -> BoxFuture<'a, Joined>;
 }
 
 /// One WebSocket connection, as the hub sees it.

@@ -78,15 +78,8 @@ fn convert(action: wit::Action, event_workspace: &str, limits: &Limits) -> Resul
         }
         wit::Action::Publish(f) => {
             event::check_type(&f.event_type).map_err(|e| e.to_string())?;
-            name("workspace_id", &f.workspace_id)?;
-            name("actor_type", &f.actor_type)?;
-            name("actor_id", &f.actor_id)?;
-            if let Some(task) = &f.task_id {
-                name("task_id", task)?;
-            }
-            if let Some(chat) = &f.chat_session_id {
-                name("chat_session_id", chat)?;
-            }
+            event::check_names(&f.workspace_id, &f.actor_type, &f.actor_id, f.task_id.as_deref(), f.chat_session_id.as_deref())
+                .map_err(|e| e.to_string())?;
             Action::Publish(FollowUp {
                 event_type: f.event_type,
                 workspace_id: f.workspace_id,

@@ -10,7 +10,6 @@
 //! `Grant` and that check; it must not apply anything.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -31,29 +30,13 @@ pub enum Grant {
     Impersonate,
 }
 
-impl Grant {
-    pub const ALL: [Grant; 3] = [Grant::CrossWorkspace, Grant::Everyone, Grant::Impersonate];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Grant::CrossWorkspace => "cross-workspace",
-            Grant::Everyone => "everyone",
-            Grant::Impersonate => "impersonate",
-        }
-    }
-}
-
-impl fmt::Display for Grant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named_variants!(Grant { CrossWorkspace = "cross-workspace", Everyone = "everyone", Impersonate = "impersonate" });
 
 impl FromStr for Grant {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Grant, String> {
-        Grant::ALL.into_iter().find(|g| g.as_str() == s).ok_or_else(|| {
+        Grant::from_name(s).ok_or_else(|| {
             format!("unknown grant `{s}`; the grants are `cross-workspace`, `everyone` and `impersonate`")
         })
     }

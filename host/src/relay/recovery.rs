@@ -82,14 +82,7 @@ impl Backplane for Relay {
         let _ = self.inner.commands.send(Command::Unwatch(Channel::Scope(scope.clone())));
     }
 
-    fn join<'a>(
-        &'a self,
-        hub: &'a Hub,
-        conn: &'a Arc<Conn>,
-        scope: &'a Scope,
-        since: Option<&'a Position>,
-        announce: bool,
-    ) -> BoxFuture<'a, Joined> {
+    fn join<'a>(&'a self, hub: &'a Hub, conn: &'a Arc<Conn>, scope: &'a Scope, since: Option<&'a Position>, announce: bool) -> BoxFuture<'a, Joined> {
         Box::pin(self.join_recovering(hub, conn, scope, since, announce))
     }
 }

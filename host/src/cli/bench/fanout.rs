@@ -119,6 +119,9 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A process this tool started (a `busbar serve`, a `redis-server`), stopped when dropped.
+/// The admin token the benchmark's servers are started with.
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+
 pub(super) struct Server {
     child: Child,
     /// `host:port` of a busbar server; the `redis://` URL of a Redis server.
@@ -162,7 +165,7 @@ fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<Server> {
     }
     let mut child = command
         .env("BUSBAR_LOG", "warn")
-        .env("BUSBAR_ADMIN_TOKEN", "bench-admin-token-0123456789")
+        .env("BUSBAR_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("BUSBAR_PUBLISH_TOKEN", "bench-publish-token-012345")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -255,13 +258,7 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         // The clients' node subscribes asynchronously: wait until it watches the workspace.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let health: serde_json::Value = http
-                .get(format!("http://{}/health/realtime", server.addr))
-                .bearer_auth("bench-admin-token-0123456789")
-                .send()
-                .await?
-                .json()
-                .await?;
+            let health = realtime(&http, &server.addr).await?;
             if health["relay"]["watched_scopes"].as_u64().unwrap_or(0) >= 3 || Instant::now() > deadline {
                 break;
             }
@@ -301,13 +298,7 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu_after = (servers_cpu()?, cpu_seconds(std::process::id())?);
-    let realtime: serde_json::Value = http
-        .get(format!("http://{}/health/realtime", server.addr))
-        .bearer_auth("bench-admin-token-0123456789")
-        .send()
-        .await?
-        .json()
-        .await?;
+    let realtime = realtime(&http, &server.addr).await?;
     drop(server);
     drop(publisher);
     drop(redis);
@@ -434,4 +425,10 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / hz)
+}
+
+/// The server's `/health/realtime`.
+async fn realtime(http: &reqwest::Client, addr: &str) -> anyhow::Result<serde_json::Value> {
+    let url = format!("http://{addr}/health/realtime");
+    Ok(http.get(url).bearer_auth(ADMIN_TOKEN).send().await?.json().await?)
 }
