@@ -16,9 +16,9 @@
 mod outcome;
 mod registry;
 mod stats;
+mod subscription;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -33,6 +33,7 @@ pub use outcome::{
     ReportSummary,
 };
 pub use stats::{LatencySnapshot, ListenerStats, StatsSnapshot};
+pub use subscription::Subscription;
 
 use crate::action::{Action, FollowUp};
 use crate::broadcast::{self, Broadcaster, Frame};
@@ -53,67 +54,6 @@ where
 {
     fn handle(&self, event: &Event) -> Result<Vec<Action>, ListenerError> {
         self(event)
-    }
-}
-
-/// One thing a listener subscribes to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Subscription {
-    /// Exactly this event type.
-    Exact(String),
-    /// Every type starting with this prefix (written `prefix*`, usually `resource:*`).
-    Prefix(String),
-    /// Every event (`*`): a catch-all listener.
-    All,
-}
-
-impl Subscription {
-    /// Parses `issue:created`, `issue:*` or `*`.
-    pub fn parse(pattern: &str) -> Result<Subscription, BusError> {
-        let invalid = |why: &str| BusError::InvalidSubscription(pattern.to_string(), why.to_string());
-        if pattern == "*" {
-            return Ok(Subscription::All);
-        }
-        if pattern.is_empty() {
-            return Err(invalid("empty"));
-        }
-        if pattern.find('*').is_some_and(|at| at != pattern.len() - 1) {
-            return Err(invalid("`*` only at the end"));
-        }
-        match pattern.strip_suffix('*') {
-            Some(prefix) => {
-                event::check_type(prefix).map_err(|e| invalid(&e.to_string()))?;
-                Ok(Subscription::Prefix(prefix.to_string()))
-            }
-            None => {
-                event::check_type(pattern).map_err(|e| invalid(&e.to_string()))?;
-                Ok(Subscription::Exact(pattern.to_string()))
-            }
-        }
-    }
-
-    /// Parses a list of patterns; the list must not be empty.
-    pub fn parse_all<S: AsRef<str>>(patterns: &[S]) -> Result<Vec<Subscription>, BusError> {
-        if patterns.is_empty() {
-            return Err(BusError::InvalidSubscription(String::new(), "no subscriptions".into()));
-        }
-        patterns.iter().map(|p| Subscription::parse(p.as_ref())).collect()
-    }
-}
-
-impl fmt::Display for Subscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Subscription::Exact(t) => f.write_str(t),
-            Subscription::Prefix(p) => write!(f, "{p}*"),
-            Subscription::All => f.write_str("*"),
-        }
-    }
-}
-
-impl Serialize for Subscription {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 
