@@ -343,7 +343,11 @@ fn guest_text_is_cut_and_escaped_in_reports_and_logs() {
 
 #[test]
 fn a_huge_error_is_refused_before_it_is_copied() {
-    let (bus, recorder, _plugin) = sandwich("shouter", "shouter-huge", |m| m.limits.memory_bytes = 256 << 20);
+    // Writing 20 MB takes the guest a while on a loaded machine: this test is about the size.
+    let (bus, recorder, _plugin) = sandwich("shouter", "shouter-huge", |m| {
+        m.limits.memory_bytes = 256 << 20;
+        m.limits.timeout = Duration::from_secs(10);
+    });
     let event = Event::new("say:it", "w1").with_payload(r#"{"say": "error", "bytes": 20000000}"#).unwrap();
     let report = bus.publish(event);
     let outcome = &report.root().listeners[1].outcome;
