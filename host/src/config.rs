@@ -31,6 +31,9 @@ pub struct Config {
     pub plugins_dir: Option<PathBuf>,
     /// Compiled-component cache; `None` compiles on every start.
     pub cache_dir: Option<PathBuf>,
+    /// Where deployments and plugin state are kept (`busbar.db` in it); `None` keeps them in
+    /// memory only (`--ephemeral`).
+    pub data_dir: Option<PathBuf>,
     pub jwt_secret: Vec<u8>,
     /// True when `jwt_secret` is the development secret (however it was supplied): the server
     /// then listens on loopback only and accepts loopback clients only.
@@ -77,6 +80,9 @@ pub struct Overrides {
     pub plugins_dir: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
     pub no_cache: bool,
+    pub data_dir: Option<PathBuf>,
+    /// Keep deployments and plugin state in memory only.
+    pub ephemeral: bool,
     pub redis_url: Option<String>,
 }
 
@@ -98,6 +104,7 @@ struct RawConfig {
     listen: Option<String>,
     plugins: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
     instance_slots: Option<u64>,
     #[serde(default)]
     auth: RawAuth,
@@ -225,6 +232,17 @@ impl Config {
                 .or(raw.cache_dir.map(relative))
                 .or_else(|| default_cache_dir(&env))
         };
+        let ephemeral = overrides.ephemeral || env("BUSBAR_EPHEMERAL").is_some_and(|v| v == "1" || v == "true");
+        let data_dir = if ephemeral {
+            None
+        } else {
+            overrides
+                .data_dir
+                .clone()
+                .or_else(|| env("BUSBAR_DATA_DIR").map(PathBuf::from))
+                .or(raw.data_dir.map(relative))
+                .or_else(|| default_data_dir(&env))
+        };
 
         let secret = env("BUSBAR_JWT_SECRET").or(raw.auth.jwt_secret);
         let (jwt_secret, dev_secret) = match secret {
@@ -341,6 +359,7 @@ impl Config {
             listen,
             plugins_dir,
             cache_dir,
+            data_dir,
             jwt_secret,
             dev_secret,
             token_rules,
@@ -379,6 +398,14 @@ fn check_secret(secret: &str) -> Result<(), String> {
         return Err(format!("is too predictable ({} different characters); {HOW}", counts.len()));
     }
     Ok(())
+}
+
+/// `$XDG_DATA_HOME/busbar`, else `~/.local/share/busbar`.
+pub fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = env("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".local/share")))?;
+    Some(base.join("busbar"))
 }
 
 /// `$XDG_CACHE_HOME/busbar`, else `~/.cache/busbar`.

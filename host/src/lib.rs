@@ -52,6 +52,7 @@ pub mod plugins;
 pub mod relay;
 pub mod report;
 pub mod server;
+pub mod store;
 
 pub use action::{Action, Scope, ScopeKind, Target};
 pub use broadcast::{Broadcaster, Frame, Recorder};

@@ -33,6 +33,8 @@ pub struct App {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("plugin runtime: {0}")]
     Runtime(String),
     #[error("plugin directory {path}: {source}")]
@@ -59,7 +61,12 @@ pub fn build_with_authorizer(
     shutdown: CancellationToken,
     authorizer: Arc<dyn ScopeAuthorizer>,
 ) -> Result<App, StartError> {
+    let store: Arc<dyn crate::store::Store> = match &config.data_dir {
+        Some(dir) => Arc::new(crate::store::SqliteStore::open(&dir.join("busbar.db"))?),
+        None => crate::store::ephemeral(),
+    };
     let runtime = Runtime::new(RuntimeConfig {
+        store,
         cache_dir: config.cache_dir.clone(),
         instance_slots: config.instance_slots,
         memory_budget: config.plugin_memory,

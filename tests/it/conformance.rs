@@ -45,7 +45,7 @@ fn load(wasm: &Path) -> Result<Plugin, String> {
     let manifest = busbar::plugins::read_manifest(wasm, stem).map_err(|e| e.to_string())?;
     let bytes = std::fs::read(wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
     support::RUNTIME
-        .load_with_kv(&bytes, manifest, Arc::new(busbar::plugins::KvStore::default()))
+        .load_with_kv(&bytes, manifest, Arc::new(busbar::plugins::KvStore::detached()))
         .map_err(|e| format!("{}: {e}", wasm.display()))
 }
 

@@ -10,6 +10,7 @@ mod relay;
 mod reload;
 mod runtime;
 mod server;
+mod store;
 mod tenants;
 mod support;
 mod tidy;

@@ -50,6 +50,8 @@ const BOUNDARIES: &[(&str, &[&str])] = &[
     ("jsonwebtoken::", &["hub/auth.rs"]),
     // The plugin directory's watcher, and `busbar dev`'s own source watcher.
     ("notify::", &["plugins/watch.rs", "cli/dev.rs"]),
+    // The store's backends are known only to the store.
+    ("rusqlite::", &["store/"]),
     // Making components from guest toolchains' output is the plugin build's business.
     ("wit_component::", &["build/"]),
     ("wit_parser::", &["build/"]),
@@ -115,6 +117,7 @@ fn each_boundary_catches_a_planted_violation() {
         ("bus/mod.rs", "use crate::plugins::Plugin;"),
         ("plugins/compile.rs", "wit_component::ComponentEncoder::default()"),
         ("cli/plugin.rs", "let r = wit_parser::Resolve::default();"),
+        ("plugins/kv.rs", "let c = rusqlite::Connection::open(p);"),
     ];
     for (path, line) in planted {
         let found = violations(&[(path.to_string(), format!("//! A module.\n{line}\n"))]);

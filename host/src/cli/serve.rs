@@ -26,13 +26,20 @@ pub struct ServeArgs {
     /// Compile every component on start instead of using the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Where deployments and plugin state are kept (default: $BUSBAR_DATA_DIR, else
+    /// ~/.local/share/busbar).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep deployments and plugin state in memory only: a restart starts afresh.
+    #[arg(long, conflicts_with = "data_dir")]
+    ephemeral: bool,
     /// Share fan-out with other nodes through Redis (e.g. redis://127.0.0.1:6379).
     #[arg(long)]
     redis_url: Option<String>,
 }
 
 impl ServeArgs {
-    /// What `busbar dev` serves: its deploy directory, watched.
+    /// What `busbar dev` serves: its deploy directory, watched, keeping nothing across runs.
     pub fn for_dev(plugins: PathBuf, listen: Option<String>) -> ServeArgs {
         ServeArgs {
             config: None,
@@ -40,6 +47,8 @@ impl ServeArgs {
             plugins: Some(plugins),
             cache_dir: None,
             no_cache: false,
+            data_dir: None,
+            ephemeral: true,
             redis_url: None,
         }
     }
@@ -52,6 +61,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         plugins_dir: args.plugins,
         cache_dir: args.cache_dir,
         no_cache: args.no_cache,
+        data_dir: args.data_dir,
+        ephemeral: args.ephemeral,
         redis_url: args.redis_url,
     };
     serve(Config::load(&overrides).context("invalid configuration")?, |_| Ok(()))

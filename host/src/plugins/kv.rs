@@ -1,34 +1,28 @@
 //! The per-plugin key-value store behind the `busbar:plugin/kv` import.
 //!
-//! This module owns `KvStore` (one plugin's entries and byte accounting) and `KvStores` (every
-//! plugin's store, by plugin name). Stores outlive instances and plugin versions: a trap or a
-//! reload does not lose state; deleting the plugin does (the registry removes its store). Limits
-//! are enforced here, counting each entry's host bookkeeping (`ENTRY_OVERHEAD`) besides its key
-//! and value, and reported to the guest as errors, never as traps. It holds data in memory only;
-//! nothing here is persisted.
+//! This module owns `KvStore`, one plugin's view of its entries in the `Store` (so they outlive
+//! instances, plugin versions and restarts; deleting the plugin deletes them unless the operator
+//! keeps them), and `KvStores`, which hands out those views by plugin name. The key and value
+//! limits are checked here, the plugin's total in the store's own transaction, counting each
+//! entry's bookkeeping (`KV_ENTRY_OVERHEAD`) besides its key and value. Every refusal and every
+//! store failure reaches the guest as the import's error result (`get`, whose 0.1.0 signature
+//! has no error, reads a failure as absent), never as a trap, and is logged.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::store::{Store, StoreError};
 
 /// Longest key, in bytes.
 pub(super) const MAX_KEY_BYTES: usize = 512;
 
-/// Bytes charged per entry besides its key and value: the map slot, the key's and the value's
-/// headers and allocator rounding. So a plugin within its byte limit holds about that much.
-pub(super) const ENTRY_OVERHEAD: usize = 64;
+#[cfg(test)]
+use crate::store::KV_ENTRY_OVERHEAD as ENTRY_OVERHEAD;
 
 /// One plugin's store.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
 pub struct KvStore {
-    inner: Mutex<Entries>,
-}
-
-#[derive(Debug, Default)]
-struct Entries {
-    map: HashMap<String, Vec<u8>>,
-    bytes: usize,
+    store: Arc<dyn Store>,
+    plugin: String,
 }
 
 /// Size limits, from the plugin's manifest.
@@ -39,8 +33,21 @@ pub struct KvLimits {
 }
 
 impl KvStore {
+    /// Plugin `plugin`'s entries in `store`.
+    pub fn new(store: Arc<dyn Store>, plugin: &str) -> KvStore {
+        KvStore { store, plugin: plugin.to_string() }
+    }
+
+    /// A store of its own in memory, for a plugin loaded outside any registry.
+    pub fn detached() -> KvStore {
+        KvStore::new(crate::store::ephemeral(), "detached")
+    }
+
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.inner.lock().map.get(key).cloned()
+        self.store.kv_get(&self.plugin, key).unwrap_or_else(|e| {
+            tracing::warn!(plugin = %self.plugin, "kv get failed, read as absent: {e}");
+            None
+        })
     }
 
     /// Stores `value`; refuses (and changes nothing) past the limits.
@@ -49,44 +56,31 @@ impl KvStore {
             return Err(format!("kv key must be 1 to {MAX_KEY_BYTES} bytes, got {}", key.len()));
         }
         if value.len() > limits.value_max_bytes {
-            return Err(format!(
-                "kv value of {} bytes is over the {} byte limit",
-                value.len(),
-                limits.value_max_bytes
-            ));
+            return Err(format!("kv value of {} bytes is over the {} byte limit", value.len(), limits.value_max_bytes));
         }
-        let mut entries = self.inner.lock();
-        let previous = entries.map.get(key).map_or(0, |v| entry_bytes(key, v));
-        let after = entries.bytes - previous + entry_bytes(key, &value);
-        if after > limits.max_bytes {
-            return Err(format!(
-                "kv store would hold {after} bytes, over its {} byte limit",
-                limits.max_bytes
-            ));
-        }
-        entries.bytes = after;
-        entries.map.insert(key.to_string(), value);
-        Ok(())
+        self.store.kv_set(&self.plugin, key, &value, limits.max_bytes).map_err(|e| match e {
+            StoreError::KvFull { .. } => e.to_string(),
+            other => {
+                tracing::warn!(plugin = %self.plugin, "kv set failed: {other}");
+                format!("kv store unavailable: {other}")
+            }
+        })
     }
 
     pub fn delete(&self, key: &str) -> bool {
-        let mut entries = self.inner.lock();
-        match entries.map.remove(key) {
-            Some(value) => {
-                entries.bytes -= entry_bytes(key, &value);
-                true
-            }
-            None => false,
-        }
+        self.store.kv_delete(&self.plugin, key).unwrap_or_else(|e| {
+            tracing::warn!(plugin = %self.plugin, "kv delete failed: {e}");
+            false
+        })
     }
 
     /// Bytes held: keys, values and `ENTRY_OVERHEAD` per entry.
     pub fn bytes(&self) -> usize {
-        self.inner.lock().bytes
+        self.store.kv_usage(&self.plugin).map(|u| u.bytes).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().map.len()
+        self.store.kv_usage(&self.plugin).map(|u| u.entries).unwrap_or_default()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,30 +88,27 @@ impl KvStore {
     }
 }
 
-fn entry_bytes(key: &str, value: &[u8]) -> usize {
-    key.len() + value.len() + ENTRY_OVERHEAD
-}
-
-/// Every plugin's store, by plugin name.
-#[derive(Debug, Default)]
+/// Every plugin's store, by plugin name, in one `Store`.
+#[derive(Debug, Clone)]
 pub struct KvStores {
-    stores: Mutex<HashMap<String, Arc<KvStore>>>,
+    store: Arc<dyn Store>,
 }
 
 impl KvStores {
-    /// The store of plugin `name`, created empty on first use.
+    pub fn new(store: Arc<dyn Store>) -> KvStores {
+        KvStores { store }
+    }
+
+    /// The store of plugin `name`.
     pub fn store(&self, name: &str) -> Arc<KvStore> {
-        self.stores.lock().entry(name.to_string()).or_default().clone()
+        Arc::new(KvStore::new(self.store.clone(), name))
     }
 
-    /// Forgets plugin `name`'s store.
+    /// Deletes plugin `name`'s entries.
     pub fn remove(&self, name: &str) {
-        self.stores.lock().remove(name);
-    }
-
-    /// Makes `store` plugin `name`'s store from now on.
-    pub fn replace(&self, name: &str, store: Arc<KvStore>) {
-        self.stores.lock().insert(name.to_string(), store);
+        if let Err(e) = self.store.kv_clear(name) {
+            tracing::warn!(plugin = %name, "deleting the kv entries failed: {e}");
+        }
     }
 }
 
@@ -129,7 +120,7 @@ mod tests {
 
     #[test]
     fn set_get_delete_and_accounting() {
-        let kv = KvStore::default();
+        let kv = KvStore::detached();
         kv.set("a", b"1234".to_vec(), LIMITS).unwrap();
         kv.set("a", b"12".to_vec(), LIMITS).unwrap();
         assert_eq!(kv.get("a").unwrap(), b"12");
@@ -141,7 +132,7 @@ mod tests {
 
     #[test]
     fn limits_refuse_without_changing_anything() {
-        let kv = KvStore::default();
+        let kv = KvStore::detached();
         assert!(kv.set("big", vec![0; 9], LIMITS).unwrap_err().contains("over the 8 byte limit"));
         kv.set("k1", vec![0; 8], LIMITS).unwrap();
         kv.set("k2", vec![0; 8], LIMITS).unwrap();
@@ -154,7 +145,7 @@ mod tests {
 
     #[test]
     fn many_tiny_entries_are_charged_their_overhead() {
-        let kv = KvStore::default();
+        let kv = KvStore::detached();
         let limits = KvLimits { max_bytes: 100 * ENTRY_OVERHEAD, value_max_bytes: 8 };
         let stored = (0..1000).take_while(|i| kv.set(&i.to_string(), vec![], limits).is_ok()).count();
         assert!(stored < 100, "{stored} empty entries fit in {} bytes", limits.max_bytes);
@@ -162,9 +153,11 @@ mod tests {
 
     #[test]
     fn stores_are_per_plugin_and_shared_by_name() {
-        let stores = KvStores::default();
+        let stores = KvStores::new(crate::store::ephemeral());
         stores.store("a").set("k", b"v".to_vec(), LIMITS).unwrap();
         assert_eq!(stores.store("a").get("k").unwrap(), b"v");
         assert!(stores.store("b").get("k").is_none());
+        stores.remove("a");
+        assert!(stores.store("a").get("k").is_none());
     }
 }

@@ -277,6 +277,55 @@ impl Manifest {
     }
 }
 
+impl Manifest {
+    /// The manifest as manifest-file text that `parse` reads back as this manifest (how the
+    /// store keeps a deployed version's manifest). `read-dirs` are written as absolute paths.
+    pub fn to_toml(&self) -> String {
+        use toml::Value;
+        let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+        let l = &self.limits;
+        let limits: toml::Table = [
+            ("timeout-ms", int(l.timeout.as_millis() as u64)),
+            ("memory-mib", int((l.memory_bytes >> 20) as u64)),
+            ("max-actions", int(l.max_actions as u64)),
+            ("max-output-kib", int((l.max_output_bytes >> 10) as u64)),
+            ("kv-max-kib", int((l.kv_max_bytes >> 10) as u64)),
+            ("kv-value-max-kib", int((l.kv_value_max_bytes >> 10) as u64)),
+            ("failures-to-quarantine", int(u64::from(l.failures_to_quarantine))),
+            ("failure-window", int(u64::from(l.failure_window))),
+            ("failure-rate-percent", int(u64::from(l.failure_rate_percent))),
+            ("quarantine-secs", int(l.quarantine.as_secs())),
+            ("log-kib-per-call", int((l.log_bytes_per_call >> 10) as u64)),
+            ("max-subscriptions", int(l.max_subscriptions as u64)),
+            ("max-error-bytes", int(l.max_error_bytes as u64)),
+            ("max-json-depth", int(l.max_json_depth as u64)),
+            ("max-host-resources", int(l.max_host_resources as u64)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let strings = |map: &BTreeMap<String, String>| -> toml::Table { map.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect() };
+        let mut capabilities = toml::Table::new();
+        capabilities.insert("env".into(), Value::Table(strings(&self.capabilities.env)));
+        let read_dirs = self.capabilities.read_dirs.iter().map(|(k, v)| (k.clone(), Value::String(v.display().to_string()))).collect();
+        capabilities.insert("read-dirs".into(), Value::Table(read_dirs));
+        capabilities.insert("grants".into(), Value::Array(self.capabilities.grants.iter().map(|g| Value::String(g.as_str().into())).collect()));
+        let mut table = toml::Table::new();
+        table.insert("name".into(), Value::String(self.name.clone()));
+        if let Some(order) = self.order {
+            table.insert("order".into(), Value::Integer(order));
+        }
+        if let Some(subscriptions) = &self.subscriptions {
+            table.insert("subscriptions".into(), Value::Array(subscriptions.iter().cloned().map(Value::String).collect()));
+        }
+        table.insert("reset-kv-on-reload".into(), Value::Boolean(self.reset_kv_on_reload));
+        table.insert("limits".into(), Value::Table(limits));
+        table.insert("config".into(), Value::Table(strings(&self.config)));
+        table.insert("capabilities".into(), Value::Table(capabilities));
+        table.to_string()
+    }
+}
+
 /// The manifest beside `wasm`, or defaults named after the file.
 pub fn read_manifest(wasm: &Path, stem: &str) -> Result<Manifest, ManifestError> {
     let toml = wasm.with_extension("toml");
@@ -310,6 +359,35 @@ mod tests {
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(text, "fallback", "plugin.toml", Path::new("/plugins"))
+    }
+
+    #[test]
+    fn a_manifest_written_as_toml_reads_back_the_same() {
+        let full = parse(
+            r#"
+            name = "router"
+            order = -3
+            subscriptions = ["task:*", "chat:done"]
+            reset-kv-on-reload = true
+            [limits]
+            timeout-ms = 250
+            memory-mib = 128
+            kv-max-kib = 0
+            quarantine-secs = 0
+            [config]
+            prefix = "x \" y"
+            n = 3
+            [capabilities]
+            env = { A = "1" }
+            read-dirs = { "/data" = "data" }
+            grants = ["everyone", "impersonate"]
+            "#,
+        )
+        .unwrap();
+        for manifest in [full, Manifest::named("plain")] {
+            let text = manifest.to_toml();
+            assert_eq!(Manifest::parse(&text, "other", "stored", Path::new("/elsewhere")).unwrap(), manifest, "{text}");
+        }
     }
 
     #[test]

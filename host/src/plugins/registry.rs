@@ -18,7 +18,6 @@ use serde::Serialize;
 
 use super::cache::content_hash;
 use super::error::LoadError;
-use super::kv::KvStore;
 use super::manifest::Manifest;
 use super::plugin::{Plugin, PluginInfo, PluginStatus};
 use super::runtime::Runtime;
@@ -115,9 +114,8 @@ pub enum RollbackError {
 /// A version loaded and probed but not yet on the bus.
 struct Loaded {
     plugin: Plugin,
-    /// The empty store to install under the plugin's name once it is active
-    /// (`reset-kv-on-reload`).
-    fresh_kv: Option<Arc<KvStore>>,
+    /// Its manifest asks for an empty kv store on reload (`reset-kv-on-reload`).
+    reset_kv: bool,
 }
 
 /// The bus registration of `plugin` under `name`, at its manifest's position.
@@ -216,14 +214,12 @@ impl Registry {
                 return Err(error.into());
             }
         };
-        let fresh_kv = loaded.fresh_kv.clone();
+        // Emptied just before the new version takes over: the old one may write meanwhile.
+        if loaded.reset_kv {
+            self.runtime.kv().remove(name);
+        }
         match self.activate(loaded.plugin) {
-            Ok(installed) => {
-                if let Some(kv) = fresh_kv {
-                    self.runtime.kv().replace(name, kv);
-                }
-                Ok(installed)
-            }
+            Ok(installed) => Ok(installed),
             Err(error) => {
                 self.record_failure(name, &error.to_string());
                 Err(error.into())
@@ -280,10 +276,9 @@ impl Registry {
             return Ok(None);
         }
         // A reload keeps the plugin's kv state unless its manifest asks for a fresh store.
-        let fresh_kv = (current.is_some() && manifest.reset_kv_on_reload).then(|| Arc::new(KvStore::default()));
-        let kv = fresh_kv.clone().unwrap_or_else(|| self.runtime.kv().store(name));
-        let plugin = self.runtime.load_with_kv(bytes, manifest, kv)?;
-        Ok(Some(Loaded { plugin, fresh_kv }))
+        let reset_kv = current.is_some() && manifest.reset_kv_on_reload;
+        let plugin = self.runtime.load_with_kv(bytes, manifest, self.runtime.kv().store(name))?;
+        Ok(Some(Loaded { plugin, reset_kv }))
     }
 
     /// What was offered is what runs: any earlier failed attempt is moot.

@@ -32,6 +32,7 @@ use super::manifest::{Manifest, read_manifest};
 use super::memory::MemoryBudget;
 
 use super::plugin::Plugin;
+use crate::store::Store;
 
 
 /// How the runtime is set up.
@@ -54,6 +55,8 @@ pub struct RuntimeConfig {
     /// (`busbar compile-worker`); `None` compiles in this process, without memory or time limits.
     pub compile_worker: Option<PathBuf>,
     pub compile_limits: CompileLimits,
+    /// Where plugins' kv entries (and the registry's deployments) are kept.
+    pub store: Arc<dyn Store>,
 }
 
 impl Default for RuntimeConfig {
@@ -67,6 +70,7 @@ impl Default for RuntimeConfig {
             max_component_bytes: 64 << 20,
             compile_worker: None,
             compile_limits: CompileLimits::default(),
+            store: crate::store::ephemeral(),
         }
     }
 }
@@ -88,6 +92,7 @@ pub struct Runtime {
     cache: CompileCache,
     compiler: Compiler,
     kv: KvStores,
+    store: Arc<dyn Store>,
     budget: Arc<MemoryBudget>,
     max_component_bytes: u64,
     pooling: bool,
@@ -121,7 +126,8 @@ impl Runtime {
             linker,
             cache,
             compiler: Compiler::new(config.compile_worker, config.compile_limits),
-            kv: KvStores::default(),
+            kv: KvStores::new(config.store.clone()),
+            store: config.store,
             budget,
             max_component_bytes: config.max_component_bytes,
             pooling,
@@ -135,6 +141,11 @@ impl Runtime {
 
     pub fn uses_pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// Where kv entries and deployments are kept.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn kv(&self) -> &KvStores {
@@ -199,7 +210,7 @@ impl Runtime {
             .map(|(name, _)| name.to_string())
             .collect();
         let manifest = Manifest::named("check");
-        let ctx = Arc::new(PluginContext::new(&manifest, Arc::default(), self.budget.clone(), self.ticker.ticks.clone()));
+        let ctx = Arc::new(PluginContext::new(&manifest, Arc::new(KvStore::detached()), self.budget.clone(), self.ticker.ticks.clone()));
         let plugin = Plugin::new(self.engine.clone(), pre, manifest, hash.clone(), ctx)?;
         Ok(ComponentInfo {
             hash,

@@ -5,8 +5,12 @@ use std::path::Path;
 use std::process::Command;
 
 pub fn busbar() -> Command {
+    static COMMANDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut command = Command::new(env!("CARGO_BIN_EXE_busbar"));
     command.env("BUSBAR_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("busbar-cli-cache"));
+    // Each command its own data directory (a test that restarts a server names one itself).
+    let n = COMMANDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    command.env("BUSBAR_DATA_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("busbar-data/{}-{n}", std::process::id())));
     command
 }
 

@@ -29,6 +29,7 @@ pub fn run(args: BaselineArgs) -> anyhow::Result<ExitCode> {
         listen: Some(args.listen),
         plugins_dir: Some(empty.clone()),
         no_cache: true,
+        ephemeral: true,
         redis_url: args.redis_url,
         ..Overrides::default()
     };

@@ -158,7 +158,7 @@ fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<Server> {
     if config == "baseline" {
         command.args(["bench", "baseline-server", "--listen", "127.0.0.1:0"]);
     } else {
-        command.args(["serve", "--listen", "127.0.0.1:0"]);
+        command.args(["serve", "--ephemeral", "--listen", "127.0.0.1:0"]);
     }
     if let Some(url) = redis {
         command.args(["--redis-url", url]);

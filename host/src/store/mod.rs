@@ -1,0 +1,91 @@
+//! What busbar keeps across restarts: plugins deployed through the API (their components by
+//! content hash, their manifests, which version runs and which is the previous one) and every
+//! plugin's kv entries.
+//!
+//! This module owns the `Store` trait and is the only module that knows its backends:
+//! `sqlite`, the embedded default (one SQLite database in the data directory, WAL mode; in
+//! memory for `--ephemeral`). Writes are atomic: a deployment and the components it names are
+//! committed together, and a kv write is checked against the plugin's byte limit in the same
+//! transaction that makes it. A component read back is checked against its hash. It must not
+//! load plugins or decide what runs: the registry does, and writes here before it changes what
+//! runs, so what is stored is what a restart runs.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+pub use sqlite::SqliteStore;
+
+/// One version of a deployed plugin: its component (by content hash) and its manifest as
+/// manifest-file text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub hash: String,
+    pub manifest: String,
+}
+
+/// A plugin deployed through the API. `None` for a version means the plugin's base version:
+/// the one busbar loads by itself (built in, or from the plugin directory), e.g. after a
+/// rollback from the first uploaded version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub name: String,
+    pub current: Option<Version>,
+    pub previous: Option<Version>,
+}
+
+/// A kv store's size: what the plugin's byte limit counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    pub bytes: usize,
+    pub entries: usize,
+}
+
+/// Bytes charged per kv entry besides its key and value (the row, its index entry and
+/// bookkeeping), so a plugin within its limit holds about that much.
+pub const KV_ENTRY_OVERHEAD: usize = 64;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be opened or used; names the file.
+    #[error("store {path}: {message}")]
+    Database { path: String, message: String },
+    /// A stored component does not match its hash: it is refused, never run.
+    #[error("stored component {hash} is corrupt (its bytes hash to {actual})")]
+    Corrupt { hash: String, actual: String },
+    #[error("no stored component {0}")]
+    MissingBlob(String),
+    /// A kv write past the plugin's byte limit; nothing was changed.
+    #[error("kv store would hold {after} bytes, over its {limit} byte limit")]
+    KvFull { after: usize, limit: usize },
+}
+
+/// Where busbar keeps deployments and plugin state.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Every deployment, in the order they were first deployed.
+    fn deployments(&self) -> Result<Vec<Deployment>, StoreError>;
+    /// A stored component, checked against its hash.
+    fn component(&self, hash: &str) -> Result<Vec<u8>, StoreError>;
+    /// Records `deployment`, with the components it names that are not stored yet, in one
+    /// transaction; components no deployment names any more are dropped.
+    fn save(&self, deployment: &Deployment, components: &[&[u8]]) -> Result<(), StoreError>;
+    /// Forgets a deployment (and the components nothing else names).
+    fn forget(&self, name: &str) -> Result<(), StoreError>;
+
+    fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Sets `key`, refusing (and changing nothing) when the plugin would hold more than
+    /// `max_bytes`, counted as key + value + `KV_ENTRY_OVERHEAD` per entry.
+    fn kv_set(&self, plugin: &str, key: &str, value: &[u8], max_bytes: usize) -> Result<(), StoreError>;
+    /// Whether the key existed.
+    fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, StoreError>;
+    /// Deletes every entry of `plugin`.
+    fn kv_clear(&self, plugin: &str) -> Result<(), StoreError>;
+    fn kv_usage(&self, plugin: &str) -> Result<KvUsage, StoreError>;
+}
+
+/// A store that lasts as long as the process: for `--ephemeral`, tests and embedders that
+/// keep nothing.
+pub fn ephemeral() -> Arc<dyn Store> {
+    Arc::new(SqliteStore::in_memory())
+}
