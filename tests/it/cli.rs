@@ -53,6 +53,7 @@ fn plugin_check_accepts_components_and_refuses_others() {
     assert!(output.status.success());
     let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(info["subscriptions"], serde_json::json!(["comment:created"]));
+    assert!(info["startup_ms"].is_u64(), "{info}");
 
     let output = busbar().args(["plugin", "check"]).arg(data("sample-events.jsonl")).output().unwrap();
     assert!(!output.status.success());

@@ -33,6 +33,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 println!("  size:          {} bytes", info.size);
                 println!("  subscriptions: {}", info.subscriptions.join(", "));
                 println!("  imports:       {}", info.imports.join(", "));
+                println!("  start-up:      {} ms (a manifest's `limits.timeout-ms` bounds it; default 100)", info.startup_ms);
             }
             Ok(ExitCode::SUCCESS)
         }

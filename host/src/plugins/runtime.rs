@@ -83,7 +83,12 @@ pub struct ComponentInfo {
     pub contract: &'static str,
     pub subscriptions: Vec<String>,
     pub imports: Vec<String>,
+    /// How long instantiating it and asking its subscriptions took.
+    pub startup_ms: u64,
 }
+
+/// How long a checked component may take to start.
+const CHECK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The shared engine and everything every plugin is loaded against.
 pub struct Runtime {
@@ -200,7 +205,9 @@ impl Runtime {
         Ok(plugin)
     }
 
-    /// Validates a component without keeping it: what `busbar plugin check` prints.
+    /// Validates a component without keeping it: what `busbar plugin check` prints. Its
+    /// start-up gets `CHECK_DEADLINE` (a check validates, it does not race the clock) and is
+    /// reported, so an author sees it beside the manifest's `timeout-ms`.
     pub fn check(&self, bytes: &[u8]) -> Result<ComponentInfo, LoadError> {
         let (pre, hash, _) = self.link(bytes)?;
         let component = pre.instance_pre().component();
@@ -209,10 +216,13 @@ impl Runtime {
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
             .collect();
-        let manifest = Manifest::named("check");
+        let mut manifest = Manifest::named("check");
+        manifest.limits.timeout = CHECK_DEADLINE;
         let ctx = Arc::new(PluginContext::new(&manifest, Arc::new(KvStore::detached()), self.budget.clone(), self.ticker.ticks.clone()));
+        let started = std::time::Instant::now();
         let plugin = Plugin::new(self.engine.clone(), pre, manifest, hash.clone(), ctx)?;
         Ok(ComponentInfo {
+            startup_ms: started.elapsed().as_millis() as u64,
             hash,
             size: bytes.len(),
             contract: CONTRACT,
