@@ -90,7 +90,11 @@ pub fn build_with_authorizer(
         None => hub.clone(),
     };
     let bus = Arc::new(Bus::with_limits(broadcaster, config.publish_limits));
-    let registry = Arc::new(Registry::new(runtime.clone(), bus.clone()));
+    let registry = match &config.plugins_dir {
+        Some(_) => Registry::new(runtime.clone(), bus.clone()).managing_files(),
+        None => Registry::new(runtime.clone(), bus.clone()),
+    };
+    let registry = Arc::new(registry);
     let loaded = match &config.plugins_dir {
         Some(dir) => {
             let (loaded, failures) = plugins::load_dir(&runtime, dir)
@@ -109,6 +113,8 @@ pub fn build_with_authorizer(
             registry.record_failure(&name, &e.to_string());
         }
     }
+    // What was deployed through the API, over the base versions, before serving.
+    registry.restore()?;
     let watcher = match &config.plugins_dir {
         Some(dir) => {
             let names = file_names(dir);

@@ -1,5 +1,6 @@
 //! What busbar keeps across restarts, through a real `busbar serve` process and its data
-//! directory: plugins' kv state, the store's errors at start, and `--ephemeral`.
+//! directory: plugins deployed through the API (versions, positions, rollbacks, deletions),
+//! plugins' kv state, the store's errors at start, and `--ephemeral`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::process::{KillOnDrop, Lines, busbar, exit_within};
+use crate::support::server::TestServer;
 
 /// A running `busbar serve` (the built-in example plugins) and what it printed.
 struct Node {
@@ -34,14 +36,41 @@ impl Node {
         Node::start(&["--data-dir", dir.to_str().unwrap()])
     }
 
+    /// Sends `request` (built against this node's address); returns the status and the JSON
+    /// body (`null` when there is none).
+    fn call(&self, request: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder) -> (u16, Value) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let response = request(&reqwest::Client::new(), &format!("http://{}", self.addr)).send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        })
+    }
+
+    /// `PUT /v1/plugins/echo` with the testing echo component and a manifest subscribing it to
+    /// `subscription`; returns the status.
+    fn deploy_echo(&self, subscription: &str) -> u16 {
+        let manifest = format!("subscriptions = [\"{subscription}\"]\n");
+        let form = || {
+            reqwest::multipart::Form::new()
+                .part("component", reqwest::multipart::Part::bytes(std::fs::read(crate::support::built("testing", "echo")).unwrap()))
+                .text("manifest", manifest.clone())
+        };
+        self.call(|http, base| http.put(format!("{base}/v1/plugins/echo")).multipart(form())).0
+    }
+
+    /// `GET /v1/plugins`: name -> view.
+    fn plugins(&self) -> serde_json::Map<String, Value> {
+        let (status, list) = self.call(|http, base| http.get(format!("{base}/v1/plugins")));
+        assert_eq!(status, 200);
+        list["plugins"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().to_string(), p.clone())).collect()
+    }
+
     /// Publishes `event`; returns the types of every event the publish dispatched.
     fn publish(&self, event: Value) -> Vec<String> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let report: Value = runtime.block_on(async {
-            let response = reqwest::Client::new().post(format!("http://{}/v1/events", self.addr)).json(&event).send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            response.json().await.unwrap()
-        });
+        let (status, report) = self.call(|http, base| http.post(format!("{base}/v1/events")).json(&event));
+        assert_eq!(status, 200, "{report}");
         let events = report["results"][0]["events"].as_array().unwrap_or_else(|| panic!("{report}"));
         events.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect()
     }
@@ -106,4 +135,105 @@ fn an_unwritable_data_directory_is_a_clear_error_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&blocked.join("busbar.db").display().to_string()), "{stderr}");
+}
+
+/// What a listing says of the echo plugin: its subscriptions, its previous version's hash, its
+/// position.
+fn echo_state(node: &Node) -> (Value, Value, Value) {
+    let plugins = node.plugins();
+    let echo = &plugins["echo"];
+    (echo["plugin"]["subscriptions"].clone(), echo["previous"]["hash"].clone(), echo["listener"]["position"].clone())
+}
+
+#[test]
+fn deployed_versions_positions_and_rollbacks_survive_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::in_dir(data.path());
+    assert_eq!(node.deploy_echo("probe:one"), 201);
+    assert_eq!(node.deploy_echo("probe:two"), 200);
+    let before = echo_state(&node);
+    assert_eq!(before.0, json!(["probe:two"]));
+    assert!(before.1.is_string(), "a previous version: {before:?}");
+    node.stop();
+
+    let node = Node::in_dir(data.path());
+    assert_eq!(echo_state(&node), before, "the same version, previous version and position");
+    assert_eq!(node.publish(json!({"type": "probe:two", "workspace_id": "ws-1"})), ["probe:two"]);
+    // Rollback after the restart, then another restart keeps it.
+    let (status, view) = node.call(|http, base| http.post(format!("{base}/v1/plugins/echo/rollback")));
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["plugin"]["subscriptions"], json!(["probe:one"]));
+    node.stop();
+    let node = Node::in_dir(data.path());
+    let (subscriptions, previous, position) = echo_state(&node);
+    assert_eq!((subscriptions, position), (json!(["probe:one"]), before.2.clone()));
+    assert!(previous.is_string());
+    node.stop();
+}
+
+#[test]
+fn a_deleted_plugin_stays_deleted_and_a_built_in_one_replaced_stays_replaced() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::in_dir(data.path());
+    let (status, _) = node.call(|http, base| http.delete(format!("{base}/v1/plugins/workspace-forwarder")));
+    assert_eq!(status, 204);
+    assert_eq!(node.deploy_echo("probe:*"), 201);
+    // A built-in plugin replaced through the API: its base version is the previous one.
+    let mention = std::fs::read(crate::support::built("testing", "echo")).unwrap();
+    let (status, _) = node.call(|http, base| http.put(format!("{base}/v1/plugins/mention-notifier")).body(mention.clone()));
+    assert_eq!(status, 200);
+    node.stop();
+
+    let node = Node::in_dir(data.path());
+    let plugins = node.plugins();
+    assert!(!plugins.contains_key("workspace-forwarder"), "{plugins:?}");
+    assert!(plugins.contains_key("echo"));
+    assert_eq!(plugins["mention-notifier"]["plugin"]["hash"], busbar::plugins::content_hash(&mention));
+    // Rolling back reaches the built-in version, and that is kept too.
+    let (status, _) = node.call(|http, base| http.post(format!("{base}/v1/plugins/mention-notifier/rollback")));
+    assert_eq!(status, 200);
+    node.stop();
+    let node = Node::in_dir(data.path());
+    let plugins = node.plugins();
+    assert_ne!(plugins["mention-notifier"]["plugin"]["hash"], busbar::plugins::content_hash(&mention));
+    assert_eq!(plugins["mention-notifier"]["previous"]["hash"], busbar::plugins::content_hash(&mention));
+    assert_eq!(node.publish(comment("c-9")), ["comment:created", "inbox:new"], "the built-in version runs");
+    node.stop();
+}
+
+#[test]
+fn a_stored_component_that_does_not_match_its_hash_is_refused_not_run() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::in_dir(data.path());
+    assert_eq!(node.deploy_echo("probe:*"), 201);
+    node.stop();
+    let db = rusqlite::Connection::open(data.path().join("busbar.db")).unwrap();
+    let (hash, mut bytes): (String, Vec<u8>) = db.query_row("SELECT hash, bytes FROM components", [], |row| Ok((row.get(0)?, row.get(1)?))).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    assert_eq!(db.execute("UPDATE components SET bytes = ?1 WHERE hash = ?2", rusqlite::params![bytes, hash]).unwrap(), 1);
+    drop(db);
+    let node = Node::in_dir(data.path());
+    let echo = node.plugins()["echo"].clone();
+    assert_eq!(echo["status"], "failed", "{echo}");
+    assert!(echo["last_failure"]["error"].as_str().unwrap().contains("corrupt"), "{echo}");
+    assert_eq!(node.publish(json!({"type": "probe:x", "workspace_id": "ws-1"})), ["probe:x"]);
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_the_plugin_directory_manages_are_refused_over_http_with_409() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(crate::support::built("testing", "echo"), dir.path().join("echo.wasm")).unwrap();
+    let served = dir.path().to_path_buf();
+    let server = TestServer::start(move |c| c.plugins_dir = Some(served)).await;
+    let http = reqwest::Client::new();
+    let echo = std::fs::read(crate::support::built("testing", "echo")).unwrap();
+    let response = http.put(server.url("/v1/plugins/echo")).body(echo.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 409);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("managed by the plugin directory"), "{error}");
+    assert_eq!(http.delete(server.url("/v1/plugins/echo")).send().await.unwrap().status(), 409);
+    // A name the directory does not hold can be deployed beside it.
+    assert_eq!(http.put(server.url("/v1/plugins/other")).body(echo).send().await.unwrap().status(), 201);
+    server.stop().await;
 }

@@ -25,6 +25,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Conflict(String),
+    /// Where deployments are kept cannot take the change now; nothing changed.
+    #[error("{0}")]
+    StoreUnavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -39,6 +42,7 @@ impl IntoResponse for ApiError {
             ApiError::Hidden | ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::Internal(detail) => {
                 tracing::error!("internal error: {detail}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -1,4 +1,5 @@
-//! `/v1/plugins`: list, inspect, upload (validate, then activate) and delete plugins.
+//! `/v1/plugins`: list, inspect, upload (validate, store, then activate), roll back and delete
+//! plugins; what changes is kept in the store (see `Registry::deploy`).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -38,14 +39,15 @@ pub(super) async fn put(
     };
     let registry = state.registry.clone();
     let install_name = name.clone();
-    let installed = tokio::task::spawn_blocking(move || registry.install(&install_name, &component, manifest))
+    let installed = tokio::task::spawn_blocking(move || registry.deploy(&install_name, &component, manifest))
         .await
         .map_err(|e| ApiError::Internal(format!("install task failed: {e}")))?;
     let status = match installed {
         Ok(Installed::Created) => StatusCode::CREATED,
         Ok(Installed::Replaced | Installed::Unchanged) => StatusCode::OK,
         Err(InstallError::Load(e)) => return Err(ApiError::Unprocessable(e.to_string())),
-        Err(InstallError::Bus(e)) => return Err(ApiError::Conflict(e.to_string())),
+        Err(e @ (InstallError::Bus(_) | InstallError::Managed(_))) => return Err(ApiError::Conflict(e.to_string())),
+        Err(e @ InstallError::Store(_)) => return Err(ApiError::StoreUnavailable(e.to_string())),
     };
     let view = state.registry.get(&name).ok_or_else(|| ApiError::Internal("installed plugin vanished".into()))?;
     Ok((status, Json(view)))
@@ -114,6 +116,7 @@ pub(super) async fn rollback(_: Admin, State(state): State<AppState>, Path(name)
     state.registry.rollback(&name).map_err(|e| match e {
         RollbackError::Unknown(_) => ApiError::NotFound(e.to_string()),
         RollbackError::NoPrevious(_) | RollbackError::Bus(_) => ApiError::Conflict(e.to_string()),
+        RollbackError::Store(_) => ApiError::StoreUnavailable(e.to_string()),
     })?;
     state.registry.get(&name).map(Json).ok_or_else(|| ApiError::Internal("rolled back plugin vanished".into()))
 }
@@ -133,9 +136,15 @@ pub(super) async fn delete(
     Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let kv = if query.keep_kv { KvOnRemove::Keep } else { KvOnRemove::Delete };
-    if state.registry.remove(&name, kv) {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound(format!("no plugin named `{name}`")))
+    let registry = state.registry.clone();
+    let (removing, kept) = (name.clone(), kv);
+    let removed = tokio::task::spawn_blocking(move || registry.undeploy(&removing, kept))
+        .await
+        .map_err(|e| ApiError::Internal(format!("delete task failed: {e}")))?;
+    match removed {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::NotFound(format!("no plugin named `{name}`"))),
+        Err(e @ InstallError::Store(_)) => Err(ApiError::StoreUnavailable(e.to_string())),
+        Err(e) => Err(ApiError::Conflict(e.to_string())),
     }
 }

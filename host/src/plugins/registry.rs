@@ -8,6 +8,13 @@
 //! failure; every recorded failure also counts in `ReloadStats::failures_total`. A new version
 //! whose manifest renames the plugin is loaded before the old name is unregistered. The HTTP API,
 //! the directory watcher and `busbar dev` all go through here.
+//!
+//! Versions come two ways. A plugin's *base* version is the one busbar loads by itself (built
+//! in, or a file of the plugin directory, which then manages the name: `install`). A version
+//! *deployed* through the API (`deploy`, `rollback`, `undeploy`) is written to the `Store`
+//! before it runs, and `restore` brings every deployment back at start, over the base versions.
+//! The directory wins: a deployment for a name it manages is refused (`Managed`), and a file that
+//! appears for a deployed name replaces the deployment.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use super::plugin::{Plugin, PluginInfo, PluginStatus};
 use super::runtime::Runtime;
 use crate::bus::{Bus, BusError, ListenerInfo, Registration};
 use crate::event;
+use crate::store::{Deployment, Store, StoreError, Version};
 
 /// A failed load, kept for operators.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +44,22 @@ struct Slot {
     current: Option<Arc<Plugin>>,
     previous: Option<Arc<Plugin>>,
     failure: Option<Failure>,
+    /// What the store holds for a name deployed through the API; `None` for a base version.
+    stored: Option<Stored>,
+}
+
+/// The stored versions of a deployed plugin's running and previous version (`None`: the base
+/// version).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Stored {
+    current: Option<Version>,
+    previous: Option<Version>,
+}
+
+impl Stored {
+    fn record(&self, name: &str) -> Deployment {
+        Deployment { name: name.to_string(), current: self.current.clone(), previous: self.previous.clone() }
+    }
 }
 
 /// The version a plugin would roll back to.
@@ -99,6 +123,12 @@ pub enum InstallError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The plugin directory manages this name: change its files instead.
+    #[error("plugin `{0}` is managed by the plugin directory: change or remove its file there")]
+    Managed(String),
+    /// The deployment could not be stored; nothing changed.
+    #[error("cannot store the deployment: {0}")]
+    Store(#[from] StoreError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +139,8 @@ pub enum RollbackError {
     NoPrevious(String),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("cannot store the rollback: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A version loaded and probed but not yet on the bus.
@@ -126,13 +158,27 @@ fn registration(name: &str, plugin: &Arc<Plugin>) -> Registration {
 pub struct Registry {
     runtime: Arc<Runtime>,
     bus: Arc<Bus>,
+    store: Arc<dyn Store>,
     slots: Mutex<BTreeMap<String, Slot>>,
+    /// Taken by `deploy`, `rollback` and `undeploy` (after compiling), so that what the store
+    /// holds and what runs change in the same order.
+    deploying: Mutex<()>,
+    /// Base versions come from the plugin directory, which then manages their names.
+    files: bool,
     stats: ReloadStats,
 }
 
 impl Registry {
+    /// A registry whose base versions are built in; deployments are kept in the runtime's store.
     pub fn new(runtime: Arc<Runtime>, bus: Arc<Bus>) -> Registry {
-        Registry { runtime, bus, slots: Mutex::new(BTreeMap::new()), stats: ReloadStats::default() }
+        let store = runtime.store().clone();
+        Registry { runtime, bus, store, slots: Mutex::new(BTreeMap::new()), deploying: Mutex::new(()), files: false, stats: ReloadStats::default() }
+    }
+
+    /// A registry whose base versions come from a plugin directory, which manages their names.
+    pub fn managing_files(mut self) -> Registry {
+        self.files = true;
+        self
     }
 
     pub fn stats(&self) -> &ReloadStats {
@@ -169,6 +215,17 @@ impl Registry {
         Ok(installed)
     }
 
+    /// A base version now runs where a deployment did: the directory took the name over.
+    fn forget_deployment(&self, name: &str) {
+        let had = self.slots.lock().get_mut(name).and_then(|slot| slot.stored.take()).is_some();
+        if had {
+            tracing::warn!(plugin = %name, "a file of the plugin directory replaces the plugin deployed through the API");
+            if let Err(e) = self.store.forget(name) {
+                tracing::error!(plugin = %name, "cannot forget the deployment: {e}");
+            }
+        }
+    }
+
     /// Takes plugin `old` off the bus and activates `plugin` (named differently) in its place,
     /// under one lock. If the bus refuses `plugin`, `old` is registered again and keeps serving.
     fn activate_renamed(&self, old: &str, plugin: Plugin) -> Result<Installed, BusError> {
@@ -190,23 +247,165 @@ impl Registry {
         Err(error)
     }
 
-    /// Swaps the running version and the previous one, at the same position.
+    /// Swaps the running version and the previous one, at the same position. For a deployed
+    /// plugin the swap is stored first.
     pub fn rollback(&self, name: &str) -> Result<Arc<Plugin>, RollbackError> {
+        let _deploying = self.deploying.lock();
         let mut slots = self.slots.lock();
         let slot = slots.get_mut(name).ok_or_else(|| RollbackError::Unknown(name.to_string()))?;
         let previous = slot.previous.clone().ok_or_else(|| RollbackError::NoPrevious(name.to_string()))?;
-        self.bus.replace(registration(name, &previous))?;
+        let swapped = slot.stored.as_ref().map(|s| Stored { current: s.previous.clone(), previous: s.current.clone() });
+        if let Some(swapped) = &swapped {
+            self.store.save(&swapped.record(name), &[])?;
+        }
+        if let Err(e) = self.bus.replace(registration(name, &previous)) {
+            if let Some(stored) = &slot.stored {
+                self.keep_stored(stored.record(name));
+            }
+            return Err(e.into());
+        }
         slot.previous = slot.current.replace(previous.clone());
+        if swapped.is_some() {
+            slot.stored = swapped;
+        }
         self.stats.rollbacks_total.fetch_add(1, Relaxed);
         tracing::info!(plugin = %name, hash = &previous.hash()[..12], "plugin rolled back");
         Ok(previous)
+    }
+
+    /// Puts back a record the store held before a change that then failed on the bus.
+    fn keep_stored(&self, record: Deployment) {
+        if let Err(e) = self.store.save(&record, &[]) {
+            tracing::error!(plugin = %record.name, "cannot restore the stored deployment: {e}");
+        }
+    }
+
+    /// Deploys `bytes` as plugin `name` through the API: loaded and probed, then stored (with
+    /// the version it replaces as the previous one), then activated. Refused for a name the
+    /// plugin directory manages. A failure is recorded and counted; nothing else changes.
+    pub fn deploy(&self, name: &str, bytes: &[u8], manifest: Option<Manifest>) -> Result<Installed, InstallError> {
+        let refused = |error: InstallError| {
+            self.record_failure(name, &error.to_string());
+            Err(error)
+        };
+        if self.is_managed(name) {
+            return refused(InstallError::Managed(name.to_string()));
+        }
+        let loaded = match self.prepare(name, bytes, manifest, true) {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return Ok(Installed::Unchanged),
+            Err(error) => return refused(error.into()),
+        };
+        let _deploying = self.deploying.lock();
+        let (running, before) = {
+            let slots = self.slots.lock();
+            let slot = slots.get(name);
+            (slot.is_some_and(|s| s.current.is_some()), slot.and_then(|s| s.stored.clone()))
+        };
+        let version = Version { hash: loaded.plugin.hash().to_string(), manifest: loaded.plugin.manifest().to_toml() };
+        let after = Stored { current: Some(version), previous: if running { before.clone().unwrap_or_default().current } else { None } };
+        if let Err(e) = self.store.save(&after.record(name), &[bytes]) {
+            return refused(e.into());
+        }
+        if loaded.reset_kv {
+            self.runtime.kv().remove(name);
+        }
+        let mut slots = self.slots.lock();
+        match self.activate_in(&mut slots, Arc::new(loaded.plugin)) {
+            Ok(installed) => {
+                if let Some(slot) = slots.get_mut(name) {
+                    slot.stored = Some(after);
+                }
+                Ok(installed)
+            }
+            Err(error) => {
+                drop(slots);
+                match before {
+                    Some(before) => self.keep_stored(before.record(name)),
+                    None => self.forget_quietly(name),
+                }
+                refused(error.into())
+            }
+        }
+    }
+
+    /// Removes plugin `name` through the API, and stores that it is gone (so a built-in plugin
+    /// stays removed after a restart). Refused for a name the plugin directory manages.
+    pub fn undeploy(&self, name: &str, state: KvOnRemove) -> Result<bool, InstallError> {
+        if self.is_managed(name) {
+            return Err(InstallError::Managed(name.to_string()));
+        }
+        let _deploying = self.deploying.lock();
+        if self.current(name).is_none() {
+            return Ok(self.remove(name, state));
+        }
+        self.store.save(&Stored::default().record(name), &[])?;
+        Ok(self.remove(name, state))
+    }
+
+    /// Brings back every stored deployment, over the base versions (at start, before serving).
+    /// A deployment that cannot be brought back (a corrupt component, a name the directory now
+    /// manages) is recorded as the plugin's failure; the base version, if any, keeps serving.
+    pub fn restore(&self) -> Result<(), StoreError> {
+        for deployment in self.store.deployments()? {
+            let name = deployment.name.clone();
+            if self.is_managed(&name) {
+                self.record_failure(&name, "a deployment stored for this name is shadowed by the plugin directory's file");
+                continue;
+            }
+            if let Err(error) = self.restore_one(&deployment) {
+                tracing::error!(plugin = %name, "cannot restore the stored deployment: {error}");
+                self.record_failure(&name, &format!("cannot restore the stored deployment: {error}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn restore_one(&self, deployment: &Deployment) -> Result<(), String> {
+        let name = &deployment.name;
+        let stored = Stored { current: deployment.current.clone(), previous: deployment.previous.clone() };
+        if stored == Stored::default() {
+            self.remove(name, KvOnRemove::Keep);
+            return Ok(());
+        }
+        for version in [&stored.previous, &stored.current].into_iter().flatten() {
+            let bytes = self.store.component(&version.hash).map_err(|e| e.to_string())?;
+            let manifest = Manifest::parse(&version.manifest, name, &format!("stored manifest of `{name}`"), std::path::Path::new("/"))
+                .map_err(|e| e.to_string())?;
+            if let Some(loaded) = self.prepare(name, &bytes, Some(manifest), false).map_err(|e| e.to_string())? {
+                self.activate(loaded.plugin).map_err(|e| e.to_string())?;
+            }
+        }
+        // Rolled back to the base version: the deployed one is the previous.
+        if stored.current.is_none() {
+            let mut slots = self.slots.lock();
+            let slot = slots.get_mut(name).ok_or("the base version is gone")?;
+            let base = slot.previous.clone().ok_or("no base version to roll back to")?;
+            self.bus.replace(registration(name, &base)).map_err(|e| e.to_string())?;
+            slot.previous = slot.current.replace(base);
+        }
+        if let Some(slot) = self.slots.lock().get_mut(name) {
+            slot.stored = Some(stored);
+        }
+        Ok(())
+    }
+
+    /// Whether the plugin directory manages `name`: its base version is running.
+    fn is_managed(&self, name: &str) -> bool {
+        self.files && self.slots.lock().get(name).is_some_and(|slot| slot.current.is_some() && slot.stored.is_none())
+    }
+
+    fn forget_quietly(&self, name: &str) {
+        if let Err(e) = self.store.forget(name) {
+            tracing::error!(plugin = %name, "cannot forget the deployment: {e}");
+        }
     }
 
     /// Loads `bytes` as plugin `name` and activates it. Blocking: compiling can take seconds,
     /// so async callers run this on a blocking thread. Without a manifest, a running plugin's
     /// manifest is kept, else defaults apply. A failure (load or bus) is recorded and counted.
     pub fn install(&self, name: &str, bytes: &[u8], manifest: Option<Manifest>) -> Result<Installed, InstallError> {
-        let loaded = match self.prepare(name, bytes, manifest) {
+        let loaded = match self.prepare(name, bytes, manifest, true) {
             Ok(Some(loaded)) => loaded,
             Ok(None) => return Ok(Installed::Unchanged),
             Err(error) => {
@@ -219,7 +418,12 @@ impl Registry {
             self.runtime.kv().remove(name);
         }
         match self.activate(loaded.plugin) {
-            Ok(installed) => Ok(installed),
+            Ok(installed) => {
+                if self.files {
+                    self.forget_deployment(name);
+                }
+                Ok(installed)
+            }
             Err(error) => {
                 self.record_failure(name, &error.to_string());
                 Err(error.into())
@@ -236,7 +440,7 @@ impl Registry {
         let refused = |error: &dyn std::fmt::Display| {
             self.record_failure(old, &format!("new version named `{name}`: {error}"));
         };
-        let loaded = match self.prepare(&name, bytes, Some(manifest)) {
+        let loaded = match self.prepare(&name, bytes, Some(manifest), true) {
             Ok(Some(loaded)) => loaded,
             Ok(None) => {
                 // The new name already runs exactly this version: only the old name goes.
@@ -263,7 +467,9 @@ impl Registry {
 
     /// Loads and probes a version of `name`, off the bus. `None` when it is the running version
     /// already (same component, same manifest): that clears any earlier failure.
-    fn prepare(&self, name: &str, bytes: &[u8], manifest: Option<Manifest>) -> Result<Option<Loaded>, LoadError> {
+    /// `reset_allowed`: a restart brings versions back and must not empty a store that
+    /// `reset-kv-on-reload` emptied already.
+    fn prepare(&self, name: &str, bytes: &[u8], manifest: Option<Manifest>, reset_allowed: bool) -> Result<Option<Loaded>, LoadError> {
         let current = self.current(name);
         let manifest = manifest.unwrap_or_else(|| {
             current.as_ref().map(|p| p.manifest().clone()).unwrap_or_else(|| Manifest::named(name))
@@ -276,7 +482,7 @@ impl Registry {
             return Ok(None);
         }
         // A reload keeps the plugin's kv state unless its manifest asks for a fresh store.
-        let reset_kv = current.is_some() && manifest.reset_kv_on_reload;
+        let reset_kv = reset_allowed && current.is_some() && manifest.reset_kv_on_reload;
         let plugin = self.runtime.load_with_kv(bytes, manifest, self.runtime.kv().store(name))?;
         Ok(Some(Loaded { plugin, reset_kv }))
     }

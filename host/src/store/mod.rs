@@ -46,7 +46,7 @@ pub struct KvUsage {
 pub const KV_ENTRY_OVERHEAD: usize = 64;
 
 /// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be opened or used; names the file.
     #[error("store {path}: {message}")]
