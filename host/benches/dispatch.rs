@@ -16,6 +16,9 @@
 //!   change in between: this is the ratio to quote. Its last row is an unrelated 1 KiB event
 //!   through `bench-router` alone, then beside the hostile plugins of issue #12 (64-pattern
 //!   `crowd`, `amplifier`, `flaky`, and `sleeper` kept waiting in host calls by another thread).
+//! - `kv`: one call of the `echo` test plugin without kv, and with a kv get and set (a counter)
+//!   on the embedded store on disk (SQLite, WAL) and in memory (`--ephemeral`), in alternating
+//!   rounds; prints p50 and p99 per call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -301,6 +304,45 @@ fn hostile_neighbours(runtime: &Runtime, rounds: usize, per_round: u32) -> Paire
     })
 }
 
+/// A plugin call without kv beside the same call with a kv get and set, on each store.
+fn kv_costs(rounds: usize, per_round: usize) {
+    let dir = std::env::temp_dir().join(format!("busbar-bench-kv-{}", std::process::id()));
+    let on_disk: Arc<dyn busbar::store::Store> = Arc::new(busbar::store::SqliteStore::open(&dir.join("busbar.db")).expect("a store on disk"));
+    let echo = |store: Arc<dyn busbar::store::Store>| {
+        let runtime = Runtime::new(RuntimeConfig { cache_dir: Some("bench-cache".into()), store, ..RuntimeConfig::default() }).expect("a runtime");
+        // Its counter goes to everyone.
+        let manifest = Manifest::parse("[capabilities]\ngrants = [\"everyone\"]\n", "echo", "bench", std::path::Path::new(".")).expect("a manifest");
+        runtime.load(&component("testing", "echo"), manifest).expect("loading echo")
+    };
+    let variants = [
+        ("no kv", echo(busbar::store::ephemeral()), Event::new("t", "w")),
+        ("kv get+set, on disk", echo(on_disk), Event::new("t", "w").with_payload(r#"{"count":"n"}"#).expect("valid")),
+        ("kv get+set, in memory", echo(busbar::store::ephemeral()), Event::new("t", "w").with_payload(r#"{"count":"n"}"#).expect("valid")),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..rounds + 1 {
+        for k in 0..variants.len() {
+            // Each round starts with a different variant.
+            let i = (k + round) % variants.len();
+            let (_, plugin, event) = &variants[i];
+            for _ in 0..per_round {
+                let started = Instant::now();
+                std::hint::black_box(plugin.handle(event).expect("echo answers"));
+                if round > 0 {
+                    samples[i].push(started.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+    }
+    println!("kv: one call of the echo plugin, {rounds} alternating rounds of {per_round}");
+    for ((name, _, _), mut times) in variants.iter().zip(samples) {
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        println!("  {name:<24} p50 {:>7.2} us  p99 {:>7.2} us", at(0.5), at(0.99));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
@@ -316,7 +358,10 @@ fn main() {
     if filters.is_empty() || filters.iter().any(|f| f.contains("paired")) {
         if measuring { paired_ratios(200, 2000) } else { paired_ratios(2, 10) }
     }
-    if filters.iter().all(|f| f.as_str() != "paired") {
+    if filters.is_empty() || filters.iter().any(|f| f.contains("kv")) {
+        if measuring { kv_costs(200, 500) } else { kv_costs(2, 10) }
+    }
+    if filters.iter().all(|f| f.as_str() != "paired" && f.as_str() != "kv") {
         benches();
         Criterion::default().configure_from_args().final_summary();
     }
