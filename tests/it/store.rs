@@ -39,25 +39,11 @@ impl Node {
     /// Sends `request` (built against this node's address); returns the status and the JSON
     /// body (`null` when there is none).
     fn call(&self, request: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder) -> (u16, Value) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let response = request(&reqwest::Client::new(), &format!("http://{}", self.addr)).send().await.unwrap();
-            let status = response.status().as_u16();
-            let text = response.text().await.unwrap();
-            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-        })
+        call(&self.addr, request).unwrap()
     }
 
-    /// `PUT /v1/plugins/echo` with the testing echo component and a manifest subscribing it to
-    /// `subscription`; returns the status.
     fn deploy_echo(&self, subscription: &str) -> u16 {
-        let manifest = format!("subscriptions = [\"{subscription}\"]\n");
-        let form = || {
-            reqwest::multipart::Form::new()
-                .part("component", reqwest::multipart::Part::bytes(std::fs::read(crate::support::built("testing", "echo")).unwrap()))
-                .text("manifest", manifest.clone())
-        };
-        self.call(|http, base| http.put(format!("{base}/v1/plugins/echo")).multipart(form())).0
+        deploy_echo(&self.addr, subscription).unwrap()
     }
 
     /// `GET /v1/plugins`: name -> view.
@@ -83,6 +69,27 @@ impl Node {
         assert!(exit_within(child, Duration::from_secs(30)).success());
         self.process.0 = None;
     }
+}
+
+/// Sends `request` (built against `addr`); returns the status and the JSON body (`null` when
+/// there is none), or the transport's error.
+fn call(addr: &str, request: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder) -> Result<(u16, Value), reqwest::Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let response = request(&reqwest::Client::new(), &format!("http://{addr}")).send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    })
+}
+
+/// `PUT /v1/plugins/echo` with the testing echo component and a manifest subscribing it to
+/// `subscription`; returns the status.
+fn deploy_echo(addr: &str, subscription: &str) -> Result<u16, reqwest::Error> {
+    let manifest = format!("subscriptions = [\"{subscription}\"]\n");
+    let bytes = std::fs::read(crate::support::built("testing", "echo")).unwrap();
+    let form = reqwest::multipart::Form::new().part("component", reqwest::multipart::Part::bytes(bytes)).text("manifest", manifest);
+    Ok(call(addr, |http, base| http.put(format!("{base}/v1/plugins/echo")).multipart(form))?.0)
 }
 
 fn comment(id: &str) -> Value {
@@ -236,4 +243,48 @@ async fn names_the_plugin_directory_manages_are_refused_over_http_with_409() {
     // A name the directory does not hold can be deployed beside it.
     assert_eq!(http.put(server.url("/v1/plugins/other")).body(echo).send().await.unwrap().status(), 201);
     server.stop().await;
+}
+
+#[test]
+fn a_node_killed_during_uploads_keeps_a_whole_version() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::in_dir(data.path());
+    assert_eq!(node.deploy_echo("probe:zero"), 201);
+    // Uploads back to back (each a new manifest, so each is compiled, stored and swapped in),
+    // and the node killed with SIGKILL while they go on.
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let uploader = {
+        let (addr, acknowledged) = (node.addr.clone(), acknowledged.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                if !matches!(deploy_echo(&addr, &format!("probe:n{i}")), Ok(200)) {
+                    return i;
+                }
+                acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            unreachable!("uploads go on until the node is killed")
+        })
+    };
+    // Killed once an upload has gone through, part-way into a later one.
+    crate::support::wait::eventually("an upload is acknowledged", || acknowledged.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    std::thread::sleep(Duration::from_millis(150));
+    let mut node = node;
+    let pid = node.process.child().id();
+    // SAFETY: kill(2) on the child's pid, which this test owns.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    let uploads = uploader.join().unwrap();
+    assert!(uploads > 0, "some uploads finished before the kill");
+    drop(node);
+
+    let node = Node::in_dir(data.path());
+    let (subscriptions, previous, _) = echo_state(&node);
+    let running = subscriptions[0].as_str().unwrap().trim_start_matches("probe:n").to_string();
+    let n: usize = running.parse().unwrap_or_else(|_| panic!("a whole stored version runs: {subscriptions}"));
+    assert!(n + 1 >= uploads && n <= uploads, "the last acknowledged upload or the one in flight: {n} of {uploads}");
+    assert!(previous.is_string(), "its previous version too");
+    assert_eq!(node.publish(json!({"type": format!("probe:n{n}"), "workspace_id": "ws-1"})), [format!("probe:n{n}")]);
+    node.stop();
+    let db = rusqlite::Connection::open(data.path().join("busbar.db")).unwrap();
+    let check: String = db.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
+    assert_eq!(check, "ok");
 }
