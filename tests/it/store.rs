@@ -288,3 +288,32 @@ fn a_node_killed_during_uploads_keeps_a_whole_version() {
     let check: String = db.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(check, "ok");
 }
+
+#[test]
+fn deployments_are_exported_and_imported_between_data_directories() {
+    let (from, to, exported) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = Node::in_dir(from.path());
+    assert_eq!(node.deploy_echo("probe:moved"), 201);
+    node.stop();
+    let data_dir = |dir: &Path| dir.to_str().unwrap().to_string();
+    let output = busbar().args(["plugin", "export", "--data-dir", &data_dir(from.path())]).arg(exported.path()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(exported.path().join("echo.wasm").exists() && exported.path().join("echo.toml").exists());
+
+    // A directory with one bad component is refused whole.
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::copy(exported.path().join("echo.wasm"), broken.path().join("echo.wasm")).unwrap();
+    std::fs::write(broken.path().join("junk.wasm"), b"\0asm junk").unwrap();
+    let output = busbar().args(["plugin", "import", "--no-cache", "--data-dir", &data_dir(to.path())]).arg(broken.path()).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("junk.wasm"), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let output = busbar().args(["plugin", "import", "--no-cache", "--data-dir", &data_dir(to.path())]).arg(exported.path()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let node = Node::in_dir(to.path());
+    let plugins = node.plugins();
+    assert!(!plugins.contains_key("junk"));
+    assert_eq!(plugins["echo"]["plugin"]["subscriptions"], json!(["probe:moved"]));
+    assert_eq!(node.publish(json!({"type": "probe:moved", "workspace_id": "ws-1"})), ["probe:moved"]);
+    node.stop();
+}

@@ -61,6 +61,11 @@ enum PluginCommand {
     New(plugin::NewArgs),
     /// Build a plugin into a component (in its dist/ directory) and check it.
     Build(plugin::BuildArgs),
+    /// Write the plugins deployed through the API (in a data directory) into a directory.
+    Export(plugin::ExportArgs),
+    /// Store a directory's plugins (`name.wasm` + `name.toml`) as deployments in a data
+    /// directory; a server on it runs them from its next start.
+    Import(plugin::ImportArgs),
     /// Run a plugin's tests/events.jsonl through it and compare with tests/expected.jsonl.
     Test(plugin::TestArgs),
 }
@@ -158,6 +163,14 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Build(args)) => {
             init_logging(BUILD_LOGGING);
             plugin::build(args)
+        }
+        Command::Plugin(PluginCommand::Export(args)) => {
+            init_logging("warn");
+            plugin::export(args)
+        }
+        Command::Plugin(PluginCommand::Import(args)) => {
+            init_logging("warn");
+            plugin::import(args)
         }
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging(BUILD_LOGGING);

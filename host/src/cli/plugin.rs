@@ -1,4 +1,5 @@
-//! `busbar plugin new | build | test | check`: the plugin author's loop.
+//! `busbar plugin new | build | test | check`: the plugin author's loop; `export | import`:
+//! deployments in and out of a data directory.
 //!
 //! `new` scaffolds a plugin from a template (a crate depending on the SDK, a manifest, a README
 //! and a test), `build` compiles it to a component in `dist/` (with the library's `build`) and
@@ -52,6 +53,55 @@ pub struct TestArgs {
     bless: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
+}
+
+/// Where `export` and `import` find the store.
+#[derive(Args)]
+pub struct DataDirArgs {
+    /// The data directory (default: $BUSBAR_DATA_DIR, else ~/.local/share/busbar).
+    #[arg(long, env = "BUSBAR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    fn store(&self) -> anyhow::Result<busbar::store::SqliteStore> {
+        let dir = self
+            .data_dir
+            .clone()
+            .or_else(|| busbar::config::default_data_dir(&|key| std::env::var(key).ok()))
+            .context("no data directory (pass --data-dir)")?;
+        Ok(busbar::store::SqliteStore::open(&dir.join("busbar.db"))?)
+    }
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Where to write `name.wasm` and `name.toml` for each deployed plugin.
+    dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// A directory of `name.wasm` (and `name.toml`) files, such as `export` writes.
+    dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let names = busbar::plugins::export(&args.data.store()?, &args.dir)?;
+    println!("exported {} plugin(s) to {}: {}", names.len(), args.dir.display(), names.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let names = busbar::plugins::import(&args.runtime.runtime()?, &args.data.store()?, &args.dir)?;
+    println!("imported {} plugin(s) from {}: {}; a server on this data directory runs them from its next start", names.len(), args.dir.display(), names.join(", "));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A template's files, `(path in the new plugin, text)`, from `host/templates/<dir>/`.
