@@ -61,9 +61,11 @@ pub fn build_with_authorizer(
     shutdown: CancellationToken,
     authorizer: Arc<dyn ScopeAuthorizer>,
 ) -> Result<App, StartError> {
-    let store: Arc<dyn crate::store::Store> = match &config.data_dir {
-        Some(dir) => Arc::new(crate::store::SqliteStore::open(&dir.join("busbar.db"))?),
-        None => crate::store::ephemeral(),
+    // Several nodes share one store in Redis; one node keeps its own in the data directory.
+    let store: Arc<dyn crate::store::Store> = match (&config.relay, &config.data_dir) {
+        (Some(relay), _) => Arc::new(crate::store::RedisStore::open(&relay.url)?),
+        (None, Some(dir)) => Arc::new(crate::store::SqliteStore::open(&dir.join("busbar.db"))?),
+        (None, None) => crate::store::ephemeral(),
     };
     let runtime = Runtime::new(RuntimeConfig {
         store,

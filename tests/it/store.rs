@@ -317,3 +317,84 @@ fn deployments_are_exported_and_imported_between_data_directories() {
     assert_eq!(node.publish(json!({"type": "probe:moved", "workspace_id": "ws-1"})), ["probe:moved"]);
     node.stop();
 }
+
+/// The `Store` contract, run against each backend.
+fn the_store_contract(store: &dyn busbar::store::Store) {
+    use busbar::store::{Deployment, KV_ENTRY_OVERHEAD, KvUsage, StoreError, Version};
+    let content_hash = busbar::plugins::content_hash;
+    let deployment = |name: &str, current: Option<&[u8]>, previous: Option<&[u8]>| {
+        let v = |bytes: &[u8]| Version { hash: content_hash(bytes), manifest: format!("name = \"{name}\"\n") };
+        Deployment { name: name.into(), current: current.map(v), previous: previous.map(v) }
+    };
+    store.save(&deployment("b", Some(b"b1"), None), &[b"b1"]).unwrap();
+    store.save(&deployment("a", Some(b"a1"), None), &[b"a1"]).unwrap();
+    store.save(&deployment("b", Some(b"b2"), Some(b"b1")), &[b"b2"]).unwrap();
+    assert_eq!(store.deployments().unwrap(), vec![deployment("b", Some(b"b2"), Some(b"b1")), deployment("a", Some(b"a1"), None)]);
+    assert_eq!(store.component(&content_hash(b"b1")).unwrap(), b"b1");
+    let missing = store.save(&deployment("c", Some(b"c1"), None), &[]).unwrap_err();
+    assert!(matches!(missing, StoreError::MissingBlob(_)), "{missing}");
+    assert_eq!(store.deployments().unwrap().len(), 2);
+    store.forget("b").unwrap();
+    assert!(matches!(store.component(&content_hash(b"b1")), Err(StoreError::MissingBlob(_))));
+    assert_eq!(store.component(&content_hash(b"a1")).unwrap(), b"a1");
+
+    let limit = 2 * KV_ENTRY_OVERHEAD + 10;
+    store.kv_set("p", "k1", b"12345", limit).unwrap();
+    assert_eq!(store.kv_usage("p").unwrap(), KvUsage { bytes: 2 + 5 + KV_ENTRY_OVERHEAD, entries: 1 });
+    assert!(matches!(store.kv_set("p", "k2", b"1234", limit), Err(StoreError::KvFull { .. })));
+    assert_eq!(store.kv_get("p", "k2").unwrap(), None);
+    store.kv_set("p", "k1", b"1", limit).unwrap();
+    store.kv_set("p", "k2", b"1", limit).unwrap();
+    assert_eq!(store.kv_usage("p").unwrap(), KvUsage { bytes: 2 * (2 + 1 + KV_ENTRY_OVERHEAD), entries: 2 });
+    store.kv_set("q", "k1", b"12345", limit).unwrap();
+    assert!(store.kv_delete("p", "k1").unwrap());
+    assert!(!store.kv_delete("p", "k1").unwrap());
+    assert_eq!(store.kv_usage("p").unwrap(), KvUsage { bytes: 2 + 1 + KV_ENTRY_OVERHEAD, entries: 1 });
+    store.kv_clear("p").unwrap();
+    assert_eq!(store.kv_usage("p").unwrap(), KvUsage::default());
+    assert_eq!(store.kv_get("q", "k1").unwrap().as_deref(), Some(&b"12345"[..]));
+}
+
+#[test]
+fn both_backends_keep_the_store_contract() {
+    the_store_contract(&busbar::store::SqliteStore::in_memory());
+    let redis = crate::support::redis::Redis::start();
+    the_store_contract(&busbar::store::RedisStore::open(&redis.url()).unwrap());
+}
+
+#[test]
+fn nodes_sharing_redis_share_kv_state_and_deployments() {
+    let redis = crate::support::redis::Redis::start();
+    let url = redis.url();
+    let a = Node::start(&["--redis-url", &url]);
+    let b = Node::start(&["--redis-url", &url]);
+    // mention-notifier's record of handled comments is one for the cluster.
+    assert_eq!(a.publish(comment("c-1")), ["comment:created", "inbox:new"]);
+    assert_eq!(b.publish(comment("c-1")), ["comment:created"], "B knows A handled it");
+    // A deployment on A is what B runs once it starts again.
+    assert_eq!(a.deploy_echo("probe:shared"), 201);
+    b.stop();
+    let b = Node::start(&["--redis-url", &url]);
+    assert_eq!(b.plugins()["echo"]["plugin"]["subscriptions"], json!(["probe:shared"]));
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn while_redis_is_away_events_flow_kv_fails_in_the_guest_and_deploys_answer_503() {
+    let mut redis = crate::support::redis::Redis::start();
+    let node = Node::start(&["--redis-url", &redis.url()]);
+    redis.kill();
+    // mention-notifier cannot record the comment: its kv call fails inside the plugin (an
+    // error outcome, not a trap), and the listeners after it still run.
+    let (status, report) = node.call(|http, base| http.post(format!("{base}/v1/events")).json(&comment("c-1")));
+    assert_eq!(status, 200, "{report}");
+    let listeners = &report["results"][0]["events"][0]["listeners"];
+    let outcome = |name: &str| listeners.as_array().unwrap().iter().find(|l| l["listener"] == name).map(|l| l["outcome"].clone());
+    assert_eq!(outcome("mention-notifier"), Some(json!("error")), "{report}");
+    assert_eq!(outcome("workspace-forwarder"), Some(json!("ok")), "{report}");
+    assert_eq!(node.deploy_echo("probe:later"), 503);
+    redis.run();
+    assert_eq!(node.deploy_echo("probe:later"), 201, "once Redis is back, deployments go through");
+    node.stop();
+}

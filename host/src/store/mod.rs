@@ -4,16 +4,18 @@
 //!
 //! This module owns the `Store` trait and is the only module that knows its backends:
 //! `sqlite`, the embedded default (one SQLite database in the data directory, WAL mode; in
-//! memory for `--ephemeral`). Writes are atomic: a deployment and the components it names are
+//! memory for `--ephemeral`), and `redis`, shared by every node when `redis-url` is set. Writes are atomic: a deployment and the components it names are
 //! committed together, and a kv write is checked against the plugin's byte limit in the same
 //! transaction that makes it. A component read back is checked against its hash. It must not
 //! load plugins or decide what runs: the registry does, and writes here before it changes what
 //! runs, so what is stored is what a restart runs.
 
+mod redis;
 mod sqlite;
 
 use std::sync::Arc;
 
+pub use self::redis::RedisStore;
 pub use sqlite::SqliteStore;
 
 /// One version of a deployed plugin: its component (by content hash) and its manifest as

@@ -231,27 +231,16 @@ mod tests {
         Deployment { name: name.into(), current: current.map(v), previous: previous.map(v) }
     }
 
+    // The behaviour both backends share is tested on both in tests/it/store.rs
+    // (`the_store_contract`); here, what only a file shows.
+
     #[test]
-    fn deployments_come_back_in_first_deployed_order_with_their_components() {
+    fn deployments_survive_reopening_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("busbar.db");
-        {
-            let store = SqliteStore::open(&path).unwrap();
-            store.save(&deployment("b", Some(b"b1"), None), &[b"b1"]).unwrap();
-            store.save(&deployment("a", Some(b"a1"), None), &[b"a1"]).unwrap();
-            store.save(&deployment("b", Some(b"b2"), Some(b"b1")), &[b"b2"]).unwrap();
-        }
+        SqliteStore::open(&path).unwrap().save(&deployment("a", Some(b"a1"), None), &[b"a1"]).unwrap();
         let store = SqliteStore::open(&path).unwrap();
-        let all = store.deployments().unwrap();
-        assert_eq!(all, vec![deployment("b", Some(b"b2"), Some(b"b1")), deployment("a", Some(b"a1"), None)]);
-        assert_eq!(store.component(&content_hash(b"b1")).unwrap(), b"b1");
-        // A deployment naming a component that is not stored is refused, whole.
-        let missing = store.save(&deployment("c", Some(b"c1"), None), &[]).unwrap_err();
-        assert!(matches!(missing, StoreError::MissingBlob(_)), "{missing}");
-        assert_eq!(store.deployments().unwrap().len(), 2);
-        // Forgetting drops the components nothing names any more.
-        store.forget("b").unwrap();
-        assert!(matches!(store.component(&content_hash(b"b1")), Err(StoreError::MissingBlob(_))));
+        assert_eq!(store.deployments().unwrap(), vec![deployment("a", Some(b"a1"), None)]);
         assert_eq!(store.component(&content_hash(b"a1")).unwrap(), b"a1");
     }
 
@@ -262,30 +251,6 @@ mod tests {
         let hash = content_hash(b"good");
         store.conn.lock().execute("UPDATE components SET bytes = ?1 WHERE hash = ?2", params![b"evil".as_slice(), hash]).unwrap();
         assert!(matches!(store.component(&hash), Err(StoreError::Corrupt { .. })));
-    }
-
-    #[test]
-    fn kv_limits_count_every_entry_and_refuse_without_changing_anything() {
-        let store = SqliteStore::in_memory();
-        let limit = 2 * KV_ENTRY_OVERHEAD + 10;
-        store.kv_set("p", "k1", b"12345", limit).unwrap();
-        assert_eq!(store.kv_usage("p").unwrap(), KvUsage { bytes: 2 + 5 + KV_ENTRY_OVERHEAD, entries: 1 });
-        let full = store.kv_set("p", "k2", b"1234", limit).unwrap_err();
-        assert!(matches!(full, StoreError::KvFull { .. }), "{full}");
-        assert_eq!(store.kv_get("p", "k2").unwrap(), None);
-        // Overwriting counts the new value instead of the old one.
-        store.kv_set("p", "k1", b"1", limit).unwrap();
-        store.kv_set("p", "k2", b"1", limit).unwrap();
-        assert_eq!(store.kv_usage("p").unwrap(), KvUsage { bytes: 2 * (2 + 1 + KV_ENTRY_OVERHEAD), entries: 2 });
-        // Plugins do not share entries or budgets.
-        assert_eq!(store.kv_get("q", "k1").unwrap(), None);
-        store.kv_set("q", "k1", b"12345", limit).unwrap();
-        assert!(store.kv_delete("p", "k1").unwrap());
-        assert!(!store.kv_delete("p", "k1").unwrap());
-        assert_eq!(store.kv_usage("p").unwrap(), KvUsage { bytes: 2 + 1 + KV_ENTRY_OVERHEAD, entries: 1 });
-        store.kv_clear("p").unwrap();
-        assert_eq!(store.kv_usage("p").unwrap(), KvUsage::default());
-        assert_eq!(store.kv_get("q", "k1").unwrap().as_deref(), Some(&b"12345"[..]));
     }
 
     #[test]
