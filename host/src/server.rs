@@ -29,6 +29,8 @@ pub struct App {
     /// Keeps the plugin directory watched while the server runs.
     pub watcher: Option<Arc<plugins::DirWatcher>>,
     pub relay: Option<Relay>,
+    /// Keeps this node following deployments made on the others (a shared store only).
+    pub following: Option<Arc<crate::store::Listening>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +117,17 @@ pub fn build_with_authorizer(
             registry.record_failure(&name, &e.to_string());
         }
     }
-    // What was deployed through the API, over the base versions, before serving.
+    // What was deployed through the API, over the base versions, before serving; then what
+    // other nodes deploy while this one runs.
     registry.restore()?;
+    let following = {
+        let registry = Arc::downgrade(&registry);
+        runtime.store().listen(Box::new(move |name| {
+            if let Some(registry) = registry.upgrade() {
+                registry.sync(name);
+            }
+        }))
+    };
     let watcher = match &config.plugins_dir {
         Some(dir) => {
             let names = file_names(dir);
@@ -142,7 +153,7 @@ pub fn build_with_authorizer(
         relay: relay.clone(),
         shutdown,
     };
-    Ok(App { bus, hub, registry, state, watcher, relay })
+    Ok(App { bus, hub, registry, state, watcher, relay, following: following.map(Arc::new) })
 }
 
 /// File stem -> plugin name for the components in `dir`.

@@ -398,3 +398,47 @@ fn while_redis_is_away_events_flow_kv_fails_in_the_guest_and_deploys_answer_503(
     assert_eq!(node.deploy_echo("probe:later"), 201, "once Redis is back, deployments go through");
     node.stop();
 }
+
+/// The echo plugin's subscriptions on `node`, or `null` when it is not there.
+fn echo_subscriptions(node: &Node) -> Value {
+    node.plugins().get("echo").map_or(Value::Null, |echo| echo["plugin"]["subscriptions"].clone())
+}
+
+/// Waits until every node runs `expected` for the echo plugin; returns how long that took.
+fn converged(nodes: &[&Node], expected: Value) -> Duration {
+    let started = std::time::Instant::now();
+    crate::support::wait::eventually(&format!("every node runs {expected}"), || nodes.iter().all(|n| echo_subscriptions(n) == expected));
+    started.elapsed()
+}
+
+#[test]
+fn deployments_on_any_node_run_on_every_node() {
+    let redis = crate::support::redis::Redis::start();
+    let url = redis.url();
+    let nodes = [Node::start(&["--redis-url", &url]), Node::start(&["--redis-url", &url]), Node::start(&["--redis-url", &url])];
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert_eq!(nodes[0].deploy_echo("probe:one"), 201);
+    let took = converged(&all, json!(["probe:one"]));
+    assert_eq!(nodes[0].deploy_echo("probe:two"), 200);
+    converged(&all, json!(["probe:two"]));
+    // Rollback on B, then the same position and the previous version everywhere.
+    let (status, _) = nodes[1].call(|http, base| http.post(format!("{base}/v1/plugins/echo/rollback")));
+    assert_eq!(status, 200);
+    converged(&all, json!(["probe:one"]));
+    let positions: Vec<Value> = nodes.iter().map(|n| n.plugins()["echo"]["listener"]["position"].clone()).collect();
+    assert!(positions.iter().all(|p| *p == positions[0]), "{positions:?}");
+    // Delete on C.
+    let (status, _) = nodes[2].call(|http, base| http.delete(format!("{base}/v1/plugins/echo")));
+    assert_eq!(status, 204);
+    converged(&all, Value::Null);
+    // A node started later runs what the cluster runs before it serves.
+    assert_eq!(nodes[0].deploy_echo("probe:three"), 201);
+    converged(&all, json!(["probe:three"]));
+    let late = Node::start(&["--redis-url", &url]);
+    assert_eq!(echo_subscriptions(&late), json!(["probe:three"]));
+    eprintln!("an upload on one node ran on the other two after {took:?}");
+    for node in nodes {
+        node.stop();
+    }
+    late.stop();
+}

@@ -378,15 +378,85 @@ impl Registry {
         }
         // Rolled back to the base version: the deployed one is the previous.
         if stored.current.is_none() {
-            let mut slots = self.slots.lock();
-            let slot = slots.get_mut(name).ok_or("the base version is gone")?;
-            let base = slot.previous.clone().ok_or("no base version to roll back to")?;
-            self.bus.replace(registration(name, &base)).map_err(|e| e.to_string())?;
-            slot.previous = slot.current.replace(base);
+            self.swap(name)?;
         }
         if let Some(slot) = self.slots.lock().get_mut(name) {
             slot.stored = Some(stored);
         }
+        Ok(())
+    }
+
+    /// Brings this node in line with what the store holds for `name` (or, with `None`, for every
+    /// deployment): a change made on another node. Nothing is written to the store. What cannot
+    /// be brought in line is recorded as the plugin's failure; the running version keeps serving.
+    pub fn sync(&self, name: Option<&str>) {
+        let deployments = match self.store.deployments() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!("cannot read the deployments to follow them: {e}");
+                return;
+            }
+        };
+        for deployment in deployments.iter().filter(|d| name.is_none_or(|n| n == d.name)) {
+            if self.is_managed(&deployment.name) {
+                continue;
+            }
+            if let Err(error) = self.sync_one(deployment) {
+                tracing::error!(plugin = %deployment.name, "cannot follow the stored deployment: {error}");
+                self.record_failure(&deployment.name, &format!("cannot follow the stored deployment: {error}"));
+            }
+        }
+    }
+
+    fn sync_one(&self, deployment: &Deployment) -> Result<(), String> {
+        let _deploying = self.deploying.lock();
+        let name = &deployment.name;
+        let want = Stored { current: deployment.current.clone(), previous: deployment.previous.clone() };
+        let (running, previous, stored) = {
+            let slots = self.slots.lock();
+            let slot = slots.get(name);
+            (slot.and_then(|s| s.current.clone()), slot.and_then(|s| s.previous.clone()), slot.and_then(|s| s.stored.clone()))
+        };
+        if stored.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        if want == Stored::default() {
+            if running.is_some() {
+                self.remove(name, KvOnRemove::Keep);
+            }
+            return Ok(());
+        }
+        let is = |plugin: &Option<Arc<Plugin>>, version: &Version| {
+            plugin.as_ref().is_some_and(|p| p.hash() == version.hash && p.manifest().to_toml() == version.manifest)
+        };
+        match &want.current {
+            Some(version) if is(&running, version) => {}
+            Some(version) if is(&previous, version) => self.swap(name)?,
+            Some(version) => {
+                let bytes = self.store.component(&version.hash).map_err(|e| e.to_string())?;
+                let manifest = Manifest::parse(&version.manifest, name, &format!("stored manifest of `{name}`"), std::path::Path::new("/"))
+                    .map_err(|e| e.to_string())?;
+                if let Some(loaded) = self.prepare(name, &bytes, Some(manifest), false).map_err(|e| e.to_string())? {
+                    self.activate(loaded.plugin).map_err(|e| e.to_string())?;
+                }
+            }
+            // Back to the base version, which is the previous one here.
+            None if stored.as_ref().is_some_and(|s| s.current.is_some()) => self.swap(name)?,
+            None => {}
+        }
+        if let Some(slot) = self.slots.lock().get_mut(name) {
+            slot.stored = Some(want);
+        }
+        Ok(())
+    }
+
+    /// Swaps the running and the previous version on the bus (a rollback, not stored).
+    fn swap(&self, name: &str) -> Result<(), String> {
+        let mut slots = self.slots.lock();
+        let slot = slots.get_mut(name).ok_or("not running here")?;
+        let previous = slot.previous.clone().ok_or("no previous version here")?;
+        self.bus.replace(registration(name, &previous)).map_err(|e| e.to_string())?;
+        slot.previous = slot.current.replace(previous);
         Ok(())
     }
 

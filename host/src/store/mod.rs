@@ -84,6 +84,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes every entry of `plugin`.
     fn kv_clear(&self, plugin: &str) -> Result<(), StoreError>;
     fn kv_usage(&self, plugin: &str) -> Result<KvUsage, StoreError>;
+
+    /// For a store several nodes share: calls `changed(Some(name))` for each deployment another
+    /// node (or this one) changes, and `changed(None)` when every deployment should be looked at
+    /// again (after a lost connection, and now and then), until the returned `Listening` is
+    /// dropped. A store of one node has nobody else to hear from: `None`.
+    fn listen(&self, _changed: Box<dyn Fn(Option<&str>) + Send>) -> Option<Listening> {
+        None
+    }
+}
+
+/// Keeps a store's listener running; dropping it stops the listener (within a second).
+#[derive(Debug)]
+pub struct Listening {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Listening {
+    pub(crate) fn new(stop: Arc<std::sync::atomic::AtomicBool>) -> Listening {
+        Listening { stop }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A store that lasts as long as the process: for `--ephemeral`, tests and embedders that

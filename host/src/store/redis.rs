@@ -8,7 +8,9 @@
 //! - `busbar:store:deployments` (hash name -> JSON `{seq, current, previous}`) and
 //!   `busbar:store:deployment-seq` (the first-deployed order);
 //! - `busbar:store:component:<sha256>`: a component's bytes, written before any deployment
-//!   names it, dropped by the script that stops the last deployment naming it.
+//!   names it, dropped by the script that stops the last deployment naming it;
+//! - `busbar:store:changes` (pub/sub): the name of each deployment that changed, published by
+//!   the same script, which every node listens to (and every `RESYNC` it looks at all of them).
 //!
 //! One synchronous connection behind a mutex, with connect, read and write timeouts, so a call
 //! waits at most `TIMEOUT` for a Redis that is away; a failed connection is dropped and the
@@ -29,6 +31,10 @@ const TIMEOUT: Duration = Duration::from_millis(500);
 
 const DEPLOYMENTS: &str = "busbar:store:deployments";
 const SEQ: &str = "busbar:store:deployment-seq";
+/// Where every deployment change is announced (the deployment's name).
+const CHANGES: &str = "busbar:store:changes";
+/// How often a listening node looks at every deployment again, whatever it heard.
+const RESYNC: Duration = Duration::from_secs(10);
 
 fn kv_key(plugin: &str) -> String {
     format!("busbar:store:kv:{{{plugin}}}")
@@ -104,6 +110,7 @@ repeat
     if not named[string.sub(key, 24)] then redis.call('DEL', key) end
   end
 until cursor == '0'
+redis.call('PUBLISH', KEYS[3], name)
 return 1
 "#;
 
@@ -216,14 +223,14 @@ impl Store for RedisStore {
         let record = Record { seq: 0, current: deployment.current.as_ref().map(Into::into), previous: deployment.previous.as_ref().map(Into::into) };
         let json = serde_json::to_string(&record).map_err(|e| StoreError::Database { path: self.url.clone(), message: e.to_string() })?;
         // A `MISSING <hash>` error reply names a component no save stored.
-        self.with(|c, s| match s[2].key(DEPLOYMENTS).key(SEQ).arg(&deployment.name).arg(json).invoke::<i64>(c) {
+        self.with(|c, s| match s[2].key(DEPLOYMENTS).key(SEQ).key(CHANGES).arg(&deployment.name).arg(json).invoke::<i64>(c) {
             Err(e) if e.code() == Some("MISSING") => Ok(Err(StoreError::MissingBlob(e.detail().unwrap_or_default().to_string()))),
             other => other.map(|_| Ok(())),
         })?
     }
 
     fn forget(&self, name: &str) -> Result<(), StoreError> {
-        self.with(|c, s| s[2].key(DEPLOYMENTS).key(SEQ).arg(name).invoke::<i64>(c))?;
+        self.with(|c, s| s[2].key(DEPLOYMENTS).key(SEQ).key(CHANGES).arg(name).invoke::<i64>(c))?;
         Ok(())
     }
 
@@ -247,8 +254,56 @@ impl Store for RedisStore {
         self.with(|c, _| redis::pipe().atomic().del(kv_key(plugin)).del(usage_key(plugin)).query::<()>(c))
     }
 
+    fn listen(&self, changed: Box<dyn Fn(Option<&str>) + Send>) -> Option<super::Listening> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client, stopped) = (self.client.clone(), stop.clone());
+        let spawned = std::thread::Builder::new().name("busbar-store-listen".into()).spawn(move || listen(&client, &stopped, &*changed));
+        match spawned {
+            Ok(_) => Some(super::Listening::new(stop)),
+            Err(e) => {
+                tracing::error!("cannot start listening for deployment changes: {e}");
+                None
+            }
+        }
+    }
+
     fn kv_usage(&self, plugin: &str) -> Result<KvUsage, StoreError> {
         let (bytes, entries): (Option<usize>, Option<usize>) = self.with(|c, _| redis::cmd("HMGET").arg(usage_key(plugin)).arg("bytes").arg("entries").query(c))?;
         Ok(KvUsage { bytes: bytes.unwrap_or_default(), entries: entries.unwrap_or_default() })
+    }
+}
+
+/// Hears `CHANGES` until `stop`: each name to `changed`, and `changed(None)` after every
+/// (re)connection and every `RESYNC`. Reconnects after a failure, a second later.
+fn listen(client: &redis::Client, stop: &std::sync::atomic::AtomicBool, changed: &dyn Fn(Option<&str>)) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        let heard = (|| -> redis::RedisResult<()> {
+            let mut conn = client.get_connection_with_timeout(TIMEOUT)?;
+            let mut pubsub = conn.as_pubsub();
+            pubsub.set_read_timeout(Some(Duration::from_secs(1)))?;
+            pubsub.subscribe(CHANGES)?;
+            changed(None);
+            let mut resynced = std::time::Instant::now();
+            while !stop.load(Relaxed) {
+                match pubsub.get_message() {
+                    Ok(message) => {
+                        let name: String = message.get_payload()?;
+                        changed(Some(&name));
+                    }
+                    Err(e) if e.is_timeout() => {}
+                    Err(e) => return Err(e),
+                }
+                if resynced.elapsed() >= RESYNC {
+                    changed(None);
+                    resynced = std::time::Instant::now();
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = heard {
+            tracing::warn!("listening for deployment changes: {e}; again in a second");
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 }
