@@ -89,10 +89,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// node (or this one) changes, and `changed(None)` when every deployment should be looked at
     /// again (after a lost connection, and now and then), until the returned `Listening` is
     /// dropped. A store of one node has nobody else to hear from: `None`.
-    fn listen(&self, _changed: Box<dyn Fn(Option<&str>) + Send>) -> Option<Listening> {
+    fn listen(&self, _changed: OnChange) -> Option<Listening> {
         None
     }
 }
+
+/// What `Store::listen` calls for a changed deployment (`None`: look at all of them).
+pub type OnChange = Box<dyn Fn(Option<&str>) + Send>;
 
 /// Keeps a store's listener running; dropping it stops the listener (within a second).
 #[derive(Debug)]

@@ -254,7 +254,7 @@ impl Store for RedisStore {
         self.with(|c, _| redis::pipe().atomic().del(kv_key(plugin)).del(usage_key(plugin)).query::<()>(c))
     }
 
-    fn listen(&self, changed: Box<dyn Fn(Option<&str>) + Send>) -> Option<super::Listening> {
+    fn listen(&self, changed: super::OnChange) -> Option<super::Listening> {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (client, stopped) = (self.client.clone(), stop.clone());
         let spawned = std::thread::Builder::new().name("busbar-store-listen".into()).spawn(move || listen(&client, &stopped, &*changed));
