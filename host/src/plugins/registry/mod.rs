@@ -30,7 +30,7 @@ use super::plugin::{Plugin, PluginInfo, PluginStatus};
 use super::runtime::Runtime;
 use crate::bus::{Bus, BusError, ListenerInfo, Registration};
 use crate::event;
-use crate::store::{Deployment, Store, StoreError, Version};
+use crate::store::{Store, StoreError};
 
 /// A failed load, kept for operators.
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +39,10 @@ pub struct Failure {
     pub at_ms: u64,
 }
 
+mod deploy;
+
+use deploy::Stored;
+
 #[derive(Default)]
 struct Slot {
     current: Option<Arc<Plugin>>,
@@ -46,20 +50,6 @@ struct Slot {
     failure: Option<Failure>,
     /// What the store holds for a name deployed through the API; `None` for a base version.
     stored: Option<Stored>,
-}
-
-/// The stored versions of a deployed plugin's running and previous version (`None`: the base
-/// version).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Stored {
-    current: Option<Version>,
-    previous: Option<Version>,
-}
-
-impl Stored {
-    fn record(&self, name: &str) -> Deployment {
-        Deployment { name: name.to_string(), current: self.current.clone(), previous: self.previous.clone() }
-    }
 }
 
 /// The version a plugin would roll back to.
@@ -215,17 +205,6 @@ impl Registry {
         Ok(installed)
     }
 
-    /// A base version now runs where a deployment did: the directory took the name over.
-    fn forget_deployment(&self, name: &str) {
-        let had = self.slots.lock().get_mut(name).and_then(|slot| slot.stored.take()).is_some();
-        if had {
-            tracing::warn!(plugin = %name, "a file of the plugin directory replaces the plugin deployed through the API");
-            if let Err(e) = self.store.forget(name) {
-                tracing::error!(plugin = %name, "cannot forget the deployment: {e}");
-            }
-        }
-    }
-
     /// Takes plugin `old` off the bus and activates `plugin` (named differently) in its place,
     /// under one lock. If the bus refuses `plugin`, `old` is registered again and keeps serving.
     fn activate_renamed(&self, old: &str, plugin: Plugin) -> Result<Installed, BusError> {
@@ -271,204 +250,6 @@ impl Registry {
         self.stats.rollbacks_total.fetch_add(1, Relaxed);
         tracing::info!(plugin = %name, hash = &previous.hash()[..12], "plugin rolled back");
         Ok(previous)
-    }
-
-    /// Puts back a record the store held before a change that then failed on the bus.
-    fn keep_stored(&self, record: Deployment) {
-        if let Err(e) = self.store.save(&record, &[]) {
-            tracing::error!(plugin = %record.name, "cannot restore the stored deployment: {e}");
-        }
-    }
-
-    /// Deploys `bytes` as plugin `name` through the API: loaded and probed, then stored (with
-    /// the version it replaces as the previous one), then activated. Refused for a name the
-    /// plugin directory manages. A failure is recorded and counted; nothing else changes.
-    pub fn deploy(&self, name: &str, bytes: &[u8], manifest: Option<Manifest>) -> Result<Installed, InstallError> {
-        let refused = |error: InstallError| {
-            self.record_failure(name, &error.to_string());
-            Err(error)
-        };
-        if self.is_managed(name) {
-            return refused(InstallError::Managed(name.to_string()));
-        }
-        let loaded = match self.prepare(name, bytes, manifest, true) {
-            Ok(Some(loaded)) => loaded,
-            Ok(None) => return Ok(Installed::Unchanged),
-            Err(error) => return refused(error.into()),
-        };
-        let _deploying = self.deploying.lock();
-        let (running, before) = {
-            let slots = self.slots.lock();
-            let slot = slots.get(name);
-            (slot.is_some_and(|s| s.current.is_some()), slot.and_then(|s| s.stored.clone()))
-        };
-        let version = Version { hash: loaded.plugin.hash().to_string(), manifest: loaded.plugin.manifest().to_toml() };
-        let after = Stored { current: Some(version), previous: if running { before.clone().unwrap_or_default().current } else { None } };
-        if let Err(e) = self.store.save(&after.record(name), &[bytes]) {
-            return refused(e.into());
-        }
-        if loaded.reset_kv {
-            self.runtime.kv().remove(name);
-        }
-        let mut slots = self.slots.lock();
-        match self.activate_in(&mut slots, Arc::new(loaded.plugin)) {
-            Ok(installed) => {
-                if let Some(slot) = slots.get_mut(name) {
-                    slot.stored = Some(after);
-                }
-                Ok(installed)
-            }
-            Err(error) => {
-                drop(slots);
-                match before {
-                    Some(before) => self.keep_stored(before.record(name)),
-                    None => self.forget_quietly(name),
-                }
-                refused(error.into())
-            }
-        }
-    }
-
-    /// Removes plugin `name` through the API, and stores that it is gone (so a built-in plugin
-    /// stays removed after a restart). Refused for a name the plugin directory manages.
-    pub fn undeploy(&self, name: &str, state: KvOnRemove) -> Result<bool, InstallError> {
-        if self.is_managed(name) {
-            return Err(InstallError::Managed(name.to_string()));
-        }
-        let _deploying = self.deploying.lock();
-        if self.current(name).is_none() {
-            return Ok(self.remove(name, state));
-        }
-        self.store.save(&Stored::default().record(name), &[])?;
-        Ok(self.remove(name, state))
-    }
-
-    /// Brings back every stored deployment, over the base versions (at start, before serving).
-    /// A deployment that cannot be brought back (a corrupt component, a name the directory now
-    /// manages) is recorded as the plugin's failure; the base version, if any, keeps serving.
-    pub fn restore(&self) -> Result<(), StoreError> {
-        for deployment in self.store.deployments()? {
-            let name = deployment.name.clone();
-            if self.is_managed(&name) {
-                self.record_failure(&name, "a deployment stored for this name is shadowed by the plugin directory's file");
-                continue;
-            }
-            if let Err(error) = self.restore_one(&deployment) {
-                tracing::error!(plugin = %name, "cannot restore the stored deployment: {error}");
-                self.record_failure(&name, &format!("cannot restore the stored deployment: {error}"));
-            }
-        }
-        Ok(())
-    }
-
-    fn restore_one(&self, deployment: &Deployment) -> Result<(), String> {
-        let name = &deployment.name;
-        let stored = Stored { current: deployment.current.clone(), previous: deployment.previous.clone() };
-        if stored == Stored::default() {
-            self.remove(name, KvOnRemove::Keep);
-            return Ok(());
-        }
-        for version in [&stored.previous, &stored.current].into_iter().flatten() {
-            let bytes = self.store.component(&version.hash).map_err(|e| e.to_string())?;
-            let manifest = Manifest::parse(&version.manifest, name, &format!("stored manifest of `{name}`"), std::path::Path::new("/"))
-                .map_err(|e| e.to_string())?;
-            if let Some(loaded) = self.prepare(name, &bytes, Some(manifest), false).map_err(|e| e.to_string())? {
-                self.activate(loaded.plugin).map_err(|e| e.to_string())?;
-            }
-        }
-        // Rolled back to the base version: the deployed one is the previous.
-        if stored.current.is_none() {
-            self.swap(name)?;
-        }
-        if let Some(slot) = self.slots.lock().get_mut(name) {
-            slot.stored = Some(stored);
-        }
-        Ok(())
-    }
-
-    /// Brings this node in line with what the store holds for `name` (or, with `None`, for every
-    /// deployment): a change made on another node. Nothing is written to the store. What cannot
-    /// be brought in line is recorded as the plugin's failure; the running version keeps serving.
-    pub fn sync(&self, name: Option<&str>) {
-        let deployments = match self.store.deployments() {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::warn!("cannot read the deployments to follow them: {e}");
-                return;
-            }
-        };
-        for deployment in deployments.iter().filter(|d| name.is_none_or(|n| n == d.name)) {
-            if self.is_managed(&deployment.name) {
-                continue;
-            }
-            if let Err(error) = self.sync_one(deployment) {
-                tracing::error!(plugin = %deployment.name, "cannot follow the stored deployment: {error}");
-                self.record_failure(&deployment.name, &format!("cannot follow the stored deployment: {error}"));
-            }
-        }
-    }
-
-    fn sync_one(&self, deployment: &Deployment) -> Result<(), String> {
-        let _deploying = self.deploying.lock();
-        let name = &deployment.name;
-        let want = Stored { current: deployment.current.clone(), previous: deployment.previous.clone() };
-        let (running, previous, stored) = {
-            let slots = self.slots.lock();
-            let slot = slots.get(name);
-            (slot.and_then(|s| s.current.clone()), slot.and_then(|s| s.previous.clone()), slot.and_then(|s| s.stored.clone()))
-        };
-        if stored.as_ref() == Some(&want) {
-            return Ok(());
-        }
-        if want == Stored::default() {
-            if running.is_some() {
-                self.remove(name, KvOnRemove::Keep);
-            }
-            return Ok(());
-        }
-        let is = |plugin: &Option<Arc<Plugin>>, version: &Version| {
-            plugin.as_ref().is_some_and(|p| p.hash() == version.hash && p.manifest().to_toml() == version.manifest)
-        };
-        match &want.current {
-            Some(version) if is(&running, version) => {}
-            Some(version) if is(&previous, version) => self.swap(name)?,
-            Some(version) => {
-                let bytes = self.store.component(&version.hash).map_err(|e| e.to_string())?;
-                let manifest = Manifest::parse(&version.manifest, name, &format!("stored manifest of `{name}`"), std::path::Path::new("/"))
-                    .map_err(|e| e.to_string())?;
-                if let Some(loaded) = self.prepare(name, &bytes, Some(manifest), false).map_err(|e| e.to_string())? {
-                    self.activate(loaded.plugin).map_err(|e| e.to_string())?;
-                }
-            }
-            // Back to the base version, which is the previous one here.
-            None if stored.as_ref().is_some_and(|s| s.current.is_some()) => self.swap(name)?,
-            None => {}
-        }
-        if let Some(slot) = self.slots.lock().get_mut(name) {
-            slot.stored = Some(want);
-        }
-        Ok(())
-    }
-
-    /// Swaps the running and the previous version on the bus (a rollback, not stored).
-    fn swap(&self, name: &str) -> Result<(), String> {
-        let mut slots = self.slots.lock();
-        let slot = slots.get_mut(name).ok_or("not running here")?;
-        let previous = slot.previous.clone().ok_or("no previous version here")?;
-        self.bus.replace(registration(name, &previous)).map_err(|e| e.to_string())?;
-        slot.previous = slot.current.replace(previous);
-        Ok(())
-    }
-
-    /// Whether the plugin directory manages `name`: its base version is running.
-    fn is_managed(&self, name: &str) -> bool {
-        self.files && self.slots.lock().get(name).is_some_and(|slot| slot.current.is_some() && slot.stored.is_none())
-    }
-
-    fn forget_quietly(&self, name: &str) {
-        if let Err(e) = self.store.forget(name) {
-            tracing::error!(plugin = %name, "cannot forget the deployment: {e}");
-        }
     }
 
     /// Loads `bytes` as plugin `name` and activates it. Blocking: compiling can take seconds,
