@@ -222,27 +222,14 @@ impl Config {
         {
             return Err(invalid("plugins", format!("{} is not a directory", dir.display())));
         }
-        let cache_dir = if overrides.no_cache {
-            None
-        } else {
-            overrides
-                .cache_dir
-                .clone()
-                .or_else(|| env("BUSBAR_CACHE_DIR").map(PathBuf::from))
-                .or(raw.cache_dir.map(relative))
-                .or_else(|| default_cache_dir(&env))
+        // A directory setting: the flag, else the environment, else the file, else the default;
+        // none when switched off.
+        let directory = |off: bool, flag: &Option<PathBuf>, key: &str, file: Option<PathBuf>, default: Option<PathBuf>| {
+            (!off).then(|| flag.clone().or_else(|| env(key).map(PathBuf::from)).or(file.map(relative)).or(default)).flatten()
         };
+        let cache_dir = directory(overrides.no_cache, &overrides.cache_dir, "BUSBAR_CACHE_DIR", raw.cache_dir, default_cache_dir(&env));
         let ephemeral = overrides.ephemeral || env("BUSBAR_EPHEMERAL").is_some_and(|v| v == "1" || v == "true");
-        let data_dir = if ephemeral {
-            None
-        } else {
-            overrides
-                .data_dir
-                .clone()
-                .or_else(|| env("BUSBAR_DATA_DIR").map(PathBuf::from))
-                .or(raw.data_dir.map(relative))
-                .or_else(|| default_data_dir(&env))
-        };
+        let data_dir = directory(ephemeral, &overrides.data_dir, "BUSBAR_DATA_DIR", raw.data_dir, default_data_dir(&env));
 
         let secret = env("BUSBAR_JWT_SECRET").or(raw.auth.jwt_secret);
         let (jwt_secret, dev_secret) = match secret {
@@ -447,6 +434,22 @@ mod tests {
         assert!(c.dev_secret);
         assert!(c.plugins_dir.is_none());
         assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn the_data_dir_is_the_flag_then_the_environment_then_the_file_then_the_user_data_dir() {
+        let data = |file: Option<&str>, env: &[(&str, &str)], overrides: Overrides| load(file, env, overrides).unwrap().data_dir;
+        let home = [("HOME", "/home/u")];
+        assert_eq!(data(None, &home, Overrides::default()), Some(PathBuf::from("/home/u/.local/share/busbar")));
+        assert_eq!(data(None, &[("XDG_DATA_HOME", "/x")], Overrides::default()), Some(PathBuf::from("/x/busbar")));
+        assert_eq!(data(None, &[], Overrides::default()), None, "no home: nothing to keep it in, so memory");
+        let file = "data-dir = '/from-file'\n";
+        assert_eq!(data(Some(file), &home, Overrides::default()), Some(PathBuf::from("/from-file")));
+        assert_eq!(data(Some(file), &[("BUSBAR_DATA_DIR", "/from-env")], Overrides::default()), Some(PathBuf::from("/from-env")));
+        let flag = Overrides { data_dir: Some("/from-flag".into()), ..Overrides::default() };
+        assert_eq!(data(Some(file), &[("BUSBAR_DATA_DIR", "/from-env")], flag), Some(PathBuf::from("/from-flag")));
+        assert_eq!(data(Some(file), &[("BUSBAR_EPHEMERAL", "1")], Overrides::default()), None);
+        assert_eq!(data(Some(file), &home, Overrides { ephemeral: true, ..Overrides::default() }), None);
     }
 
     #[test]
