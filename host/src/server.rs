@@ -94,10 +94,13 @@ pub fn build_with_authorizer(
         None => hub.clone(),
     };
     let bus = Arc::new(Bus::with_limits(broadcaster, config.publish_limits));
-    let registry = match &config.plugins_dir {
-        Some(_) => Registry::new(runtime.clone(), bus.clone()).managing_files(),
-        None => Registry::new(runtime.clone(), bus.clone()),
-    };
+    let mut registry = Registry::new(runtime.clone(), bus.clone());
+    if config.plugins_dir.is_some() {
+        registry = registry.managing_files();
+    }
+    if let Some(relay) = &config.relay {
+        registry = registry.reporting_as(&relay.node_id);
+    }
     let registry = Arc::new(registry);
     let loaded = match &config.plugins_dir {
         Some(dir) => {

@@ -436,6 +436,12 @@ fn deployments_on_any_node_run_on_every_node() {
     converged(&all, json!(["probe:three"]));
     let late = Node::start(&["--redis-url", &url]);
     assert_eq!(echo_subscriptions(&late), json!(["probe:three"]));
+    // Any node's listing says which version every live node runs.
+    let hash = nodes[0].plugins()["echo"]["plugin"]["hash"].clone();
+    crate::support::wait::eventually("the listing shows all four nodes on the same version", || {
+        let listed = nodes[1].plugins()["echo"]["nodes"].clone();
+        listed.as_object().is_some_and(|n| n.len() == 4 && n.values().all(|h| *h == hash))
+    });
     eprintln!("an upload on one node ran on the other two after {took:?}");
     for node in nodes {
         node.stop();

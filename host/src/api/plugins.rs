@@ -12,8 +12,13 @@ use super::access::Admin;
 use super::error::ApiError;
 use crate::plugins::{InstallError, Installed, KvOnRemove, Manifest, PluginView, RollbackError, check_plugin_name};
 
-pub(super) async fn list(_: Admin, State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "plugins": state.registry.list() }))
+pub(super) async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    // With a shared store, what every node runs is read from it: off the async threads.
+    let registry = state.registry.clone();
+    let plugins = tokio::task::spawn_blocking(move || registry.list_cluster())
+        .await
+        .map_err(|e| ApiError::Internal(format!("listing task failed: {e}")))?;
+    Ok(Json(json!({ "plugins": plugins })))
 }
 
 pub(super) async fn get(_: Admin, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<PluginView>, ApiError> {

@@ -85,6 +85,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn kv_clear(&self, plugin: &str) -> Result<(), StoreError>;
     fn kv_usage(&self, plugin: &str) -> Result<KvUsage, StoreError>;
 
+    /// For a store several nodes share: records which version of each plugin (name -> hash)
+    /// node `node` runs, for the next `ttl` (a node that stops reporting drops out).
+    fn report_versions(&self, _node: &str, _versions: &std::collections::BTreeMap<String, String>, _ttl: std::time::Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// What every live node reported: node -> (plugin -> hash). Empty for a store of one node.
+    fn node_versions(&self) -> Result<NodeVersions, StoreError> {
+        Ok(NodeVersions::new())
+    }
+
     /// For a store several nodes share: calls `changed(Some(name))` for each deployment another
     /// node (or this one) changes, and `changed(None)` when every deployment should be looked at
     /// again (after a lost connection, and now and then), until the returned `Listening` is
@@ -93,6 +104,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         None
     }
 }
+
+/// Which version of each plugin each node runs: node -> (plugin -> hash).
+pub type NodeVersions = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
 /// What `Store::listen` calls for a changed deployment (`None`: look at all of them).
 pub type OnChange = Box<dyn Fn(Option<&str>) + Send>;

@@ -9,6 +9,7 @@
 //!   `busbar:store:deployment-seq` (the first-deployed order);
 //! - `busbar:store:component:<sha256>`: a component's bytes, written before any deployment
 //!   names it, dropped by the script that stops the last deployment naming it;
+//! - `busbar:store:node:<node-id>` (hash plugin -> hash, expiring): what each live node runs;
 //! - `busbar:store:changes` (pub/sub): the name of each deployment that changed, published by
 //!   the same script, which every node listens to (and every `RESYNC` it looks at all of them).
 //!
@@ -42,6 +43,10 @@ fn kv_key(plugin: &str) -> String {
 
 fn usage_key(plugin: &str) -> String {
     format!("busbar:store:kv-usage:{{{plugin}}}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("busbar:store:node:{node}")
 }
 
 fn component_key(hash: &str) -> String {
@@ -252,6 +257,26 @@ impl Store for RedisStore {
 
     fn kv_clear(&self, plugin: &str) -> Result<(), StoreError> {
         self.with(|c, _| redis::pipe().atomic().del(kv_key(plugin)).del(usage_key(plugin)).query::<()>(c))
+    }
+
+    fn report_versions(&self, node: &str, versions: &std::collections::BTreeMap<String, String>, ttl: Duration) -> Result<(), StoreError> {
+        let key = node_key(node);
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key);
+        if !versions.is_empty() {
+            pipe.hset_multiple(&key, &versions.iter().collect::<Vec<_>>()).pexpire(&key, ttl.as_millis() as i64);
+        }
+        self.with(|c, _| pipe.query::<()>(c))
+    }
+
+    fn node_versions(&self) -> Result<super::NodeVersions, StoreError> {
+        let keys: Vec<String> = self.with(|c, _| c.scan_match::<_, String>("busbar:store:node:*")?.collect::<redis::RedisResult<Vec<String>>>())?;
+        let mut nodes = super::NodeVersions::new();
+        for key in keys {
+            let versions: std::collections::BTreeMap<String, String> = self.with(|c, _| c.hgetall(&key))?;
+            nodes.insert(key.trim_start_matches("busbar:store:node:").to_string(), versions);
+        }
+        Ok(nodes)
     }
 
     fn listen(&self, changed: super::OnChange) -> Option<super::Listening> {

@@ -81,6 +81,8 @@ impl Registry {
                 if let Some(slot) = slots.get_mut(name) {
                     slot.stored = Some(after);
                 }
+                drop(slots);
+                self.report();
                 Ok(installed)
             }
             Err(error) => {
@@ -105,7 +107,9 @@ impl Registry {
             return Ok(self.remove(name, state));
         }
         self.store.save(&Stored::default().record(name), &[])?;
-        Ok(self.remove(name, state))
+        let removed = self.remove(name, state);
+        self.report();
+        Ok(removed)
     }
 
     /// Brings back every stored deployment, over the base versions (at start, before serving).
@@ -171,6 +175,7 @@ impl Registry {
                 self.record_failure(&deployment.name, &format!("cannot follow the stored deployment: {error}"));
             }
         }
+        self.report();
     }
 
     fn sync_one(&self, deployment: &Deployment) -> Result<(), String> {

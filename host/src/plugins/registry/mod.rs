@@ -86,6 +86,10 @@ pub struct PluginView {
     /// The version `POST /v1/plugins/{name}/rollback` would restore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<VersionView>,
+    /// With a shared store: the version (hash) each live node runs, by node id. A node that
+    /// could not load the newest version shows the one it keeps serving.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, String>,
 }
 
 /// What happens to a removed plugin's kv store.
@@ -155,6 +159,8 @@ pub struct Registry {
     deploying: Mutex<()>,
     /// Base versions come from the plugin directory, which then manages their names.
     files: bool,
+    /// This node's id, when it shares the store with others and reports what it runs.
+    node: Option<String>,
     stats: ReloadStats,
 }
 
@@ -162,7 +168,14 @@ impl Registry {
     /// A registry whose base versions are built in; deployments are kept in the runtime's store.
     pub fn new(runtime: Arc<Runtime>, bus: Arc<Bus>) -> Registry {
         let store = runtime.store().clone();
-        Registry { runtime, bus, store, slots: Mutex::new(BTreeMap::new()), deploying: Mutex::new(()), files: false, stats: ReloadStats::default() }
+        Registry { runtime, bus, store, slots: Mutex::new(BTreeMap::new()), deploying: Mutex::new(()), files: false, node: None, stats: ReloadStats::default() }
+    }
+
+    /// A registry that reports to a shared store, as node `id`, which version of each plugin it
+    /// runs (see `list_cluster`).
+    pub fn reporting_as(mut self, id: &str) -> Registry {
+        self.node = Some(id.to_string());
+        self
     }
 
     /// A registry whose base versions come from a plugin directory, which manages their names.
@@ -249,6 +262,8 @@ impl Registry {
         }
         self.stats.rollbacks_total.fetch_add(1, Relaxed);
         tracing::info!(plugin = %name, hash = &previous.hash()[..12], "plugin rolled back");
+        drop(slots);
+        self.report();
         Ok(previous)
     }
 
@@ -397,11 +412,36 @@ impl Registry {
                         .previous
                         .as_ref()
                         .map(|p| VersionView { hash: p.hash().to_string(), loaded_at_ms: p.info().loaded_at_ms }),
+                    nodes: BTreeMap::new(),
                 }
             })
             .collect();
         views.sort_by_key(|v| (v.listener.as_ref().map_or(usize::MAX, |l| l.position), v.name.clone()));
         views
+    }
+
+    /// `list`, with the version every live node runs (read from the shared store).
+    pub fn list_cluster(&self) -> Vec<PluginView> {
+        let mut views = self.list();
+        match self.store.node_versions() {
+            Ok(nodes) => {
+                for view in &mut views {
+                    view.nodes = nodes.iter().filter_map(|(node, versions)| Some((node.clone(), versions.get(&view.name)?.clone()))).collect();
+                }
+            }
+            Err(e) => tracing::warn!("cannot read what the other nodes run: {e}"),
+        }
+        views
+    }
+
+    /// Reports to the shared store which version of each plugin this node runs (for 30 s; the
+    /// store listener reports again every 10 s).
+    pub(super) fn report(&self) {
+        let Some(node) = &self.node else { return };
+        let versions = self.slots.lock().iter().filter_map(|(name, slot)| Some((name.clone(), slot.current.as_ref()?.hash().to_string()))).collect();
+        if let Err(e) = self.store.report_versions(node, &versions, std::time::Duration::from_secs(30)) {
+            tracing::warn!("cannot report the versions this node runs: {e}");
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<PluginView> {
