@@ -17,8 +17,8 @@
 //!   through `bench-router` alone, then beside the hostile plugins of issue #12 (64-pattern
 //!   `crowd`, `amplifier`, `flaky`, and `sleeper` kept waiting in host calls by another thread).
 //! - `kv`: one call of the `echo` test plugin without kv, and with a kv get and set (a counter)
-//!   on the embedded store on disk (SQLite, WAL) and in memory (`--ephemeral`), in alternating
-//!   rounds; prints p50 and p99 per call.
+//!   on the embedded store on disk (SQLite, WAL), in memory (`--ephemeral`) and in Redis on
+//!   loopback (when `redis-server` is installed), in alternating rounds; prints p50 and p99.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -314,11 +314,34 @@ fn kv_costs(rounds: usize, per_round: usize) {
         let manifest = Manifest::parse("[capabilities]\ngrants = [\"everyone\"]\n", "echo", "bench", std::path::Path::new(".")).expect("a manifest");
         runtime.load(&component("testing", "echo"), manifest).expect("loading echo")
     };
-    let variants = [
+    // Redis on loopback, when the machine has it (scripts/test installs it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0);
+    let redis = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok();
+    let url = format!("redis://127.0.0.1:{port}");
+    let redis_store = redis.as_ref().and_then(|_| {
+        let store = busbar::store::RedisStore::open(&url).ok()?;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if busbar::store::Store::kv_usage(&store, "probe").is_ok() {
+                return Some(Arc::new(store) as Arc<dyn busbar::store::Store>);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    });
+    let counting = || Event::new("t", "w").with_payload(r#"{"echo":{"count":"n"}}"#).expect("valid");
+    let mut variants = vec![
         ("no kv", echo(busbar::store::ephemeral()), Event::new("t", "w")),
         ("kv get+set, on disk", echo(on_disk), Event::new("t", "w").with_payload(r#"{"echo":{"count":"n"}}"#).expect("valid")),
         ("kv get+set, in memory", echo(busbar::store::ephemeral()), Event::new("t", "w").with_payload(r#"{"echo":{"count":"n"}}"#).expect("valid")),
     ];
+    if let Some(store) = redis_store {
+        variants.push(("kv get+set, Redis", echo(store), counting()));
+    }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..rounds + 1 {
         for k in 0..variants.len() {
@@ -336,7 +359,8 @@ fn kv_costs(rounds: usize, per_round: usize) {
     }
     // What was measured is what the names say: the counters are in the stores, the other not.
     let entries: Vec<usize> = variants.iter().map(|(_, plugin, _)| plugin.info().kv_entries).collect();
-    assert_eq!(entries, [0, 1, 1], "kv entries per variant");
+    assert_eq!(entries[..3], [0, 1, 1], "kv entries per variant");
+    assert!(entries[3..].iter().all(|&n| n == 1), "kv entries per variant: {entries:?}");
     println!("kv: one call of the echo plugin, {rounds} alternating rounds of {per_round}");
     for ((name, _, _), mut times) in variants.iter().zip(samples) {
         times.sort_by(f64::total_cmp);
@@ -344,6 +368,10 @@ fn kv_costs(rounds: usize, per_round: usize) {
         println!("  {name:<24} p50 {:>7.2} us  p99 {:>7.2} us", at(0.5), at(0.99));
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(mut redis) = redis {
+        let _ = redis.kill();
+        let _ = redis.wait();
+    }
 }
 
 criterion_group! {
