@@ -448,3 +448,22 @@ fn deployments_on_any_node_run_on_every_node() {
     }
     late.stop();
 }
+
+#[test]
+fn after_redis_restarts_the_nodes_converge_without_an_operator() {
+    let mut redis = crate::support::redis::Redis::start();
+    let url = redis.url();
+    let nodes = [Node::start(&["--redis-url", &url]), Node::start(&["--redis-url", &url])];
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert_eq!(nodes[0].deploy_echo("probe:before"), 201);
+    converged(&all, json!(["probe:before"]));
+    // Redis goes away (with its append-only file) and comes back: B's listener reconnects.
+    redis.kill();
+    assert_eq!(nodes[0].deploy_echo("probe:during"), 503);
+    redis.run();
+    crate::support::wait::eventually("A deploys again", || nodes[0].deploy_echo("probe:after") == 200);
+    converged(&all, json!(["probe:after"]));
+    for node in nodes {
+        node.stop();
+    }
+}
