@@ -129,6 +129,17 @@ impl Drop for Listening {
     }
 }
 
+/// A stored component as read back (`None`: not stored), checked against the hash it is
+/// stored under.
+fn checked_component(hash: &str, bytes: Option<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
+    let bytes = bytes.ok_or_else(|| StoreError::MissingBlob(hash.to_string()))?;
+    let actual = crate::plugins::content_hash(&bytes);
+    if actual != hash {
+        return Err(StoreError::Corrupt { hash: hash.to_string(), actual });
+    }
+    Ok(bytes)
+}
+
 /// A store that lasts as long as the process: for `--ephemeral`, tests and embedders that
 /// keep nothing.
 pub fn ephemeral() -> Arc<dyn Store> {

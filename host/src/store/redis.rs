@@ -213,12 +213,7 @@ impl Store for RedisStore {
 
     fn component(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let bytes: Option<Vec<u8>> = self.with(|c, _| c.get(component_key(hash)))?;
-        let bytes = bytes.ok_or_else(|| StoreError::MissingBlob(hash.to_string()))?;
-        let actual = content_hash(&bytes);
-        if actual != hash {
-            return Err(StoreError::Corrupt { hash: hash.to_string(), actual });
-        }
-        Ok(bytes)
+        super::checked_component(hash, bytes)
     }
 
     fn save(&self, deployment: &Deployment, components: &[&[u8]]) -> Result<(), StoreError> {

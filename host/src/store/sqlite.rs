@@ -88,12 +88,7 @@ impl Store for SqliteStore {
             .query_row("SELECT bytes FROM components WHERE hash = ?1", [hash], |row| row.get(0))
             .optional()
             .map_err(|e| self.error(e))?;
-        let bytes = bytes.ok_or_else(|| StoreError::MissingBlob(hash.to_string()))?;
-        let actual = content_hash(&bytes);
-        if actual != hash {
-            return Err(StoreError::Corrupt { hash: hash.to_string(), actual });
-        }
-        Ok(bytes)
+        super::checked_component(hash, bytes)
     }
 
     fn save(&self, deployment: &Deployment, components: &[&[u8]]) -> Result<(), StoreError> {
