@@ -20,12 +20,15 @@ struct Node {
 impl Node {
     /// Starts `busbar serve` with `args` and waits until it listens.
     fn start(args: &[&str]) -> Node {
-        let mut child = busbar()
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-cache"])
-            .args(args)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        Node::start_with(args, |_| {})
+    }
+
+    /// `start`, with the command changed by `configure` first.
+    fn start_with(args: &[&str], configure: impl FnOnce(&mut std::process::Command)) -> Node {
+        let mut command = busbar();
+        command.args(["serve", "--listen", "127.0.0.1:0", "--no-cache"]).args(args).stderr(std::process::Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().unwrap();
         let mut log = Lines::of(child.stderr.take().unwrap());
         let listening = log.wait_for("the server listens", |l| l.starts_with("busbar listening on http://"));
         let addr = listening.trim_start_matches("busbar listening on http://").split_whitespace().next().unwrap().to_string();
@@ -466,4 +469,52 @@ fn after_redis_restarts_the_nodes_converge_without_an_operator() {
     for node in nodes {
         node.stop();
     }
+}
+
+#[test]
+fn a_full_disk_refuses_the_upload_and_the_running_version_keeps_serving() {
+    use std::os::unix::process::CommandExt;
+    let data = tempfile::tempdir().unwrap();
+    // Files of at most 600 KiB: room for one component in the database's log, not for three
+    // more. Past the limit a write fails (EFBIG, as on a full disk) instead of killing busbar.
+    let node = Node::start_with(&["--data-dir", data.path().to_str().unwrap()], |command| {
+        // SAFETY: between fork and exec, only async-signal-safe calls: setrlimit and signal.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit { rlim_cur: 600 << 10, rlim_max: 600 << 10 };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    assert_eq!(node.deploy_echo("probe:kept"), 201);
+    // Uploads of distinct components (each with a 200 KiB custom section) until the store is full.
+    let component = |i: u8| {
+        let mut bytes = std::fs::read(crate::support::built("testing", "echo")).unwrap();
+        let (name, payload) = (b"padding", vec![i; 200 << 10]);
+        let size = 1 + name.len() + payload.len();
+        bytes.push(0);
+        bytes.extend([(size & 0x7f) as u8 | 0x80, ((size >> 7) & 0x7f) as u8 | 0x80, (size >> 14) as u8]);
+        bytes.push(name.len() as u8);
+        bytes.extend(name);
+        bytes.extend(payload);
+        bytes
+    };
+    let mut last = (0, Value::Null);
+    for i in 0..10u8 {
+        last = node.call(|http, base| http.put(format!("{base}/v1/plugins/big-{i}")).body(component(i)));
+        if last.0 != 201 {
+            assert!(node.plugins().get(&format!("big-{i}")).is_none_or(|p| p["status"] == "failed"), "a refused upload does not run");
+            break;
+        }
+    }
+    let (status, error) = last;
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(error["error"]["code"], "store_unavailable", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("cannot store the deployment"), "{error}");
+    assert_eq!(node.publish(json!({"type": "probe:kept", "workspace_id": "ws-1"})), ["probe:kept"]);
+    node.stop();
 }
