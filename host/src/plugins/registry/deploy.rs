@@ -138,12 +138,7 @@ impl Registry {
             return Ok(());
         }
         for version in [&stored.previous, &stored.current].into_iter().flatten() {
-            let bytes = self.store.component(&version.hash).map_err(|e| e.to_string())?;
-            let manifest = Manifest::parse(&version.manifest, name, &format!("stored manifest of `{name}`"), std::path::Path::new("/"))
-                .map_err(|e| e.to_string())?;
-            if let Some(loaded) = self.prepare(name, &bytes, Some(manifest), false).map_err(|e| e.to_string())? {
-                self.activate(loaded.plugin).map_err(|e| e.to_string())?;
-            }
+            self.activate_stored(name, version)?;
         }
         // Rolled back to the base version: the deployed one is the previous.
         if stored.current.is_none() {
@@ -199,16 +194,16 @@ impl Registry {
         let is = |plugin: &Option<Arc<Plugin>>, version: &Version| {
             plugin.as_ref().is_some_and(|p| p.hash() == version.hash && p.manifest().to_toml() == version.manifest)
         };
+        let matches = |plugin: &Option<Arc<Plugin>>, version: &Option<Version>| version.as_ref().is_none_or(|v| is(plugin, v));
         match &want.current {
-            Some(version) if is(&running, version) => {}
-            Some(version) if is(&previous, version) => self.swap(name)?,
+            Some(version) if is(&running, version) && matches(&previous, &want.previous) => {}
+            Some(version) if is(&previous, version) && matches(&running, &want.previous) => self.swap(name)?,
+            // Anything else is rebuilt as a restart would: the previous version, then the current.
             Some(version) => {
-                let bytes = self.store.component(&version.hash).map_err(|e| e.to_string())?;
-                let manifest = Manifest::parse(&version.manifest, name, &format!("stored manifest of `{name}`"), std::path::Path::new("/"))
-                    .map_err(|e| e.to_string())?;
-                if let Some(loaded) = self.prepare(name, &bytes, Some(manifest), false).map_err(|e| e.to_string())? {
-                    self.activate(loaded.plugin).map_err(|e| e.to_string())?;
+                if let Some(earlier) = want.previous.as_ref().filter(|p| !is(&running, p)) {
+                    self.activate_stored(name, earlier)?;
                 }
+                self.activate_stored(name, version)?;
             }
             // Back to the base version, which is the previous one here.
             None if stored.as_ref().is_some_and(|s| s.current.is_some()) => self.swap(name)?,
@@ -216,6 +211,17 @@ impl Registry {
         }
         if let Some(slot) = self.slots.lock().get_mut(name) {
             slot.stored = Some(want);
+        }
+        Ok(())
+    }
+
+    /// Loads a stored version of `name` from the store and activates it (not stored again).
+    fn activate_stored(&self, name: &str, version: &Version) -> Result<(), String> {
+        let bytes = self.store.component(&version.hash).map_err(|e| e.to_string())?;
+        let manifest = Manifest::parse(&version.manifest, name, &format!("stored manifest of `{name}`"), std::path::Path::new("/"))
+            .map_err(|e| e.to_string())?;
+        if let Some(loaded) = self.prepare(name, &bytes, Some(manifest), false).map_err(|e| e.to_string())? {
+            self.activate(loaded.plugin).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
