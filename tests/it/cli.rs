@@ -179,6 +179,11 @@ fn the_load_tools_run() {
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     assert_eq!((cells[1], cells[2]), ("2", "2"), "both versions served: {stdout}");
     assert_eq!((cells[4], cells[5], cells[6]), ("0", "0", "0"), "no failed, lost or doubled events: {stdout}");
+
+    let output = busbar().args(["bench", "cluster", "--nodes", "2", "--uploads", "2"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("cluster: 2 nodes, 2 uploads on one; running on every other node after p50 "), "{stdout}");
 }
 
 #[test]

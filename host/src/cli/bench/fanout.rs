@@ -120,12 +120,12 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<ExitCode> {
 
 /// A process this tool started (a `busbar serve`, a `redis-server`), stopped when dropped.
 /// The admin token the benchmark's servers are started with.
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+pub(super) const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 
 pub(super) struct Server {
     child: Child,
     /// `host:port` of a busbar server; the `redis://` URL of a Redis server.
-    addr: String,
+    pub(super) addr: String,
 }
 
 impl Drop for Server {
@@ -152,7 +152,8 @@ pub(super) fn start_redis() -> anyhow::Result<Server> {
     Ok(Server { child, addr: format!("redis://127.0.0.1:{port}") })
 }
 
-fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<Server> {
+/// A `busbar serve` (`config`: `baseline`, `plugins` or `relay`), sharing `redis` if given.
+pub(super) fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<Server> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     if config == "baseline" {

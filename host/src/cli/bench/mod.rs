@@ -1,9 +1,11 @@
 //! `busbar bench`: busbar measured end to end (see BENCHMARKS.md), one module per benchmark:
 //! `fanout` (publish to N WebSocket clients, a native baseline beside the plugins), `reload`
-//! (hot swaps under load), `languages` (one plugin in every guest language), and `baseline`
-//! (the native server `fanout` compares against).
+//! (hot swaps under load), `languages` (one plugin in every guest language), `cluster` (a
+//! deployment on one node running on the others), and `baseline` (the native server `fanout`
+//! compares against).
 
 mod baseline;
+mod cluster;
 mod fanout;
 mod languages;
 mod reload;
@@ -21,6 +23,8 @@ pub enum BenchCommand {
     Reload(reload::ReloadArgs),
     /// The same plugin in every guest language: compile, first call, warm calls.
     Languages(languages::LanguagesArgs),
+    /// Nodes sharing Redis: time from an upload on one node to the version running on the others.
+    Cluster(cluster::ClusterArgs),
     /// The baseline `fanout` runs: a server without plugins, whose native listener forwards
     /// every event to its workspace room.
     #[command(name = "baseline-server", hide = true)]
@@ -32,6 +36,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Fanout(args) => fanout::run(args),
         BenchCommand::Reload(args) => reload::run(args),
         BenchCommand::Languages(args) => languages::run(args),
+        BenchCommand::Cluster(args) => cluster::run(args),
         BenchCommand::BaselineServer(args) => baseline::run(args),
     }
 }
