@@ -518,3 +518,39 @@ fn a_full_disk_refuses_the_upload_and_the_running_version_keeps_serving() {
     assert_eq!(node.publish(json!({"type": "probe:kept", "workspace_id": "ws-1"})), ["probe:kept"]);
     node.stop();
 }
+
+#[test]
+fn a_node_killed_during_uploads_leaves_no_half_installed_version_anywhere_in_a_cluster() {
+    let redis = crate::support::redis::Redis::start();
+    let url = redis.url();
+    let mut a = Node::start(&["--redis-url", &url]);
+    let b = Node::start(&["--redis-url", &url]);
+    assert_eq!(a.deploy_echo("probe:n0"), 201);
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let uploader = {
+        let (addr, acknowledged) = (a.addr.clone(), acknowledged.clone());
+        std::thread::spawn(move || {
+            for i in 1.. {
+                if !matches!(deploy_echo(&addr, &format!("probe:n{i}")), Ok(200)) {
+                    return;
+                }
+                acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    crate::support::wait::eventually("an upload is acknowledged", || acknowledged.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill(2) on the child's pid, which this test owns.
+    assert_eq!(unsafe { libc::kill(a.process.child().id() as libc::pid_t, libc::SIGKILL) }, 0);
+    uploader.join().unwrap();
+    drop(a);
+    // B runs the version the store holds, whole: the same one a restarted A brings back.
+    let a = Node::start(&["--redis-url", &url]);
+    let on_a = echo_subscriptions(&a);
+    assert!(on_a.is_array(), "{on_a}");
+    crate::support::wait::eventually("B runs what A runs", || echo_subscriptions(&b) == on_a);
+    let n = on_a[0].as_str().unwrap().to_string();
+    assert_eq!(b.publish(json!({"type": n, "workspace_id": "ws-1"})), [n.clone()]);
+    a.stop();
+    b.stop();
+}
