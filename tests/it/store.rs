@@ -549,8 +549,8 @@ fn a_node_killed_during_uploads_leaves_no_half_installed_version_anywhere_in_a_c
     let on_a = echo_subscriptions(&a);
     assert!(on_a.is_array(), "{on_a}");
     crate::support::wait::eventually("B runs what A runs", || echo_subscriptions(&b) == on_a);
-    let n = on_a[0].as_str().unwrap().to_string();
-    assert_eq!(b.publish(json!({"type": n, "workspace_id": "ws-1"})), [n.clone()]);
+    let n = on_a[0].as_str().unwrap();
+    assert_eq!(b.publish(json!({"type": n, "workspace_id": "ws-1"})), [n]);
     a.stop();
     b.stop();
 }
