@@ -342,20 +342,21 @@ fn the_store_contract(store: &dyn busbar::store::Store) {
     assert_eq!(store.component(&content_hash(b"a1")).unwrap(), b"a1");
 
     let limit = 2 * KV_ENTRY_OVERHEAD + 10;
-    store.kv_set("p", "k1", b"12345", limit).unwrap();
+    const NOW: Duration = Duration::from_secs(1);
+    store.kv_set("p", "k1", b"12345", limit, NOW).unwrap();
     assert_eq!(store.kv_usage("p").unwrap(), KvUsage { bytes: 2 + 5 + KV_ENTRY_OVERHEAD, entries: 1 });
-    assert!(matches!(store.kv_set("p", "k2", b"1234", limit), Err(StoreError::KvFull { .. })));
-    assert_eq!(store.kv_get("p", "k2").unwrap(), None);
-    store.kv_set("p", "k1", b"1", limit).unwrap();
-    store.kv_set("p", "k2", b"1", limit).unwrap();
+    assert!(matches!(store.kv_set("p", "k2", b"1234", limit, NOW), Err(StoreError::KvFull { .. })));
+    assert_eq!(store.kv_get("p", "k2", NOW).unwrap(), None);
+    store.kv_set("p", "k1", b"1", limit, NOW).unwrap();
+    store.kv_set("p", "k2", b"1", limit, NOW).unwrap();
     assert_eq!(store.kv_usage("p").unwrap(), KvUsage { bytes: 2 * (2 + 1 + KV_ENTRY_OVERHEAD), entries: 2 });
-    store.kv_set("q", "k1", b"12345", limit).unwrap();
-    assert!(store.kv_delete("p", "k1").unwrap());
-    assert!(!store.kv_delete("p", "k1").unwrap());
+    store.kv_set("q", "k1", b"12345", limit, NOW).unwrap();
+    assert!(store.kv_delete("p", "k1", NOW).unwrap());
+    assert!(!store.kv_delete("p", "k1", NOW).unwrap());
     assert_eq!(store.kv_usage("p").unwrap(), KvUsage { bytes: 2 + 1 + KV_ENTRY_OVERHEAD, entries: 1 });
     store.kv_clear("p").unwrap();
     assert_eq!(store.kv_usage("p").unwrap(), KvUsage::default());
-    assert_eq!(store.kv_get("q", "k1").unwrap().as_deref(), Some(&b"12345"[..]));
+    assert_eq!(store.kv_get("q", "k1", NOW).unwrap().as_deref(), Some(&b"12345"[..]));
 }
 
 #[test]
@@ -553,4 +554,24 @@ fn a_node_killed_during_uploads_leaves_no_half_installed_version_anywhere_in_a_c
     assert_eq!(b.publish(json!({"type": n, "workspace_id": "ws-1"})), [n]);
     a.stop();
     b.stop();
+}
+
+#[test]
+fn a_kv_call_waits_for_a_stalled_redis_no_longer_than_the_calls_deadline() {
+    let redis = crate::support::redis::Redis::start();
+    let node = Node::start(&["--redis-url", &redis.url()]);
+    assert_eq!(node.publish(comment("c-1")), ["comment:created", "inbox:new"], "warm: connected to Redis");
+    // Redis stops answering for 3 s. mention-notifier (100 ms deadline) reads and writes its kv
+    // store on every comment: its call must end at its deadline (plus scheduling), not at the
+    // store's own 500 ms timeout.
+    let _asleep = redis.sleep(3);
+    let (status, report) = node.call(|http, base| http.post(format!("{base}/v1/events")).json(&comment("c-2")));
+    assert_eq!(status, 200, "{report}");
+    let listeners = report["results"][0]["events"][0]["listeners"].as_array().unwrap().clone();
+    let notifier = listeners.iter().find(|l| l["listener"] == "mention-notifier").unwrap();
+    assert_ne!(notifier["outcome"], "ok", "{notifier}");
+    let took = notifier["duration_us"].as_u64().unwrap();
+    assert!(took < 400_000, "the kv calls held the plugin's thread for {took} µs: {notifier}");
+    assert!(listeners.iter().any(|l| l["listener"] == "workspace-forwarder" && l["outcome"] == "ok"), "{listeners:?}");
+    node.stop();
 }

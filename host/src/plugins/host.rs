@@ -181,13 +181,14 @@ impl config::Host for PluginState {
     }
 }
 
+/// The kv imports wait for the store no longer than what is left of the call's deadline.
 impl kv::Host for PluginState {
     fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.ctx.kv.get(&key)
+        self.ctx.kv.get(&key, self.wasi.remaining())
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        let set = self.ctx.kv.set(&key, value, self.ctx.kv_limits);
+        let set = self.ctx.kv.set(&key, value, self.ctx.kv_limits, self.wasi.remaining());
         if set.is_err() {
             self.ctx.trips.count(Limit::Kv);
         }
@@ -195,6 +196,6 @@ impl kv::Host for PluginState {
     }
 
     fn delete(&mut self, key: String) -> bool {
-        self.ctx.kv.delete(&key)
+        self.ctx.kv.delete(&key, self.wasi.remaining())
     }
 }

@@ -9,6 +9,7 @@
 //! has no error, reads a failure as absent), never as a trap, and is logged.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::store::{Store, StoreError};
 
@@ -43,22 +44,24 @@ impl KvStore {
         KvStore::new(crate::store::ephemeral(), "detached")
     }
 
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.store.kv_get(&self.plugin, key).unwrap_or_else(|e| {
+    /// The value of `key`; waits for the store at most `within`.
+    pub fn get(&self, key: &str, within: Duration) -> Option<Vec<u8>> {
+        self.store.kv_get(&self.plugin, key, within).unwrap_or_else(|e| {
             tracing::warn!(plugin = %self.plugin, "kv get failed, read as absent: {e}");
             None
         })
     }
 
-    /// Stores `value`; refuses (and changes nothing) past the limits.
-    pub fn set(&self, key: &str, value: Vec<u8>, limits: KvLimits) -> Result<(), String> {
+    /// Stores `value`; refuses (and changes nothing) past the limits; waits for the store at
+    /// most `within`.
+    pub fn set(&self, key: &str, value: Vec<u8>, limits: KvLimits, within: Duration) -> Result<(), String> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(format!("kv key must be 1 to {MAX_KEY_BYTES} bytes, got {}", key.len()));
         }
         if value.len() > limits.value_max_bytes {
             return Err(format!("kv value of {} bytes is over the {} byte limit", value.len(), limits.value_max_bytes));
         }
-        self.store.kv_set(&self.plugin, key, &value, limits.max_bytes).map_err(|e| match e {
+        self.store.kv_set(&self.plugin, key, &value, limits.max_bytes, within).map_err(|e| match e {
             StoreError::KvFull { .. } => e.to_string(),
             other => {
                 tracing::warn!(plugin = %self.plugin, "kv set failed: {other}");
@@ -67,8 +70,9 @@ impl KvStore {
         })
     }
 
-    pub fn delete(&self, key: &str) -> bool {
-        self.store.kv_delete(&self.plugin, key).unwrap_or_else(|e| {
+    /// Deletes `key`; waits for the store at most `within`.
+    pub fn delete(&self, key: &str, within: Duration) -> bool {
+        self.store.kv_delete(&self.plugin, key, within).unwrap_or_else(|e| {
             tracing::warn!(plugin = %self.plugin, "kv delete failed: {e}");
             false
         })
@@ -117,47 +121,48 @@ mod tests {
     use super::*;
 
     const LIMITS: KvLimits = KvLimits { max_bytes: 2 * ENTRY_OVERHEAD + 20, value_max_bytes: 8 };
+    const NOW: Duration = Duration::from_secs(1);
 
     #[test]
     fn set_get_delete_and_accounting() {
         let kv = KvStore::detached();
-        kv.set("a", b"1234".to_vec(), LIMITS).unwrap();
-        kv.set("a", b"12".to_vec(), LIMITS).unwrap();
-        assert_eq!(kv.get("a").unwrap(), b"12");
+        kv.set("a", b"1234".to_vec(), LIMITS, NOW).unwrap();
+        kv.set("a", b"12".to_vec(), LIMITS, NOW).unwrap();
+        assert_eq!(kv.get("a", NOW).unwrap(), b"12");
         assert_eq!(kv.bytes(), 3 + ENTRY_OVERHEAD);
-        assert!(kv.delete("a"));
-        assert!(!kv.delete("a"));
+        assert!(kv.delete("a", NOW));
+        assert!(!kv.delete("a", NOW));
         assert_eq!(kv.bytes(), 0);
     }
 
     #[test]
     fn limits_refuse_without_changing_anything() {
         let kv = KvStore::detached();
-        assert!(kv.set("big", vec![0; 9], LIMITS).unwrap_err().contains("over the 8 byte limit"));
-        kv.set("k1", vec![0; 8], LIMITS).unwrap();
-        kv.set("k2", vec![0; 8], LIMITS).unwrap();
-        let err = kv.set("k3", vec![0; 1], LIMITS).unwrap_err();
+        assert!(kv.set("big", vec![0; 9], LIMITS, NOW).unwrap_err().contains("over the 8 byte limit"));
+        kv.set("k1", vec![0; 8], LIMITS, NOW).unwrap();
+        kv.set("k2", vec![0; 8], LIMITS, NOW).unwrap();
+        let err = kv.set("k3", vec![0; 1], LIMITS, NOW).unwrap_err();
         assert!(err.contains("over its 148 byte limit"), "{err}");
         assert_eq!(kv.len(), 2);
         assert_eq!(kv.bytes(), LIMITS.max_bytes);
-        assert!(kv.set("", vec![], LIMITS).is_err());
+        assert!(kv.set("", vec![], LIMITS, NOW).is_err());
     }
 
     #[test]
     fn many_tiny_entries_are_charged_their_overhead() {
         let kv = KvStore::detached();
         let limits = KvLimits { max_bytes: 100 * ENTRY_OVERHEAD, value_max_bytes: 8 };
-        let stored = (0..1000).take_while(|i| kv.set(&i.to_string(), vec![], limits).is_ok()).count();
+        let stored = (0..1000).take_while(|i| kv.set(&i.to_string(), vec![], limits, NOW).is_ok()).count();
         assert!(stored < 100, "{stored} empty entries fit in {} bytes", limits.max_bytes);
     }
 
     #[test]
     fn stores_are_per_plugin_and_shared_by_name() {
         let stores = KvStores::new(crate::store::ephemeral());
-        stores.store("a").set("k", b"v".to_vec(), LIMITS).unwrap();
-        assert_eq!(stores.store("a").get("k").unwrap(), b"v");
-        assert!(stores.store("b").get("k").is_none());
+        stores.store("a").set("k", b"v".to_vec(), LIMITS, NOW).unwrap();
+        assert_eq!(stores.store("a").get("k", NOW).unwrap(), b"v");
+        assert!(stores.store("b").get("k", NOW).is_none());
         stores.remove("a");
-        assert!(stores.store("a").get("k").is_none());
+        assert!(stores.store("a").get("k", NOW).is_none());
     }
 }

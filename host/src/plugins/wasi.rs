@@ -122,6 +122,11 @@ impl WasiState {
         &self.deadline
     }
 
+    /// How long a host call may still wait before the call's deadline.
+    pub(super) fn remaining(&self) -> Duration {
+        self.deadline.remaining(&self.ticks)
+    }
+
     pub(super) fn view(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
         wasmtime_wasi::WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
     }

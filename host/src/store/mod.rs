@@ -14,6 +14,7 @@ mod redis;
 mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use self::redis::RedisStore;
 pub use sqlite::SqliteStore;
@@ -61,6 +62,9 @@ pub enum StoreError {
     /// A kv write past the plugin's byte limit; nothing was changed.
     #[error("kv store would hold {after} bytes, over its {limit} byte limit")]
     KvFull { after: usize, limit: usize },
+    /// The call's deadline passed before the store answered.
+    #[error("the store did not answer before the call's deadline")]
+    Deadline,
 }
 
 /// Where busbar keeps deployments and plugin state.
@@ -75,12 +79,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Forgets a deployment (and the components nothing else names).
     fn forget(&self, name: &str) -> Result<(), StoreError>;
 
-    fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The kv calls a plugin makes wait at most `within` (what is left of its call's deadline:
+    /// the epoch deadline cannot interrupt a guest waiting in a host call), else fail.
+    fn kv_get(&self, plugin: &str, key: &str, within: Duration) -> Result<Option<Vec<u8>>, StoreError>;
     /// Sets `key`, refusing (and changing nothing) when the plugin would hold more than
     /// `max_bytes`, counted as key + value + `KV_ENTRY_OVERHEAD` per entry.
-    fn kv_set(&self, plugin: &str, key: &str, value: &[u8], max_bytes: usize) -> Result<(), StoreError>;
+    fn kv_set(&self, plugin: &str, key: &str, value: &[u8], max_bytes: usize, within: Duration) -> Result<(), StoreError>;
     /// Whether the key existed.
-    fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, StoreError>;
+    fn kv_delete(&self, plugin: &str, key: &str, within: Duration) -> Result<bool, StoreError>;
     /// Deletes every entry of `plugin`.
     fn kv_clear(&self, plugin: &str) -> Result<(), StoreError>;
     fn kv_usage(&self, plugin: &str) -> Result<KvUsage, StoreError>;

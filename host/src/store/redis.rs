@@ -167,16 +167,29 @@ impl RedisStore {
         Ok(RedisStore { client, url: redacted(url), conn: Mutex::new(None), scripts })
     }
 
-    /// Runs `op` on the connection, connecting first if needed; a failure drops the connection.
+    /// Runs `op` on the connection, connecting first if needed, waiting at most `TIMEOUT`; a
+    /// failure drops the connection.
     fn with<T>(&self, op: impl FnOnce(&mut Connection, &[Script; 3]) -> redis::RedisResult<T>) -> Result<T, StoreError> {
-        let mut slot = self.conn.lock();
+        self.within(TIMEOUT, op)
+    }
+
+    /// `with`, waiting at most `within` (for the connection, connecting, and each read and write).
+    fn within<T>(&self, within: Duration, op: impl FnOnce(&mut Connection, &[Script; 3]) -> redis::RedisResult<T>) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let mut slot = self.conn.try_lock_for(within).ok_or(StoreError::Deadline)?;
+        let left = within.saturating_sub(started.elapsed()).min(TIMEOUT);
+        if left.is_zero() {
+            return Err(StoreError::Deadline);
+        }
         if slot.is_none() {
-            let conn = self.client.get_connection_with_timeout(TIMEOUT).map_err(|e| self.error(e))?;
-            conn.set_read_timeout(Some(TIMEOUT)).map_err(|e| self.error(e))?;
-            conn.set_write_timeout(Some(TIMEOUT)).map_err(|e| self.error(e))?;
-            *slot = Some(conn);
+            *slot = Some(self.client.get_connection_with_timeout(left).map_err(|e| self.error(e))?);
         }
         let Some(conn) = slot.as_mut() else { unreachable!("connected above") };
+        let timeouts = conn.set_read_timeout(Some(left)).and_then(|()| conn.set_write_timeout(Some(left)));
+        if let Err(e) = timeouts {
+            *slot = None;
+            return Err(self.error(e));
+        }
         op(conn, &self.scripts).map_err(|e| {
             if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
                 *slot = None;
@@ -234,19 +247,19 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with(|c, _| c.hget(kv_key(plugin), key))
+    fn kv_get(&self, plugin: &str, key: &str, within: Duration) -> Result<Option<Vec<u8>>, StoreError> {
+        self.within(within, |c, _| c.hget(kv_key(plugin), key))
     }
 
-    fn kv_set(&self, plugin: &str, key: &str, value: &[u8], max_bytes: usize) -> Result<(), StoreError> {
-        let (set, bytes): (i64, usize) = self.with(|c, s| {
+    fn kv_set(&self, plugin: &str, key: &str, value: &[u8], max_bytes: usize, within: Duration) -> Result<(), StoreError> {
+        let (set, bytes): (i64, usize) = self.within(within, |c, s| {
             s[0].key(kv_key(plugin)).key(usage_key(plugin)).arg(key).arg(value).arg(max_bytes).arg(KV_ENTRY_OVERHEAD).invoke(c)
         })?;
         if set == 1 { Ok(()) } else { Err(StoreError::KvFull { after: bytes, limit: max_bytes }) }
     }
 
-    fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, StoreError> {
-        let deleted: i64 = self.with(|c, s| s[1].key(kv_key(plugin)).key(usage_key(plugin)).arg(key).arg(KV_ENTRY_OVERHEAD).invoke(c))?;
+    fn kv_delete(&self, plugin: &str, key: &str, within: Duration) -> Result<bool, StoreError> {
+        let deleted: i64 = self.within(within, |c, s| s[1].key(kv_key(plugin)).key(usage_key(plugin)).arg(key).arg(KV_ENTRY_OVERHEAD).invoke(c))?;
         Ok(deleted == 1)
     }
 

@@ -6,6 +6,7 @@
 //! scans. One connection behind a mutex: every operation is a few small statements.
 
 use std::path::Path;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -56,6 +57,11 @@ impl SqliteStore {
         let conn = Connection::open_in_memory().expect("SQLite opens an in-memory database");
         conn.execute_batch(SCHEMA).expect("the schema is valid SQL");
         SqliteStore { path: ":memory:".into(), conn: Mutex::new(conn) }
+    }
+
+    /// The connection, if it is free within `within` (another call may hold it).
+    fn conn_within(&self, within: Duration) -> Result<parking_lot::MutexGuard<'_, Connection>, StoreError> {
+        self.conn.try_lock_for(within).ok_or(StoreError::Deadline)
     }
 
     fn error(&self, e: rusqlite::Error) -> StoreError {
@@ -132,14 +138,14 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| self.error(e))
     }
 
-    fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let conn = self.conn.lock();
+    fn kv_get(&self, plugin: &str, key: &str, within: Duration) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.conn_within(within)?;
         let mut statement = conn.prepare_cached("SELECT value FROM kv WHERE plugin = ?1 AND key = ?2").map_err(|e| self.error(e))?;
         statement.query_row([plugin, key], |row| row.get(0)).optional().map_err(|e| self.error(e))
     }
 
-    fn kv_set(&self, plugin: &str, key: &str, value: &[u8], max_bytes: usize) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
+    fn kv_set(&self, plugin: &str, key: &str, value: &[u8], max_bytes: usize, within: Duration) -> Result<(), StoreError> {
+        let mut conn = self.conn_within(within)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.error(e))?;
         let usage = usage(&tx, plugin).map_err(|e| self.error(e))?;
         let old: Option<usize> = tx
@@ -161,8 +167,8 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| self.error(e))
     }
 
-    fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn.lock();
+    fn kv_delete(&self, plugin: &str, key: &str, within: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn_within(within)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.error(e))?;
         let old: Option<usize> = tx
             .prepare_cached("SELECT length(value) FROM kv WHERE plugin = ?1 AND key = ?2")
