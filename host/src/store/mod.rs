@@ -91,13 +91,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn kv_clear(&self, plugin: &str) -> Result<(), StoreError>;
     fn kv_usage(&self, plugin: &str) -> Result<KvUsage, StoreError>;
 
-    /// For a store several nodes share: records which version of each plugin (name -> hash)
-    /// node `node` runs, for the next `ttl` (a node that stops reporting drops out).
-    fn report_versions(&self, _node: &str, _versions: &std::collections::BTreeMap<String, String>, _ttl: std::time::Duration) -> Result<(), StoreError> {
+    /// For a store several nodes share: records what node `node` runs of each plugin, for the
+    /// next `ttl` (a node that stops reporting drops out).
+    fn report_versions(&self, _node: &str, _versions: &std::collections::BTreeMap<String, NodeVersion>, _ttl: Duration) -> Result<(), StoreError> {
         Ok(())
     }
 
-    /// What every live node reported: node -> (plugin -> hash). Empty for a store of one node.
+    /// What every live node reported: node -> (plugin -> what it runs). Empty for a store of one
+    /// node.
     fn node_versions(&self) -> Result<NodeVersions, StoreError> {
         Ok(NodeVersions::new())
     }
@@ -111,8 +112,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Which version of each plugin each node runs: node -> (plugin -> hash).
-pub type NodeVersions = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+/// What each node runs of each plugin: node -> (plugin -> version).
+pub type NodeVersions = std::collections::BTreeMap<String, std::collections::BTreeMap<String, NodeVersion>>;
+
+/// What one node runs of one plugin: the version's hash (none if no version loaded there), and
+/// its last failed load, when one came after the version it runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeVersion {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
 
 /// What `Store::listen` calls for a changed deployment (`None`: look at all of them).
 pub type OnChange = Box<dyn Fn(Option<&str>) + Send>;

@@ -9,7 +9,8 @@
 //!   `busbar:store:deployment-seq` (the first-deployed order);
 //! - `busbar:store:component:<sha256>`: a component's bytes, written before any deployment
 //!   names it, dropped by the script that stops the last deployment naming it;
-//! - `busbar:store:node:<node-id>` (hash plugin -> hash, expiring): what each live node runs;
+//! - `busbar:store:node:<node-id>` (hash plugin -> JSON `{hash, failure}`, expiring): what each
+//!   live node runs;
 //! - `busbar:store:changes` (pub/sub): the name of each deployment that changed, published by
 //!   the same script, which every node listens to (and every `RESYNC` it looks at all of them).
 //!
@@ -267,12 +268,14 @@ impl Store for RedisStore {
         self.with(|c, _| redis::pipe().atomic().del(kv_key(plugin)).del(usage_key(plugin)).query::<()>(c))
     }
 
-    fn report_versions(&self, node: &str, versions: &std::collections::BTreeMap<String, String>, ttl: Duration) -> Result<(), StoreError> {
+    fn report_versions(&self, node: &str, versions: &std::collections::BTreeMap<String, super::NodeVersion>, ttl: Duration) -> Result<(), StoreError> {
         let key = node_key(node);
         let mut pipe = redis::pipe();
         pipe.atomic().del(&key);
-        if !versions.is_empty() {
-            pipe.hset_multiple(&key, &versions.iter().collect::<Vec<_>>()).pexpire(&key, ttl.as_millis() as i64);
+        let fields: Vec<(&String, String)> =
+            versions.iter().map(|(name, version)| (name, serde_json::to_string(version).unwrap_or_default())).collect();
+        if !fields.is_empty() {
+            pipe.hset_multiple(&key, &fields).pexpire(&key, ttl.as_millis() as i64);
         }
         self.with(|c, _| pipe.query::<()>(c))
     }
@@ -281,7 +284,8 @@ impl Store for RedisStore {
         let keys: Vec<String> = self.with(|c, _| c.scan_match::<_, String>("busbar:store:node:*")?.collect::<redis::RedisResult<Vec<String>>>())?;
         let mut nodes = super::NodeVersions::new();
         for key in keys {
-            let versions: std::collections::BTreeMap<String, String> = self.with(|c, _| c.hgetall(&key))?;
+            let fields: std::collections::BTreeMap<String, String> = self.with(|c, _| c.hgetall(&key))?;
+            let versions = fields.into_iter().filter_map(|(name, json)| Some((name, serde_json::from_str(&json).ok()?))).collect();
             nodes.insert(key.trim_start_matches("busbar:store:node:").to_string(), versions);
         }
         Ok(nodes)

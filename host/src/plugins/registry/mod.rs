@@ -86,10 +86,10 @@ pub struct PluginView {
     /// The version `POST /v1/plugins/{name}/rollback` would restore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<VersionView>,
-    /// With a shared store: the version (hash) each live node runs, by node id. A node that
-    /// could not load the newest version shows the one it keeps serving.
+    /// With a shared store: what each live node runs, by node id: the version's hash, and the
+    /// reason when a node could not load a newer version (it keeps serving the one shown).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub nodes: BTreeMap<String, String>,
+    pub nodes: BTreeMap<String, crate::store::NodeVersion>,
 }
 
 /// What happens to a removed plugin's kv store.
@@ -438,7 +438,15 @@ impl Registry {
     /// store listener reports again every 10 s).
     pub(super) fn report(&self) {
         let Some(node) = &self.node else { return };
-        let versions = self.slots.lock().iter().filter_map(|(name, slot)| Some((name.clone(), slot.current.as_ref()?.hash().to_string()))).collect();
+        let versions = self
+            .slots
+            .lock()
+            .iter()
+            .map(|(name, slot)| {
+                let hash = slot.current.as_ref().map(|p| p.hash().to_string());
+                (name.clone(), crate::store::NodeVersion { hash, failure: slot.failure.as_ref().map(|f| f.error.clone()) })
+            })
+            .collect();
         if let Err(e) = self.store.report_versions(node, &versions, std::time::Duration::from_secs(30)) {
             tracing::warn!("cannot report the versions this node runs: {e}");
         }
