@@ -248,18 +248,15 @@ async fn names_the_plugin_directory_manages_are_refused_over_http_with_409() {
     server.stop().await;
 }
 
-#[test]
-fn a_node_killed_during_uploads_keeps_a_whole_version() {
-    let data = tempfile::tempdir().unwrap();
-    let node = Node::in_dir(data.path());
-    assert_eq!(node.deploy_echo("probe:zero"), 201);
-    // Uploads back to back (each a new manifest, so each is compiled, stored and swapped in),
-    // and the node killed with SIGKILL while they go on.
+/// Uploads new versions of echo (`probe:n1`, `probe:n2`, ...) to `node` back to back, each
+/// compiled, stored and swapped in, and kills the node with SIGKILL part-way into one after at
+/// least one went through; returns the number of the upload that did not finish.
+fn kill_during_uploads(node: &mut Node) -> usize {
     let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let uploader = {
         let (addr, acknowledged) = (node.addr.clone(), acknowledged.clone());
         std::thread::spawn(move || {
-            for i in 0.. {
+            for i in 1.. {
                 if !matches!(deploy_echo(&addr, &format!("probe:n{i}")), Ok(200)) {
                     return i;
                 }
@@ -268,15 +265,19 @@ fn a_node_killed_during_uploads_keeps_a_whole_version() {
             unreachable!("uploads go on until the node is killed")
         })
     };
-    // Killed once an upload has gone through, part-way into a later one.
     crate::support::wait::eventually("an upload is acknowledged", || acknowledged.load(std::sync::atomic::Ordering::SeqCst) > 0);
     std::thread::sleep(Duration::from_millis(150));
-    let mut node = node;
-    let pid = node.process.child().id();
     // SAFETY: kill(2) on the child's pid, which this test owns.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
-    let uploads = uploader.join().unwrap();
-    assert!(uploads > 0, "some uploads finished before the kill");
+    assert_eq!(unsafe { libc::kill(node.process.child().id() as libc::pid_t, libc::SIGKILL) }, 0);
+    uploader.join().unwrap()
+}
+
+#[test]
+fn a_node_killed_during_uploads_keeps_a_whole_version() {
+    let data = tempfile::tempdir().unwrap();
+    let mut node = Node::in_dir(data.path());
+    assert_eq!(node.deploy_echo("probe:n0"), 201);
+    let uploads = kill_during_uploads(&mut node);
     drop(node);
 
     let node = Node::in_dir(data.path());
@@ -527,23 +528,7 @@ fn a_node_killed_during_uploads_leaves_no_half_installed_version_anywhere_in_a_c
     let mut a = Node::start(&["--redis-url", &url]);
     let b = Node::start(&["--redis-url", &url]);
     assert_eq!(a.deploy_echo("probe:n0"), 201);
-    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let uploader = {
-        let (addr, acknowledged) = (a.addr.clone(), acknowledged.clone());
-        std::thread::spawn(move || {
-            for i in 1.. {
-                if !matches!(deploy_echo(&addr, &format!("probe:n{i}")), Ok(200)) {
-                    return;
-                }
-                acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        })
-    };
-    crate::support::wait::eventually("an upload is acknowledged", || acknowledged.load(std::sync::atomic::Ordering::SeqCst) > 0);
-    std::thread::sleep(Duration::from_millis(100));
-    // SAFETY: kill(2) on the child's pid, which this test owns.
-    assert_eq!(unsafe { libc::kill(a.process.child().id() as libc::pid_t, libc::SIGKILL) }, 0);
-    uploader.join().unwrap();
+    kill_during_uploads(&mut a);
     drop(a);
     // B runs the version the store holds, whole: the same one a restarted A brings back.
     let a = Node::start(&["--redis-url", &url]);
