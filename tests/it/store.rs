@@ -404,6 +404,28 @@ fn while_redis_is_away_events_flow_kv_fails_in_the_guest_and_deploys_answer_503(
     node.stop();
 }
 
+/// The echo component with a custom section of `size` bytes of `fill` (a distinct component,
+/// as large as asked).
+fn padded_echo(fill: u8, size: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(crate::support::built("testing", "echo")).unwrap();
+    let name = b"padding";
+    let mut section = vec![name.len() as u8];
+    section.extend(name);
+    section.extend(vec![fill; size]);
+    bytes.push(0);
+    let mut length = section.len();
+    loop {
+        let byte = (length & 0x7f) as u8;
+        length >>= 7;
+        bytes.push(if length > 0 { byte | 0x80 } else { byte });
+        if length == 0 {
+            break;
+        }
+    }
+    bytes.extend(section);
+    bytes
+}
+
 /// The echo plugin's subscriptions on `node`, or `null` when it is not there.
 fn echo_subscriptions(node: &Node) -> Value {
     node.plugins().get("echo").map_or(Value::Null, |echo| echo["plugin"]["subscriptions"].clone())
@@ -494,17 +516,7 @@ fn a_full_disk_refuses_the_upload_and_the_running_version_keeps_serving() {
     });
     assert_eq!(node.deploy_echo("probe:kept"), 201);
     // Uploads of distinct components (each with a 200 KiB custom section) until the store is full.
-    let component = |i: u8| {
-        let mut bytes = std::fs::read(crate::support::built("testing", "echo")).unwrap();
-        let (name, payload) = (b"padding", vec![i; 200 << 10]);
-        let size = 1 + name.len() + payload.len();
-        bytes.push(0);
-        bytes.extend([(size & 0x7f) as u8 | 0x80, ((size >> 7) & 0x7f) as u8 | 0x80, (size >> 14) as u8]);
-        bytes.push(name.len() as u8);
-        bytes.extend(name);
-        bytes.extend(payload);
-        bytes
-    };
+    let component = |i: u8| padded_echo(i, 200 << 10);
     let mut last = (0, Value::Null);
     for i in 0..10u8 {
         last = node.call(|http, base| http.put(format!("{base}/v1/plugins/big-{i}")).body(component(i)));
@@ -559,4 +571,27 @@ fn a_kv_call_waits_for_a_stalled_redis_no_longer_than_the_calls_deadline() {
     assert!(took < 400_000, "the kv calls held the plugin's thread for {took} µs: {notifier}");
     assert!(listeners.iter().any(|l| l["listener"] == "workspace-forwarder" && l["outcome"] == "ok"), "{listeners:?}");
     node.stop();
+}
+
+#[test]
+fn a_node_that_cannot_load_a_deployed_version_says_so_in_every_nodes_listing() {
+    let redis = crate::support::redis::Redis::start();
+    let url = redis.url();
+    let small = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(small.path(), "[limits]\nmax-upload-mib = 1\n").unwrap();
+    let a = Node::start(&["--redis-url", &url]);
+    let b = Node::start(&["--redis-url", &url, "--config", small.path().to_str().unwrap()]);
+    // Two MiB: A takes it, B's limit is one.
+    let big = padded_echo(7, 2 << 20);
+    let (status, _) = a.call(|http, base| http.put(format!("{base}/v1/plugins/big")).body(big.clone()));
+    assert_eq!(status, 201);
+    let hash = busbar::plugins::content_hash(&big);
+    crate::support::wait::eventually("A's listing shows B's failure", || {
+        let nodes = a.plugins().get("big").map(|p| p["nodes"].clone()).unwrap_or_default();
+        let Some(nodes) = nodes.as_object() else { return false };
+        let (on_a, on_b): (Vec<_>, Vec<_>) = nodes.values().partition(|n| n["hash"] == hash);
+        on_a.len() == 1 && on_b.len() == 1 && on_b[0]["failure"].as_str().is_some_and(|f| f.contains("over this node's limit"))
+    });
+    a.stop();
+    b.stop();
 }

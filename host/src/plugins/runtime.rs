@@ -148,6 +148,11 @@ impl Runtime {
         self.pooling
     }
 
+    /// The largest component this runtime loads from a file or a store.
+    pub fn max_component_bytes(&self) -> u64 {
+        self.max_component_bytes
+    }
+
     /// Where kv entries and deployments are kept.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

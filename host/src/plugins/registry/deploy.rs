@@ -165,9 +165,17 @@ impl Registry {
             if self.is_managed(&deployment.name) {
                 continue;
             }
+            let want = Stored { current: deployment.current.clone(), previous: deployment.previous.clone() };
+            // A deployment this node could not follow is not tried again until it changes.
+            if self.slots.lock().get(&deployment.name).is_some_and(|slot| slot.refused.as_ref() == Some(&want)) {
+                continue;
+            }
             if let Err(error) = self.sync_one(deployment) {
                 tracing::error!(plugin = %deployment.name, "cannot follow the stored deployment: {error}");
                 self.record_failure(&deployment.name, &format!("cannot follow the stored deployment: {error}"));
+                if let Some(slot) = self.slots.lock().get_mut(&deployment.name) {
+                    slot.refused = Some(want);
+                }
             }
         }
         self.report();
@@ -218,6 +226,10 @@ impl Registry {
     /// Loads a stored version of `name` from the store and activates it (not stored again).
     fn activate_stored(&self, name: &str, version: &Version) -> Result<(), String> {
         let bytes = self.store.component(&version.hash).map_err(|e| e.to_string())?;
+        let most = self.runtime.max_component_bytes();
+        if bytes.len() as u64 > most {
+            return Err(format!("the component is {} bytes, over this node's limit of {most} (`limits.max-upload-mib`)", bytes.len()));
+        }
         let manifest = Manifest::parse(&version.manifest, name, &format!("stored manifest of `{name}`"), std::path::Path::new("/"))
             .map_err(|e| e.to_string())?;
         if let Some(loaded) = self.prepare(name, &bytes, Some(manifest), false).map_err(|e| e.to_string())? {

@@ -50,6 +50,8 @@ struct Slot {
     failure: Option<Failure>,
     /// What the store holds for a name deployed through the API; `None` for a base version.
     stored: Option<Stored>,
+    /// A deployment this node failed to follow (not tried again until it changes).
+    refused: Option<Stored>,
 }
 
 /// The version a plugin would roll back to.
