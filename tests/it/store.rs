@@ -595,3 +595,13 @@ fn a_node_that_cannot_load_a_deployed_version_says_so_in_every_nodes_listing() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn a_node_whose_store_is_unreachable_at_start_exits_with_the_reason() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let output = busbar().args(["serve", "--listen", "127.0.0.1:0", "--redis-url", &url]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("store {url}")) && stderr.contains("refused"), "{stderr}");
+}
