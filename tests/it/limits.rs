@@ -43,7 +43,7 @@ async fn a_server_under_a_memory_limit_survives_a_compile_bomb_and_a_crowd_of_hu
     let serve = std::process::Command::new("prlimit")
         .arg(format!("--data={}", 1536u64 << 20))
         .arg(env!("CARGO_BIN_EXE_busbar"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-cache", "--config"])
+        .args(["serve", "--ephemeral", "--listen", "127.0.0.1:0", "--no-cache", "--config"])
         .arg(config.path())
         .arg("--plugins")
         .arg(plugins.path())
