@@ -605,3 +605,25 @@ fn a_node_whose_store_is_unreachable_at_start_exits_with_the_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("store {url}")) && stderr.contains("refused"), "{stderr}");
 }
+
+#[test]
+fn a_kv_write_waits_for_another_process_holding_the_database_no_longer_than_the_calls_deadline() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::in_dir(data.path());
+    assert_eq!(node.publish(comment("c-1")), ["comment:created", "inbox:new"]);
+    // Another process (here, the test) holds the database's write lock, as `busbar plugin
+    // import` would while it stores: mention-notifier's kv write must give up at its 100 ms
+    // deadline, not at the store's 2 s busy timeout.
+    let holder = rusqlite::Connection::open(data.path().join("busbar.db")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (status, report) = node.call(|http, base| http.post(format!("{base}/v1/events")).json(&comment("c-2")));
+    assert_eq!(status, 200, "{report}");
+    let listeners = report["results"][0]["events"][0]["listeners"].as_array().unwrap().clone();
+    let notifier = listeners.iter().find(|l| l["listener"] == "mention-notifier").unwrap();
+    assert_ne!(notifier["outcome"], "ok", "{notifier}");
+    let took = notifier["duration_us"].as_u64().unwrap();
+    assert!(took < 400_000, "the kv write held the plugin's thread for {took} µs: {notifier}");
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(node.publish(comment("c-3")), ["comment:created", "inbox:new"], "writes go through once the lock is gone");
+    node.stop();
+}

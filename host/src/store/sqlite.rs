@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS kv (plugin TEXT NOT NULL, key TEXT NOT NULL, value BL
 CREATE TABLE IF NOT EXISTS kv_usage (plugin TEXT PRIMARY KEY, bytes INTEGER NOT NULL, entries INTEGER NOT NULL);
 ";
 
+/// How long an operation no plugin call waits on waits for another process's write lock.
+const BUSY: Duration = Duration::from_secs(2);
+
 /// The embedded store.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -43,7 +46,7 @@ impl SqliteStore {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Database { path: name.clone(), message: format!("creating its directory: {e}") })?;
         }
         let conn = Connection::open(path).map_err(error)?;
-        conn.busy_timeout(std::time::Duration::from_secs(2)).map_err(error)?;
+        conn.busy_timeout(BUSY).map_err(error)?;
         // WAL: readers never wait for the writer; NORMAL: a commit survives a crash of busbar
         // (not of the machine) without an fsync per write.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(error)?;
@@ -59,9 +62,25 @@ impl SqliteStore {
         SqliteStore { path: ":memory:".into(), conn: Mutex::new(conn) }
     }
 
-    /// The connection, if it is free within `within` (another call may hold it).
+    /// The connection, if it is free within `within` (another call may hold it), waiting for
+    /// another process's write lock on the file (`busbar plugin import`) no longer either.
     fn conn_within(&self, within: Duration) -> Result<parking_lot::MutexGuard<'_, Connection>, StoreError> {
-        self.conn.try_lock_for(within).ok_or(StoreError::Deadline)
+        let started = std::time::Instant::now();
+        let conn = self.conn.try_lock_for(within).ok_or(StoreError::Deadline)?;
+        let left = within.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(StoreError::Deadline);
+        }
+        conn.busy_timeout(left).map_err(|e| self.error(e))?;
+        Ok(conn)
+    }
+
+    /// The connection, for what no plugin call waits on: another process's write lock on the
+    /// file is waited for up to `BUSY`.
+    fn conn(&self) -> Result<parking_lot::MutexGuard<'_, Connection>, StoreError> {
+        let conn = self.conn.lock();
+        conn.busy_timeout(BUSY).map_err(|e| self.error(e))?;
+        Ok(conn)
     }
 
     fn error(&self, e: rusqlite::Error) -> StoreError {
@@ -75,7 +94,7 @@ fn version(hash: Option<String>, manifest: Option<String>) -> Option<Version> {
 
 impl Store for SqliteStore {
     fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        let conn = self.conn.lock();
+        let conn = self.conn()?;
         let mut statement = conn
             .prepare("SELECT name, current_hash, current_manifest, previous_hash, previous_manifest FROM deployments ORDER BY seq")
             .map_err(|e| self.error(e))?;
@@ -89,8 +108,7 @@ impl Store for SqliteStore {
 
     fn component(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
         let bytes: Option<Vec<u8>> = self
-            .conn
-            .lock()
+            .conn()?
             .query_row("SELECT bytes FROM components WHERE hash = ?1", [hash], |row| row.get(0))
             .optional()
             .map_err(|e| self.error(e))?;
@@ -98,7 +116,7 @@ impl Store for SqliteStore {
     }
 
     fn save(&self, deployment: &Deployment, components: &[&[u8]]) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.error(e))?;
         for bytes in components {
             tx.execute("INSERT OR IGNORE INTO components (hash, bytes) VALUES (?1, ?2)", params![content_hash(bytes), bytes])
@@ -131,7 +149,7 @@ impl Store for SqliteStore {
     }
 
     fn forget(&self, name: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.error(e))?;
         tx.execute("DELETE FROM deployments WHERE name = ?1", [name]).map_err(|e| self.error(e))?;
         drop_unnamed_components(&tx).map_err(|e| self.error(e))?;
@@ -184,7 +202,7 @@ impl Store for SqliteStore {
     }
 
     fn kv_clear(&self, plugin: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.error(e))?;
         tx.execute("DELETE FROM kv WHERE plugin = ?1", [plugin]).map_err(|e| self.error(e))?;
         tx.execute("DELETE FROM kv_usage WHERE plugin = ?1", [plugin]).map_err(|e| self.error(e))?;
@@ -192,7 +210,7 @@ impl Store for SqliteStore {
     }
 
     fn kv_usage(&self, plugin: &str) -> Result<KvUsage, StoreError> {
-        usage(&self.conn.lock(), plugin).map_err(|e| self.error(e))
+        usage(&*self.conn()?, plugin).map_err(|e| self.error(e))
     }
 }
 
