@@ -95,6 +95,15 @@ fn deploy_echo(addr: &str, subscription: &str) -> Result<u16, reqwest::Error> {
     Ok(call(addr, |http, base| http.put(format!("{base}/v1/plugins/echo")).multipart(form))?.0)
 }
 
+/// Publishes `event` on `node`; returns the root event's listener reports and mention-notifier's.
+fn notifier_of(node: &Node, event: &Value) -> (Vec<Value>, Value) {
+    let (status, report) = node.call(|http, base| http.post(format!("{base}/v1/events")).json(event));
+    assert_eq!(status, 200, "{report}");
+    let listeners = report["results"][0]["events"][0]["listeners"].as_array().unwrap().clone();
+    let notifier = listeners.iter().find(|l| l["listener"] == "mention-notifier").cloned().unwrap_or_else(|| panic!("{report}"));
+    (listeners, notifier)
+}
+
 fn comment(id: &str) -> Value {
     json!({"type": "comment:created", "workspace_id": "ws-1", "payload": {"comment": {"id": id, "issue_id": "i-1", "content": "hi @bob"}}})
 }
@@ -562,10 +571,7 @@ fn a_kv_call_waits_for_a_stalled_redis_no_longer_than_the_calls_deadline() {
     // store on every comment: its call must end at its deadline (plus scheduling), not at the
     // store's own 500 ms timeout.
     let _asleep = redis.sleep(3);
-    let (status, report) = node.call(|http, base| http.post(format!("{base}/v1/events")).json(&comment("c-2")));
-    assert_eq!(status, 200, "{report}");
-    let listeners = report["results"][0]["events"][0]["listeners"].as_array().unwrap().clone();
-    let notifier = listeners.iter().find(|l| l["listener"] == "mention-notifier").unwrap();
+    let (listeners, notifier) = notifier_of(&node, &comment("c-2"));
     assert_ne!(notifier["outcome"], "ok", "{notifier}");
     let took = notifier["duration_us"].as_u64().unwrap();
     assert!(took < 400_000, "the kv calls held the plugin's thread for {took} µs: {notifier}");
@@ -616,10 +622,7 @@ fn a_kv_write_waits_for_another_process_holding_the_database_no_longer_than_the_
     // deadline, not at the store's 2 s busy timeout.
     let holder = rusqlite::Connection::open(data.path().join("busbar.db")).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let (status, report) = node.call(|http, base| http.post(format!("{base}/v1/events")).json(&comment("c-2")));
-    assert_eq!(status, 200, "{report}");
-    let listeners = report["results"][0]["events"][0]["listeners"].as_array().unwrap().clone();
-    let notifier = listeners.iter().find(|l| l["listener"] == "mention-notifier").unwrap();
+    let (_, notifier) = notifier_of(&node, &comment("c-2"));
     assert_ne!(notifier["outcome"], "ok", "{notifier}");
     let took = notifier["duration_us"].as_u64().unwrap();
     assert!(took < 400_000, "the kv write held the plugin's thread for {took} µs: {notifier}");
