@@ -16,7 +16,7 @@ use crate::api::{self, Access, AppState};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::{ClaimsAuthorizer, Hub, ScopeAuthorizer, TokenVerifier};
-use crate::plugins::{self, Registry, Runtime, RuntimeConfig};
+use crate::plugins::{self, PluginAccess, Registry, RoleHolders, Runtime, RuntimeConfig};
 use crate::relay::Relay;
 
 /// The running parts of a server.
@@ -81,7 +81,12 @@ pub fn build_with_authorizer(
     })
     .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let runtime = Arc::new(runtime);
-    let hub = Arc::new(Hub::new(config.hub.clone(), TokenVerifier::with_rules(&config.jwt_secret, &config.token_rules), authorizer));
+    // Plugins holding the authenticator and authorizer roles decide for the hub; without them,
+    // busbar's token check and `authorizer` do.
+    let roles = Arc::new(RoleHolders::default());
+    let access = Arc::new(PluginAccess::new(roles.clone(), authorizer));
+    let verifier = TokenVerifier::with_rules(&config.jwt_secret, &config.token_rules);
+    let hub = Arc::new(Hub::new(config.hub.clone(), verifier, access.clone()).with_authenticator(access));
     // Several nodes: the relay is the bus's Broadcaster and delivers into the hub.
     let relay = match &config.relay {
         Some(relay) => Some(
@@ -94,7 +99,7 @@ pub fn build_with_authorizer(
         None => hub.clone(),
     };
     let bus = Arc::new(Bus::with_limits(broadcaster, config.publish_limits));
-    let mut registry = Registry::new(runtime.clone(), bus.clone());
+    let mut registry = Registry::new(runtime.clone(), bus.clone()).holding_roles(roles);
     if config.plugins_dir.is_some() {
         registry = registry.managing_files();
     }

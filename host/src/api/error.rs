@@ -28,6 +28,9 @@ pub enum ApiError {
     /// Where deployments are kept cannot take the change now; nothing changed.
     #[error("{0}")]
     StoreUnavailable(String),
+    /// A connection the authenticator refused, with the status its reason maps to.
+    #[error("{message}")]
+    Refused { status: u16, code: &'static str, message: String },
     #[error("internal error")]
     Internal(String),
 }
@@ -43,6 +46,7 @@ impl IntoResponse for ApiError {
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ApiError::Refused { status, code, .. } => (StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN), *code),
             ApiError::Internal(detail) => {
                 tracing::error!("internal error: {detail}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -82,6 +82,8 @@ fn prometheus(state: &AppState) -> String {
     let mut not_dispatched = Vec::new();
     let mut trips = Vec::new();
     let mut quarantines = Vec::new();
+    let mut decisions = Vec::new();
+    let mut decision_seconds = Vec::new();
     for view in &plugins {
         let name = escape(&view.name);
         up.push((format!("{{plugin=\"{name}\",status=\"{}\"}}", view.status), 1.0));
@@ -92,6 +94,12 @@ fn prometheus(state: &AppState) -> String {
             let by_rate = info.rate_quarantines;
             quarantines.push((format!("{{plugin=\"{name}\",trigger=\"rate\"}}"), by_rate as f64));
             quarantines.push((format!("{{plugin=\"{name}\",trigger=\"consecutive\"}}"), (info.quarantines - by_rate) as f64));
+            for (role, decided) in &info.decisions {
+                for (outcome, n) in &decided.outcomes {
+                    decisions.push((format!("{{plugin=\"{name}\",role=\"{role}\",outcome=\"{outcome}\"}}"), *n as f64));
+                }
+                decision_seconds.extend(histogram(&format!("plugin=\"{name}\",role=\"{role}\""), decided));
+            }
         }
         if let Some(listener) = &view.listener {
             let s = &listener.stats;
@@ -165,8 +173,25 @@ fn prometheus(state: &AppState) -> String {
     metric("plugin_quarantines_total", "counter", "Quarantines by plugin and by what triggered them.", quarantines);
     metric("plugin_follow_ups_not_dispatched_total", "counter", "Follow-ups a plugin returned that a publish limit stopped.", not_dispatched);
     metric("plugin_calls_total", "counter", "Listener calls by plugin and outcome.", calls);
+    metric("policy_decisions_total", "counter", "Authenticator and authorizer decisions by plugin, role and outcome.", decisions);
+    metric("policy_decision_seconds", "histogram", "Time of the policy calls that reached the plugin (cached answers excluded).", decision_seconds);
     metric("plugin_latency_microseconds", "gauge", "Call latency quantiles (bucket upper bounds).", latency);
     out
+}
+
+/// A Prometheus histogram's samples (`_bucket` with cumulative counts and `le` in seconds,
+/// `_sum`, `_count`) from power-of-two microsecond buckets.
+fn histogram(labels: &str, decided: &crate::plugins::RoleDecisions) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    let mut cumulative = 0;
+    for (upper_us, n) in &decided.latency_buckets {
+        cumulative += n;
+        samples.push((format!("_bucket{{{labels},le=\"{}\"}}", *upper_us as f64 / 1e6), cumulative as f64));
+    }
+    samples.push((format!("_bucket{{{labels},le=\"+Inf\"}}"), decided.calls as f64));
+    samples.push((format!("_sum{{{labels}}}"), decided.total_us as f64 / 1e6));
+    samples.push((format!("_count{{{labels}}}"), decided.calls as f64));
+    samples
 }
 
 fn escape(value: &str) -> String {

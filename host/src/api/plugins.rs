@@ -10,7 +10,7 @@ use serde_json::json;
 use super::AppState;
 use super::access::Admin;
 use super::error::ApiError;
-use crate::plugins::{InstallError, Installed, KvOnRemove, Manifest, PluginView, RollbackError, check_plugin_name};
+use crate::plugins::{InstallError, Installed, KvOnRemove, LoadError, Manifest, PluginView, RollbackError, check_plugin_name};
 
 pub(super) async fn list(_: Admin, State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     // With a shared store, what every node runs is read from it: off the async threads.
@@ -50,6 +50,7 @@ pub(super) async fn put(
     let status = match installed {
         Ok(Installed::Created) => StatusCode::CREATED,
         Ok(Installed::Replaced | Installed::Unchanged) => StatusCode::OK,
+        Err(InstallError::Load(e @ LoadError::RoleTaken { .. })) => return Err(ApiError::Conflict(e.to_string())),
         Err(InstallError::Load(e)) => return Err(ApiError::Unprocessable(e.to_string())),
         Err(e @ (InstallError::Bus(_) | InstallError::Managed(_))) => return Err(ApiError::Conflict(e.to_string())),
         Err(e @ InstallError::Store(_)) => return Err(ApiError::StoreUnavailable(e.to_string())),

@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::serve::{Admitted, SocketFd};
 use super::{AppState, access};
 use crate::action::ScopeKind;
-use crate::hub::{AuthError, Position};
+use crate::hub::{AuthError, Authenticated, ConnectRequest, Position};
 use crate::hub::session::{self, Auth};
 
 /// Query parameters that would carry a token, which must never be in a URL (they end up in
@@ -50,30 +50,13 @@ pub(super) async fn upgrade(
             "tokens in the URL are refused: send an `auth` frame or an Authorization header".into(),
         ));
     }
-    let workspace_id = params
-        .get("workspace_id")
-        .filter(|w| !w.is_empty())
-        .cloned()
-        .ok_or_else(|| ApiError::BadRequest("query parameter `workspace_id` is required".into()))?;
     if !origin_allowed(&headers, &state.allowed_origins) {
         state.hub.metrics().auth_failure("origin");
         return Err(ApiError::Forbidden("origin not allowed".into()));
     }
-    let auth = match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        Some(value) => {
-            let token = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
-            match state.hub.verifier().identify(token, &workspace_id) {
-                Ok(identity) => Auth::Identified { identity, since: since_from_query(&params) },
-                Err(e) => {
-                    state.hub.metrics().auth_failure(e.code());
-                    return Err(match e {
-                        AuthError::Workspace(_) => ApiError::Forbidden(e.to_string()),
-                        _ => ApiError::Unauthorized,
-                    });
-                }
-            }
-        }
-        None => Auth::Pending { workspace_id },
+    let auth = match authenticated(&state, &headers, &params).await? {
+        Some(auth) => auth,
+        None => token_auth(&state, &headers, &params)?,
     };
     let ws = ws.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     // The socket layer stops reading at twice the limit (a hard memory bound); the session
@@ -95,6 +78,49 @@ pub(super) async fn upgrade(
             }
         })
         .into_response())
+}
+
+/// What the authenticator (when one decides) says about the upgrade: an identity, a wait for the
+/// `auth` frame, or a refusal with its own status. `None` when busbar's token check applies.
+async fn authenticated(state: &AppState, headers: &HeaderMap, params: &HashMap<String, String>) -> Result<Option<Auth>, ApiError> {
+    let request = ConnectRequest {
+        headers: headers.iter().filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))).collect(),
+        query: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        auth_frame: None,
+    };
+    let Some(answer) = state.hub.authenticate(&request).await else { return Ok(None) };
+    match answer {
+        Ok(Authenticated::Identified(identity)) => Ok(Some(Auth::Identified { identity, since: since_from_query(params), request: Some(request) })),
+        Ok(Authenticated::NeedAuthFrame) => Ok(Some(Auth::AwaitFrame { request })),
+        Err(refusal) => {
+            state.hub.metrics().auth_failure(refusal.kind.code());
+            Err(ApiError::Refused { status: refusal.kind.status(), code: refusal.kind.code(), message: refusal.message })
+        }
+    }
+}
+
+/// busbar's own token check: `workspace_id` in the query, and a token in the `Authorization`
+/// header (checked now) or in the first `auth` frame (checked by the session).
+fn token_auth(state: &AppState, headers: &HeaderMap, params: &HashMap<String, String>) -> Result<Auth, ApiError> {
+    let workspace_id = params
+        .get("workspace_id")
+        .filter(|w| !w.is_empty())
+        .cloned()
+        .ok_or_else(|| ApiError::BadRequest("query parameter `workspace_id` is required".into()))?;
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Ok(Auth::Pending { workspace_id });
+    };
+    let token = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
+    match state.hub.verifier().identify(token, &workspace_id) {
+        Ok(identity) => Ok(Auth::Identified { identity, since: since_from_query(params), request: None }),
+        Err(e) => {
+            state.hub.metrics().auth_failure(e.code());
+            Err(match e {
+                AuthError::Workspace(_) => ApiError::Forbidden(e.to_string()),
+                _ => ApiError::Unauthorized,
+            })
+        }
+    }
 }
 
 /// `since_workspace=EPOCH:OFFSET` and `since_user=EPOCH:OFFSET`: where a header-authenticated

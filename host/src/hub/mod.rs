@@ -20,6 +20,7 @@
 //! is `api`), of the bus (it only receives frames) or of Redis (that is `relay`).
 
 pub mod auth;
+mod connect;
 mod metrics;
 mod outbox;
 pub mod protocol;
@@ -42,7 +43,8 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{AuthError, Claims, ClaimsAuthorizer, Grants, Identity, LookupError, ScopeAuthorizer, TokenRules, TokenVerifier};
+pub use auth::{AuthError, AuthorizeFuture, Claims, ClaimsAuthorizer, Grants, Identity, LookupError, ScopeAuthorizer, TokenRules, TokenVerifier};
+pub use connect::{AuthenticateFuture, Authenticated, Authenticator, ConnectRequest, Refusal, RefusalKind, TokenOnly};
 pub use metrics::{HubMetrics, HubSnapshot};
 pub use outbox::{Close, Push};
 
@@ -165,6 +167,7 @@ pub struct Hub {
     config: HubConfig,
     verifier: TokenVerifier,
     authorizer: Arc<dyn ScopeAuthorizer>,
+    authenticator: Arc<dyn Authenticator>,
     rooms: Box<[Shard]>,
     conns: RwLock<HashMap<u64, Arc<Conn>>>,
     /// Open connections per user, for `max_connections_per_user`.
@@ -188,6 +191,7 @@ impl Hub {
             config,
             verifier,
             authorizer,
+            authenticator: Arc::new(TokenOnly),
             rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             conns: RwLock::new(HashMap::new()),
             per_user: Mutex::new(HashMap::new()),
@@ -199,6 +203,23 @@ impl Hub {
             backplane: std::sync::OnceLock::new(),
             sessions: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// A hub whose connections are identified by `authenticator` whenever it decides (see
+    /// `Authenticator`), and by busbar's own token check otherwise.
+    pub fn with_authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Hub {
+        self.authenticator = authenticator;
+        self
+    }
+
+    /// Asks the authenticator who a connection is, within the auth timeout (past it, the
+    /// connection is refused as `Unavailable`). `None` when busbar's own token check applies.
+    pub async fn authenticate(&self, request: &ConnectRequest) -> Option<Result<Authenticated, Refusal>> {
+        let answer = self.authenticator.authenticate(request)?;
+        Some(match tokio::time::timeout(self.config.auth_timeout, answer).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Refusal::new(RefusalKind::Unavailable, "the authenticator did not answer in time")),
+        })
     }
 
     /// Connects this hub to other nodes. Set once, before connections arrive.

@@ -33,6 +33,7 @@ impl Close {
     pub const TOKEN_EXPIRED: Close = Close { code: 4501, reason: "token expired" };
     pub const BAD_REQUEST: Close = Close { code: 4502, reason: "bad request" };
     pub const FORBIDDEN: Close = Close { code: 4503, reason: "forbidden" };
+    pub const AUTH_UNAVAILABLE: Close = Close { code: 4504, reason: "authenticator failed" };
     pub const TOO_MANY_CONNECTIONS: Close = Close { code: 4429, reason: "too many connections for this user" };
 
     /// Whether the frames queued before this close are still written: only at shutdown, which

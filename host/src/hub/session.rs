@@ -20,17 +20,21 @@ use tokio_tungstenite::tungstenite;
 use super::outbox::Next;
 use super::protocol::{Control, Inbound};
 use super::sendq::{self, SendQueue};
+use super::connect::{Authenticated, ConnectRequest, Refusal, RefusalKind};
 use super::{AuthError, Close, Conn, Hub, Identity, Position, SubscribeError};
 use crate::action::{Scope, ScopeKind};
 
-/// How a connection arrives: already authenticated (a header at upgrade), or expected to send
-/// an `auth` frame for `workspace_id`. `since` holds positions to resume its own workspace and
-/// user rooms from (from the `auth` frame, or the upgrade's query string).
+/// How a connection arrives: already authenticated (a header at upgrade, or the authenticator
+/// identified it from what the upgrade carried), expected to send an `auth` frame for
+/// `workspace_id` (busbar's own token check), or expected to send one for the authenticator.
+/// `since` holds positions to resume its own workspace and user rooms from (from the `auth`
+/// frame, or the upgrade's query string). `request` is what the authenticator saw, kept so that
+/// a later `auth` frame (a token refresh) goes to it again.
 pub enum Auth {
-    Identified { identity: Identity, since: HashMap<ScopeKind, Position> },
+    Identified { identity: Identity, since: HashMap<ScopeKind, Position>, request: Option<ConnectRequest> },
     Pending { workspace_id: String },
+    AwaitFrame { request: ConnectRequest },
 }
-
 
 /// Serves one connection until it closes (the client leaves, the hub evicts it, or the hub
 /// shuts down).
@@ -41,19 +45,12 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + 'static,
 {
     let (mut sink, mut stream) = socket.split();
-    let (identity, since) = match auth {
-        Auth::Identified { identity, since } => (identity, since),
-        Auth::Pending { workspace_id } => match authenticate(&hub, &mut stream, &workspace_id).await {
-            Ok(authenticated) => authenticated,
-            Err((close, code, message)) => {
-                hub.metrics().auth_failure(code);
-                let _ = sink.send(text(error_frame(code, &message))).await;
-                let _ = sink.send(close_message(close)).await;
-                linger(&mut stream).await;
-                return;
-            }
-        },
+    let (identity, since, request) = match auth {
+        Auth::Identified { identity, since, request } => (Some(identity), since, request),
+        Auth::Pending { workspace_id } => authenticated(&hub, &mut sink, &mut stream, First::Token { workspace_id }).await,
+        Auth::AwaitFrame { request } => authenticated(&hub, &mut sink, &mut stream, First::Authenticator { request }).await,
     };
+    let Some(identity) = identity else { return };
     let conn = match hub.register(identity) {
         Ok(conn) => conn,
         Err(close) => {
@@ -67,7 +64,7 @@ where
     hub.join_own_rooms(&conn, &since).await;
     tracing::debug!(conn = conn.id, user = %conn.identity.user_id, workspace = %conn.identity.workspace_id, "connected");
     let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink, fd.and_then(SendQueue::new)));
-    let close = read_loop(&hub, &conn, &mut stream).await;
+    let close = read_loop(&hub, &conn, &mut stream, request.as_ref()).await;
     hub.disconnect(&conn, close);
     let _ = writer.await;
     linger(&mut stream).await;
@@ -89,11 +86,86 @@ where
     }
 }
 
+/// Who checks a connection's first `auth` frame.
+enum First {
+    /// busbar's own token check, for this workspace.
+    Token { workspace_id: String },
+    /// The authenticator, given what the upgrade carried and the frame.
+    Authenticator { request: ConnectRequest },
+}
+
+/// The identity the first `auth` frame proves, with the positions to resume from and what the
+/// authenticator saw; `None` (the refusal sent, the socket closed) when it proves nothing.
+async fn authenticated<W, R>(
+    hub: &Hub,
+    sink: &mut W,
+    stream: &mut R,
+    first: First,
+) -> (Option<Identity>, HashMap<ScopeKind, Position>, Option<ConnectRequest>)
+where
+    W: Sink<Message, Error = axum::Error> + Unpin,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    match authenticate(hub, stream, first).await {
+        Ok((identity, since, request)) => (Some(identity), since, request),
+        Err((close, code, message)) => {
+            hub.metrics().auth_failure(code);
+            let _ = sink.send(text(error_frame(code, &message))).await;
+            let _ = sink.send(close_message(close)).await;
+            linger(stream).await;
+            (None, HashMap::new(), None)
+        }
+    }
+}
+
+type Refused = (Close, &'static str, String);
+
 async fn authenticate<R>(
     hub: &Hub,
     stream: &mut R,
-    workspace_id: &str,
-) -> Result<(Identity, HashMap<ScopeKind, Position>), (Close, &'static str, String)>
+    first: First,
+) -> Result<(Identity, HashMap<ScopeKind, Position>, Option<ConnectRequest>), Refused>
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let payload = first_auth_frame(hub, stream).await?;
+    // Positions to resume the connection's own rooms from: {"workspace": {"epoch", "offset"}, ...}.
+    let mut since = HashMap::new();
+    for kind in [ScopeKind::Workspace, ScopeKind::User] {
+        if let Some(position) = parse_position(&payload["since"][kind.as_str()]) {
+            since.insert(kind, position);
+        }
+    }
+    match first {
+        First::Token { workspace_id } => {
+            let token = payload["token"]
+                .as_str()
+                .ok_or_else(|| (Close::BAD_REQUEST, "bad_request", "auth frame without payload.token".to_string()))?;
+            let identity = hub.verifier().identify(token, &workspace_id).map_err(|e| {
+                let close = match e {
+                    AuthError::Expired => Close::TOKEN_EXPIRED,
+                    AuthError::Workspace(_) => Close::FORBIDDEN,
+                    AuthError::Invalid(_) | AuthError::TooLarge => Close::INVALID_TOKEN,
+                };
+                (close, e.code(), e.to_string())
+            })?;
+            Ok((identity, since, None))
+        }
+        First::Authenticator { request } => {
+            let with_frame = ConnectRequest { auth_frame: Some(payload.to_string()), ..request.clone() };
+            let refused = |r: Refusal| (r.kind.close(), r.kind.code(), r.message);
+            match hub.authenticate(&with_frame).await {
+                Some(Ok(Authenticated::Identified(identity))) => Ok((identity, since, Some(request))),
+                Some(Ok(Authenticated::NeedAuthFrame)) => Err(refused(Refusal::new(RefusalKind::Unavailable, "the authenticator asked for an auth frame again"))),
+                Some(Err(refusal)) => Err(refused(refusal)),
+                None => Err(refused(Refusal::new(RefusalKind::Unavailable, "no authenticator is running"))),
+            }
+        }
+    }
+}
+
+/// Waits for the connection's first frame, which must be `auth`, and returns its payload.
+async fn first_auth_frame<R>(hub: &Hub, stream: &mut R) -> Result<Value, Refused>
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -126,29 +198,11 @@ where
         if frame.kind != "auth" {
             return Err((Close::BAD_REQUEST, "bad_request", "expected an auth frame first".into()));
         }
-        let token = frame.payload["token"]
-            .as_str()
-            .ok_or_else(|| (Close::BAD_REQUEST, "bad_request", "auth frame without payload.token".to_string()))?;
-        let identity = hub.verifier().identify(token, workspace_id).map_err(|e| {
-            let close = match e {
-                AuthError::Expired => Close::TOKEN_EXPIRED,
-                AuthError::Workspace(_) => Close::FORBIDDEN,
-                AuthError::Invalid(_) | AuthError::TooLarge => Close::INVALID_TOKEN,
-            };
-            (close, e.code(), e.to_string())
-        })?;
-        // Positions to resume the connection's own rooms from: {"workspace": {"epoch", "offset"}, ...}.
-        let mut since = HashMap::new();
-        for kind in [ScopeKind::Workspace, ScopeKind::User] {
-            if let Some(position) = parse_position(&frame.payload["since"][kind.as_str()]) {
-                since.insert(kind, position);
-            }
-        }
-        return Ok((identity, since));
+        return Ok(frame.payload);
     }
 }
 
-async fn read_loop<R>(hub: &Hub, conn: &Arc<Conn>, stream: &mut R) -> Close
+async fn read_loop<R>(hub: &Hub, conn: &Arc<Conn>, stream: &mut R, request: Option<&ConnectRequest>) -> Close
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -181,7 +235,7 @@ where
         }
         match message {
             Message::Text(body) => {
-                if let Some(exp) = handle(hub, conn, &body).await {
+                if let Some(exp) = handle(hub, conn, &body, request).await {
                     expires.as_mut().reset(tokio::time::Instant::now() + until(exp));
                 }
             }
@@ -202,14 +256,14 @@ fn until(exp: u64) -> Duration {
 }
 
 /// Handles one frame; returns the new expiry when it was a verified token refresh.
-async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) -> Option<u64> {
+async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str, request: Option<&ConnectRequest>) -> Option<u64> {
     // Unknown types and invalid JSON are ignored, for forward compatibility.
     let Ok(frame) = serde_json::from_str::<Inbound>(body) else { return None };
     match frame.kind.as_str() {
         "ping" => {
             conn.send_control(Control::Pong.to_text());
         }
-        "auth" => return refresh(hub, conn, &frame.payload),
+        "auth" => return refresh(hub, conn, &frame.payload, request).await,
         "subscribe" | "unsubscribe" => {
             let (raw_scope, raw_id) = (
                 frame.payload["scope"].as_str().unwrap_or_default().to_string(),
@@ -240,25 +294,39 @@ async fn handle(hub: &Hub, conn: &Arc<Conn>, body: &str) -> Option<u64> {
     None
 }
 
-/// A later `auth` frame: verified exactly like the first. A token for the same user and
-/// workspace extends the connection's life to its `exp` (`auth_ack` with `exp`); anything else
+/// A later `auth` frame: verified exactly like the first (by the authenticator when it
+/// identified the connection, else by busbar's token check). A token for the same user and
+/// workspace extends the connection's life to its expiry (`auth_ack` with `exp`); anything else
 /// gets `auth_error` and changes nothing.
-fn refresh(hub: &Hub, conn: &Arc<Conn>, payload: &Value) -> Option<u64> {
+async fn refresh(hub: &Hub, conn: &Arc<Conn>, payload: &Value, request: Option<&ConnectRequest>) -> Option<u64> {
     let refused = |code: &str| {
         hub.metrics().auth_failure(if code == "invalid_token" { "refresh_invalid" } else { "refresh_refused" });
         conn.send_control(Control::AuthError { error: code }.to_text());
         None
     };
-    let Some(token) = payload["token"].as_str() else { return refused("bad_request") };
-    match hub.verifier().identify(token, &conn.identity.workspace_id) {
-        Ok(identity) if identity.user_id == conn.identity.user_id => {
-            let exp = identity.claims.exp;
-            conn.send_control(Control::Refreshed { exp }.to_text());
-            Some(exp)
+    let identity = match request {
+        Some(request) => {
+            let with_frame = ConnectRequest { auth_frame: Some(payload.to_string()), ..request.clone() };
+            match hub.authenticate(&with_frame).await {
+                Some(Ok(Authenticated::Identified(identity))) => identity,
+                Some(Ok(Authenticated::NeedAuthFrame)) | None => return refused(RefusalKind::Unavailable.code()),
+                Some(Err(refusal)) => return refused(refusal.kind.code()),
+            }
         }
-        Ok(_) => refused("other_user"),
-        Err(e) => refused(e.code()),
+        None => {
+            let Some(token) = payload["token"].as_str() else { return refused("bad_request") };
+            match hub.verifier().identify(token, &conn.identity.workspace_id) {
+                Ok(identity) => identity,
+                Err(e) => return refused(e.code()),
+            }
+        }
+    };
+    if identity.user_id != conn.identity.user_id || identity.workspace_id != conn.identity.workspace_id {
+        return refused("other_user");
     }
+    let exp = identity.claims.exp;
+    conn.send_control(Control::Refreshed { exp }.to_text());
+    Some(exp)
 }
 
 /// `{"epoch": "...", "offset": N}`.

@@ -7,6 +7,7 @@ use super::compile::CompileError;
 use super::files::FileError;
 use super::host::CONTRACT;
 use super::manifest::ManifestError;
+use super::roles::Role;
 
 /// Why a component was refused. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +26,14 @@ pub enum LoadError {
     Compile(CompileError),
     #[error("built against contract {found}, but this host speaks {CONTRACT}")]
     ContractVersion { found: String },
-    #[error("does not export `{0}`: it must implement the `listener` world of {CONTRACT}")]
+    #[error("does not export `{0}`: it must implement the `listener` world of {CONTRACT} (or serve a policy role)")]
     MissingExport(&'static str),
-    #[error("does not match the `listener` world of {CONTRACT}: {0}")]
+    #[error("does not match the worlds of {CONTRACT}: {0}")]
     WrongExports(String),
+    #[error("its manifest's `[policy] roles` lists `{role}`, which needs the export `{export}` (world `{role}` of {CONTRACT})")]
+    RoleExport { role: Role, export: &'static str },
+    #[error("role `{role}` is held by plugin `{holder}`: remove it from that plugin first (at most one plugin holds a role)")]
+    RoleTaken { role: Role, holder: String },
     #[error("imports something this host does not provide: {0}")]
     UnsupportedImport(String),
     #[error("failed at start-up: {0}")]

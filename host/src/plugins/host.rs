@@ -33,6 +33,22 @@ pub(crate) mod bindings {
     });
 }
 
+/// The bindings of the `policy` world, for its `policy-types` and the `authenticate` and
+/// `authorize` exports; the interfaces it shares with `listener` are those above.
+pub(crate) mod policy_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "busbar:plugin/types": super::bindings::busbar::plugin::types,
+            "busbar:plugin/log": super::bindings::busbar::plugin::log,
+            "busbar:plugin/config": super::bindings::busbar::plugin::config,
+            "busbar:plugin/kv": super::bindings::busbar::plugin::kv,
+        },
+    });
+}
+
 use bindings::busbar::plugin::{config, kv, log, types};
 
 /// The contract version this host speaks.
@@ -145,10 +161,13 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> WasmResult<Linker<PluginState
     let mut linker = Linker::new(engine);
     wasi::add_to_linker(&mut linker, |s: &mut PluginState| &mut s.wasi)?;
     bindings::Listener::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+    policy_bindings::busbar::plugin::policy_types::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 
 impl types::Host for PluginState {}
+
+impl policy_bindings::busbar::plugin::policy_types::Host for PluginState {}
 
 impl log::Host for PluginState {
     /// One log record per line of `message`, escaped, within the per-call log budget.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::policy::Grant;
+use super::roles::{PolicyManifest, RawPolicy};
 use crate::bus::Subscription;
 
 /// A validated manifest.
@@ -28,6 +29,8 @@ pub struct Manifest {
     /// Start with an empty kv store when a new version replaces a running one (by default the
     /// store, and the state in it, survives reloads).
     pub reset_kv_on_reload: bool,
+    /// The policy roles it serves and what they may see (`[policy]`).
+    pub policy: PolicyManifest,
 }
 
 /// Per-plugin limits. Defaults suit a small Rust or C plugin; JS and Python plugins need more
@@ -125,6 +128,8 @@ struct RawManifest {
     capabilities: RawCapabilities,
     #[serde(default)]
     reset_kv_on_reload: bool,
+    #[serde(default)]
+    policy: RawPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +177,7 @@ impl Manifest {
             config: BTreeMap::new(),
             capabilities: Capabilities::default(),
             reset_kv_on_reload: false,
+            policy: PolicyManifest::default(),
         }
     }
 
@@ -273,6 +279,7 @@ impl Manifest {
             config,
             capabilities: Capabilities { env: raw.capabilities.env, read_dirs, grants },
             reset_kv_on_reload: raw.reset_kv_on_reload,
+            policy: raw.policy.validate().map_err(|(key, problem)| invalid(key, problem))?,
         })
     }
 }
@@ -322,6 +329,9 @@ impl Manifest {
         table.insert("limits".into(), Value::Table(limits));
         table.insert("config".into(), Value::Table(strings(&self.config)));
         table.insert("capabilities".into(), Value::Table(capabilities));
+        if let Some(policy) = self.policy.to_toml() {
+            table.insert("policy".into(), Value::Table(policy));
+        }
         table.to_string()
     }
 }
@@ -381,6 +391,11 @@ mod tests {
             env = { A = "1" }
             read-dirs = { "/data" = "data" }
             grants = ["everyone", "impersonate"]
+            [policy]
+            roles = ["authorizer"]
+            cookies = ["session"]
+            headers = ["X-Auth"]
+            max-cache-ms = 5000
             "#,
         )
         .unwrap();
@@ -448,6 +463,9 @@ mod tests {
             ("[capabilities]\nnetwork = true", "unknown field `network`"),
             ("[capabilities]\ngrants = ['root']", "`capabilities.grants` unknown grant `root`; the grants are"),
             ("order = 'first'", "invalid type"),
+            ("[policy]\nroles = ['admin']", "`policy.roles` unknown role `admin`"),
+            ("[policy]\ncookies = ['a;b']", "`policy.cookies` `a;b` is not a valid name"),
+            ("[policy]\nmax-cache-ms = 4000000", "`policy.max-cache-ms` is 4000000"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err().to_string();

@@ -8,7 +8,9 @@
 
 mod cache;
 mod clock;
+mod access;
 mod compile;
+mod decisions;
 mod engine;
 mod error;
 mod files;
@@ -20,6 +22,7 @@ mod memory;
 mod output;
 mod plugin;
 mod policy;
+mod roles;
 mod registry;
 mod runtime;
 mod text;
@@ -42,6 +45,9 @@ pub use transfer::{TransferError, export, import};
 pub use trips::Limit;
 pub use plugin::{Plugin, PluginInfo, PluginStatus};
 pub use policy::{Grant, PLUGIN_ACTOR};
+pub use access::{PluginAccess, RoleHolders};
+pub use decisions::{DecisionOutcome, DecisionStats, RoleDecisions};
+pub use roles::{PolicyManifest, Role};
 pub use registry::{Failure, InstallError, Installed, KvOnRemove, PluginView, Registry, ReloadStats, RollbackError, VersionView};
 pub use error::LoadError;
 pub use runtime::{ComponentInfo, Runtime, RuntimeConfig, RuntimeError};

@@ -8,21 +8,24 @@
 //! is dropped, never re-entered; the next call gets a fresh one. `health` decides quarantine:
 //! calls during it return `Quarantined` without entering the guest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use wasmtime::component::{ComponentExportIndex, Instance, InstancePre};
 use wasmtime::{Engine, Store, Trap};
 
+use super::decisions::{DecisionStats, RoleDecisions};
 use super::health::Health;
 use super::host::{PluginContext, PluginState, bindings};
 use super::manifest::Manifest;
-use super::memory::Refusal;
+use super::memory::{Refusal, Reservation};
 use super::error::LoadError;
 use super::output;
 use super::policy;
+use super::roles::Role;
 use super::text;
 use super::trips::Limit;
 use crate::action::Action;
@@ -30,11 +33,31 @@ use crate::bus::{Listener, ListenerError, Subscription};
 use crate::event::{self, Event};
 
 use bindings::busbar::plugin::types as wit;
+use super::host::policy_bindings::busbar::plugin::policy_types as pwit;
 
 /// One instance, ready to be called.
 struct Warm {
     store: Store<PluginState>,
-    bindings: bindings::Listener,
+    instance: Instance,
+    /// The `listener` exports, when the component has them.
+    listener: Option<bindings::Listener>,
+}
+
+/// Where a component's exports are, found once at link time: the `listener` world's (when it
+/// has both), and each policy export it has.
+pub(super) struct Exports {
+    pub listener: Option<bindings::ListenerIndices>,
+    pub authenticate: Option<ComponentExportIndex>,
+    pub authorize: Option<ComponentExportIndex>,
+}
+
+impl Exports {
+    fn of(&self, role: Role) -> Option<&ComponentExportIndex> {
+        match role {
+            Role::Authenticator => self.authenticate.as_ref(),
+            Role::Authorizer => self.authorize.as_ref(),
+        }
+    }
 }
 
 /// A loaded, linked and probed plugin version.
@@ -44,13 +67,15 @@ pub struct Plugin {
     subscriptions: Vec<Subscription>,
     loaded_at_ms: u64,
     engine: Engine,
-    pre: bindings::ListenerPre<PluginState>,
+    pre: InstancePre<PluginState>,
+    exports: Exports,
     ctx: Arc<PluginContext>,
     idle: Mutex<Vec<Warm>>,
     max_idle: usize,
     health: Health,
     instantiations: AtomicU64,
     from_cache: bool,
+    decisions: DecisionStats,
 }
 
 /// Whether a plugin is being called.
@@ -82,17 +107,29 @@ pub struct PluginInfo {
     /// How often each limit tripped (only those that did).
     pub limit_trips: BTreeMap<&'static str, u64>,
     pub limits: super::manifest::Limits,
+    /// The policy roles it serves, and what it decided in each.
+    pub roles: BTreeSet<Role>,
+    pub decisions: BTreeMap<Role, RoleDecisions>,
 }
 
 impl Plugin {
     /// Probes the component (instantiation and `subscriptions()`) and keeps that instance warm.
     pub(super) fn new(
         engine: Engine,
-        pre: bindings::ListenerPre<PluginState>,
+        pre: InstancePre<PluginState>,
+        exports: Exports,
         manifest: Manifest,
         hash: String,
         ctx: Arc<PluginContext>,
     ) -> Result<Plugin, LoadError> {
+        for &role in &manifest.policy.roles {
+            if exports.of(role).is_none() {
+                return Err(LoadError::RoleExport { role, export: role.export() });
+            }
+        }
+        if exports.listener.is_none() && manifest.policy.roles.is_empty() {
+            return Err(LoadError::MissingExport("handle"));
+        }
         let max_idle = std::thread::available_parallelism().map_or(4, |n| n.get()).max(4);
         let mut plugin = Plugin {
             hash,
@@ -100,20 +137,29 @@ impl Plugin {
             loaded_at_ms: event::now_ms(),
             engine,
             pre,
+            exports,
             ctx,
             idle: Mutex::new(Vec::new()),
             max_idle,
             health: Health::default(),
             instantiations: AtomicU64::new(0),
             from_cache: false,
+            decisions: DecisionStats::default(),
             manifest,
         };
         let mut warm = plugin.instantiate().map_err(|(e, _)| LoadError::Startup(e.to_string()))?;
-        warm.store.data_mut().begin_call();
-        warm.store.set_epoch_deadline(plugin.ctx.deadline_ticks);
-        let declared = warm.bindings.call_subscriptions(&mut warm.store);
-        warm.store.data_mut().end_call();
-        let declared = declared.map_err(|e| LoadError::Startup(plugin.classify(e, warm.store.data()).0.to_string()))?;
+        plugin.check_policy_types(&mut warm)?;
+        let declared = match &warm.listener {
+            Some(listener) => {
+                warm.store.data_mut().begin_call();
+                warm.store.set_epoch_deadline(plugin.ctx.deadline_ticks);
+                let declared = listener.call_subscriptions(&mut warm.store);
+                warm.store.data_mut().end_call();
+                declared.map_err(|e| LoadError::Startup(plugin.classify(e, warm.store.data()).0.to_string()))?
+            }
+            // A policy plugin that is not a listener hears no events.
+            None => Vec::new(),
+        };
         let limit = plugin.manifest.limits.max_subscriptions;
         if plugin.manifest.subscriptions.is_none() && declared.len() > limit {
             return Err(LoadError::Subscriptions(format!(
@@ -121,7 +167,10 @@ impl Plugin {
                 declared.len()
             )));
         }
-        let patterns = plugin.manifest.subscriptions.clone().unwrap_or(declared);
+        let patterns = match &plugin.exports.listener {
+            Some(_) => plugin.manifest.subscriptions.clone().unwrap_or(declared),
+            None => Vec::new(),
+        };
         plugin.subscriptions = Subscription::parse_all(&patterns)
             .map_err(|e| LoadError::Subscriptions(text::sanitize(&e.to_string(), 1024)))?;
         plugin.idle.get_mut().push(warm);
@@ -146,6 +195,16 @@ impl Plugin {
 
     pub fn subscriptions(&self) -> &[Subscription] {
         &self.subscriptions
+    }
+
+    /// What this version decided as authenticator and authorizer.
+    pub fn decisions(&self) -> &DecisionStats {
+        &self.decisions
+    }
+
+    /// The policy roles this version serves (its manifest's `[policy] roles`).
+    pub fn roles(&self) -> &BTreeSet<Role> {
+        &self.manifest.policy.roles
     }
 
     pub fn status(&self) -> PluginStatus {
@@ -174,6 +233,8 @@ impl Plugin {
             kv_entries: self.ctx.kv.len(),
             limit_trips: self.ctx.trips.snapshot(),
             limits: self.manifest.limits.clone(),
+            roles: self.roles().clone(),
+            decisions: self.decisions.snapshot(),
         }
     }
 
@@ -187,10 +248,13 @@ impl Plugin {
         store.set_hostcall_fuel(self.ctx.crossing_bytes);
         store.set_epoch_deadline(self.ctx.deadline_ticks);
         self.instantiations.fetch_add(1, Relaxed);
-        let instantiated = self.pre.instantiate(&mut store);
+        let instantiated = self.pre.instantiate(&mut store).and_then(|instance| {
+            let listener = self.exports.listener.as_ref().map(|l| l.load(&mut store, &instance)).transpose()?;
+            Ok((instance, listener))
+        });
         store.data_mut().end_call();
         match instantiated {
-            Ok(bindings) => Ok(Warm { store, bindings }),
+            Ok((instance, listener)) => Ok(Warm { store, instance, listener }),
             Err(e) => Err(self.classify(e, store.data())),
         }
     }
@@ -227,17 +291,24 @@ impl Plugin {
         }
     }
 
-    fn call(&self, event: &Event) -> Result<Vec<Action>, ListenerError> {
+    /// Whether a call may start: the plugin is not quarantined, and the process budget has room
+    /// for what the call may hand back (its hostcall fuel, and as much again for the host values
+    /// built from it). The caller holds the room until it has built what it needs.
+    fn admit(&self) -> Result<Reservation, ListenerError> {
         self.health.check()?;
-        // Room in the process budget for what the call may hand back (its hostcall fuel, and
-        // as much again for the host values built from it), held until the actions are built.
-        let Some(_output_room) = self.ctx.budget.reserve(2 * self.ctx.crossing_bytes) else {
+        self.ctx.budget.reserve(2 * self.ctx.crossing_bytes).ok_or_else(|| {
             self.ctx.trips.count(Limit::MemoryBudget);
-            return Err(ListenerError::OutOfMemory(format!(
+            ListenerError::OutOfMemory(format!(
                 "the process-wide plugin memory budget of {} bytes has no room for this call's output",
                 self.ctx.budget.limit()
-            )));
-        };
+            ))
+        })
+    }
+
+    /// Runs `run` on a warm instance under the call's deadline: the one path into the guest
+    /// for events and policy decisions alike (after `admit`). A failure drops the instance and
+    /// counts towards quarantine when the plugin is to blame.
+    fn enter<R>(&self, run: impl FnOnce(&mut Warm) -> wasmtime::Result<R>) -> Result<R, ListenerError> {
         let taken = self.idle.lock().pop();
         let mut warm = match taken {
             Some(warm) => warm,
@@ -246,6 +317,28 @@ impl Plugin {
                 error
             })?,
         };
+        warm.store.data_mut().begin_call();
+        warm.store.set_epoch_deadline(self.ctx.deadline_ticks);
+        let result = run(&mut warm);
+        warm.store.data_mut().end_call();
+        match result {
+            Ok(returned) => {
+                self.release(warm);
+                Ok(returned)
+            }
+            Err(error) => {
+                let (failure, blame) = self.classify(error, warm.store.data());
+                drop(warm); // a trapped instance is never entered again
+                self.record_failure(blame);
+                Err(failure)
+            }
+        }
+    }
+
+    fn call(&self, event: &Event) -> Result<Vec<Action>, ListenerError> {
+        if self.exports.listener.is_none() {
+            return Ok(Vec::new());
+        }
         let arg = wit::Event {
             id: &event.id,
             event_type: &event.event_type,
@@ -257,20 +350,11 @@ impl Plugin {
             chat_session_id: event.chat_session_id.as_deref(),
             published_at_ms: event.published_at_ms,
         };
-        warm.store.data_mut().begin_call();
-        warm.store.set_epoch_deadline(self.ctx.deadline_ticks);
-        let result = warm.bindings.call_handle(&mut warm.store, arg);
-        warm.store.data_mut().end_call();
-        let returned = match result {
-            Ok(returned) => returned,
-            Err(error) => {
-                let (failure, blame) = self.classify(error, warm.store.data());
-                drop(warm); // a trapped instance is never entered again
-                self.record_failure(blame);
-                return Err(failure);
-            }
-        };
-        self.release(warm);
+        let _output_room = self.admit()?;
+        let returned = self.enter(|warm| match &warm.listener {
+            Some(listener) => listener.call_handle(&mut warm.store, arg),
+            None => Ok(Ok(Vec::new())),
+        })?;
         match returned {
             Ok(actions) => match self.checked(actions, event) {
                 Ok(actions) => {
@@ -291,6 +375,58 @@ impl Plugin {
                 Err(output::error(&message, &self.manifest.limits))
             }
         }
+    }
+
+    /// Asks the plugin who a connection is (its `authenticate` export).
+    pub(super) fn authenticate(&self, request: pwit::ConnectRequest<'_>) -> Result<pwit::Authentication, ListenerError> {
+        let _room = self.admit()?;
+        let answer = self.enter(|warm| {
+            let func = Self::export(warm, self.exports.authenticate.as_ref(), "authenticate")?;
+            let (answer,) = func.typed::<(pwit::ConnectRequest<'_>,), (pwit::Authentication,)>(&warm.store)?.call(&mut warm.store, (request,))?;
+            Ok(answer)
+        })?;
+        self.health.record_success(self.name());
+        Ok(answer)
+    }
+
+    /// Asks the plugin whether `who` may join `room` (its `authorize` export). The plugin's own
+    /// "could not decide" is the inner `Err`, cut to `limits.max-error-bytes`.
+    pub(super) fn authorize(&self, who: pwit::IdentityParam<'_>, room: pwit::Room<'_>) -> Result<Result<pwit::Decision, String>, ListenerError> {
+        let _room = self.admit()?;
+        let answer = self.enter(|warm| {
+            let func = Self::export(warm, self.exports.authorize.as_ref(), "authorize")?;
+            let typed = func.typed::<(pwit::IdentityParam<'_>, pwit::Room<'_>), (Result<pwit::Decision, String>,)>(&warm.store)?;
+            let (answer,) = typed.call(&mut warm.store, (who, room))?;
+            Ok(answer)
+        })?;
+        self.health.record_success(self.name());
+        Ok(answer.map_err(|message| {
+            if message.len() > self.manifest.limits.max_error_bytes {
+                self.ctx.trips.count(Limit::ErrorText);
+            }
+            text::sanitize(&message, self.manifest.limits.max_error_bytes)
+        }))
+    }
+
+    /// An export of the instance, found by the index taken at link time.
+    fn export(warm: &mut Warm, index: Option<&ComponentExportIndex>, name: &str) -> wasmtime::Result<wasmtime::component::Func> {
+        index
+            .and_then(|index| warm.instance.get_func(&mut warm.store, index))
+            .ok_or_else(|| wasmtime::format_err!("the component has no `{name}` export"))
+    }
+
+    /// Checks, on the probe instance, that each policy export the manifest's roles use has the
+    /// contract's signature.
+    fn check_policy_types(&self, warm: &mut Warm) -> Result<(), LoadError> {
+        for &role in self.roles() {
+            let func = Self::export(warm, self.exports.of(role), role.export()).map_err(|e| LoadError::WrongExports(format!("{e:#}")))?;
+            let checked = match role {
+                Role::Authenticator => func.typed::<(pwit::ConnectRequest<'_>,), (pwit::Authentication,)>(&warm.store).map(drop),
+                Role::Authorizer => func.typed::<(pwit::IdentityParam<'_>, pwit::Room<'_>), (Result<pwit::Decision, String>,)>(&warm.store).map(drop),
+            };
+            checked.map_err(|e| LoadError::WrongExports(format!("`{}`: {e:#}", role.export())))?;
+        }
+        Ok(())
     }
 
     /// What a call returned, as host actions within the caps and the output policy.

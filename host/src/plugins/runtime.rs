@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use wasmtime::Engine;
+use wasmtime::component::InstancePre;
 
 use super::cache::{CacheUse, CompileCache, content_hash};
 use super::clock::{EPOCH_TICK, Ticks};
@@ -31,7 +32,7 @@ use super::kv::{KvStore, KvStores};
 use super::manifest::{Manifest, read_manifest};
 use super::memory::MemoryBudget;
 
-use super::plugin::Plugin;
+use super::plugin::{Exports, Plugin};
 use crate::store::Store;
 
 
@@ -195,9 +196,9 @@ impl Runtime {
     /// Like `load`, with the kv store given.
     pub fn load_with_kv(&self, bytes: &[u8], manifest: Manifest, kv: Arc<KvStore>) -> Result<Plugin, LoadError> {
         let started = Instant::now();
-        let (pre, hash, cache_use) = self.link(bytes)?;
+        let (pre, exports, hash, cache_use) = self.link(bytes)?;
         let ctx = Arc::new(PluginContext::new(&manifest, kv, self.budget.clone(), self.ticker.ticks.clone()));
-        let mut plugin = Plugin::new(self.engine.clone(), pre, manifest, hash, ctx)?;
+        let mut plugin = Plugin::new(self.engine.clone(), pre, exports, manifest, hash, ctx)?;
         plugin.set_from_cache(cache_use == CacheUse::Hit);
         tracing::info!(
             plugin = plugin.name(),
@@ -214,8 +215,8 @@ impl Runtime {
     /// start-up gets `CHECK_DEADLINE` (a check validates, it does not race the clock) and is
     /// reported, so an author sees it beside the manifest's `timeout-ms`.
     pub fn check(&self, bytes: &[u8]) -> Result<ComponentInfo, LoadError> {
-        let (pre, hash, _) = self.link(bytes)?;
-        let component = pre.instance_pre().component();
+        let (pre, exports, hash, _) = self.link(bytes)?;
+        let component = pre.component();
         let imports = component
             .component_type()
             .imports(&self.engine)
@@ -225,7 +226,7 @@ impl Runtime {
         manifest.limits.timeout = CHECK_DEADLINE;
         let ctx = Arc::new(PluginContext::new(&manifest, Arc::new(KvStore::detached()), self.budget.clone(), self.ticker.ticks.clone()));
         let started = std::time::Instant::now();
-        let plugin = Plugin::new(self.engine.clone(), pre, manifest, hash.clone(), ctx)?;
+        let plugin = Plugin::new(self.engine.clone(), pre, exports, manifest, hash.clone(), ctx)?;
         Ok(ComponentInfo {
             startup_ms: started.elapsed().as_millis() as u64,
             hash,
@@ -236,7 +237,7 @@ impl Runtime {
         })
     }
 
-    fn link(&self, bytes: &[u8]) -> Result<(bindings::ListenerPre<PluginState>, String, CacheUse), LoadError> {
+    fn link(&self, bytes: &[u8]) -> Result<(InstancePre<PluginState>, Exports, String, CacheUse), LoadError> {
         sniff(bytes)?;
         let hash = content_hash(bytes);
         let (component, cache_use) = self.cache.load(&self.engine, &self.compiler, bytes, &hash).map_err(|e| match e {
@@ -256,14 +257,21 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
-        for required in ["handle", "subscriptions"] {
-            if !exports.iter().any(|name| name == required) {
-                return Err(LoadError::MissingExport(required));
-            }
-        }
-        let pre = bindings::ListenerPre::new(instance_pre).map_err(|e| LoadError::WrongExports(format!("{e:#}")))?;
-        Ok((pre, hash, cache_use))
+        let has = |name: &str| ty.exports(&self.engine).any(|(export, _)| export == name);
+        // A listener exports both `handle` and `subscriptions`; a policy plugin may export
+        // neither. Which policy exports must be there depends on the manifest (see `Plugin::new`).
+        let listener = match (has("handle"), has("subscriptions")) {
+            (true, true) => Some(bindings::ListenerIndices::new(&instance_pre).map_err(|e| LoadError::WrongExports(format!("{e:#}")))?),
+            (false, false) => None,
+            (false, true) => return Err(LoadError::MissingExport("handle")),
+            (true, false) => return Err(LoadError::MissingExport("subscriptions")),
+        };
+        let exports = Exports {
+            listener,
+            authenticate: component.get_export_index(None, "authenticate"),
+            authorize: component.get_export_index(None, "authorize"),
+        };
+        Ok((instance_pre, exports, hash, cache_use))
     }
 }
 

@@ -113,7 +113,7 @@ fn open(hub: &Arc<Hub>, token: Option<&str>) -> Client {
     let (to_server, inbound) = mpsc::unbounded_channel();
     let (outbound, from_server) = mpsc::unbounded_channel();
     let auth = match token {
-        Some(token) => Auth::Identified { identity: hub.verifier().identify(token, "ws-1").expect("a good token"), since: HashMap::new() },
+        Some(token) => Auth::Identified { identity: hub.verifier().identify(token, "ws-1").expect("a good token"), since: HashMap::new(), request: None },
         None => Auth::Pending { workspace_id: "ws-1".into() },
     };
     tokio::spawn(serve(hub.clone(), Socket { inbound, outbound }, auth, None));

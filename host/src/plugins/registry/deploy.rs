@@ -245,6 +245,7 @@ impl Registry {
         let previous = slot.previous.clone().ok_or("no previous version here")?;
         self.bus.replace(registration(name, &previous)).map_err(|e| e.to_string())?;
         slot.previous = slot.current.replace(previous);
+        self.roles_changed(&slots);
         Ok(())
     }
 

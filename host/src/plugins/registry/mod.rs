@@ -27,6 +27,7 @@ use super::cache::content_hash;
 use super::error::LoadError;
 use super::manifest::Manifest;
 use super::plugin::{Plugin, PluginInfo, PluginStatus};
+use super::access::RoleHolders;
 use super::runtime::Runtime;
 use crate::bus::{Bus, BusError, ListenerInfo, Registration};
 use crate::event;
@@ -164,13 +165,41 @@ pub struct Registry {
     /// This node's id, when it shares the store with others and reports what it runs.
     node: Option<String>,
     stats: ReloadStats,
+    /// Which running plugin holds each policy role; rewritten whenever what runs changes.
+    roles: Arc<RoleHolders>,
 }
 
 impl Registry {
     /// A registry whose base versions are built in; deployments are kept in the runtime's store.
     pub fn new(runtime: Arc<Runtime>, bus: Arc<Bus>) -> Registry {
         let store = runtime.store().clone();
-        Registry { runtime, bus, store, slots: Mutex::new(BTreeMap::new()), deploying: Mutex::new(()), files: false, node: None, stats: ReloadStats::default() }
+        Registry {
+            runtime,
+            bus,
+            store,
+            slots: Mutex::new(BTreeMap::new()),
+            deploying: Mutex::new(()),
+            files: false,
+            node: None,
+            stats: ReloadStats::default(),
+            roles: Arc::default(),
+        }
+    }
+
+    /// A registry that keeps `roles` current (the hub's access adapters read the same holders).
+    pub fn holding_roles(mut self, roles: Arc<RoleHolders>) -> Registry {
+        self.roles = roles;
+        self
+    }
+
+    /// Which running plugin holds each policy role.
+    pub fn roles(&self) -> &Arc<RoleHolders> {
+        &self.roles
+    }
+
+    /// Tells the role holders what runs now (after any change to the slots).
+    fn roles_changed(&self, slots: &BTreeMap<String, Slot>) {
+        self.roles.update(slots.values().filter_map(|slot| slot.current.as_ref()));
     }
 
     /// A registry that reports to a shared store, as node `id`, which version of each plugin it
@@ -196,12 +225,16 @@ impl Registry {
 
     /// Puts a loaded plugin on the bus: registered at its manifest's position, or swapped in
     /// for the running version of the same name (keeping that one's position).
-    pub fn activate(&self, plugin: Plugin) -> Result<Installed, BusError> {
+    /// Refused when it claims a policy role another plugin holds.
+    pub fn activate(&self, plugin: Plugin) -> Result<Installed, InstallError> {
         self.activate_in(&mut self.slots.lock(), Arc::new(plugin))
     }
 
     /// `activate` with the slots already locked.
-    fn activate_in(&self, slots: &mut BTreeMap<String, Slot>, plugin: Arc<Plugin>) -> Result<Installed, BusError> {
+    fn activate_in(&self, slots: &mut BTreeMap<String, Slot>, plugin: Arc<Plugin>) -> Result<Installed, InstallError> {
+        if let Some((role, holder)) = self.roles.conflict(&plugin) {
+            return Err(LoadError::RoleTaken { role, holder }.into());
+        }
         let name = plugin.name().to_string();
         let slot = slots.entry(name.clone()).or_default();
         let installed = if slot.current.is_some() {
@@ -217,12 +250,13 @@ impl Registry {
         tracing::info!(plugin = %name, hash = &plugin.hash()[..12], ?installed, "plugin activated");
         slot.current = Some(plugin);
         slot.failure = None;
+        self.roles_changed(slots);
         Ok(installed)
     }
 
     /// Takes plugin `old` off the bus and activates `plugin` (named differently) in its place,
     /// under one lock. If the bus refuses `plugin`, `old` is registered again and keeps serving.
-    fn activate_renamed(&self, old: &str, plugin: Plugin) -> Result<Installed, BusError> {
+    fn activate_renamed(&self, old: &str, plugin: Plugin) -> Result<Installed, InstallError> {
         let mut slots = self.slots.lock();
         let old_slot = slots.remove(old);
         self.bus.unregister(old);
@@ -238,6 +272,7 @@ impl Registry {
             }
             slots.insert(old.to_string(), slot);
         }
+        self.roles_changed(&slots);
         Err(error)
     }
 
@@ -262,6 +297,7 @@ impl Registry {
         if swapped.is_some() {
             slot.stored = swapped;
         }
+        self.roles_changed(&slots);
         self.stats.rollbacks_total.fetch_add(1, Relaxed);
         tracing::info!(plugin = %name, hash = &previous.hash()[..12], "plugin rolled back");
         drop(slots);
@@ -352,6 +388,10 @@ impl Registry {
         // A reload keeps the plugin's kv state unless its manifest asks for a fresh store.
         let reset_kv = reset_allowed && current.is_some() && manifest.reset_kv_on_reload;
         let plugin = self.runtime.load_with_kv(bytes, manifest, self.runtime.kv().store(name))?;
+        // Refused before anything is stored: a second plugin never takes a role over.
+        if let Some((role, holder)) = self.roles.conflict(&plugin) {
+            return Err(LoadError::RoleTaken { role, holder });
+        }
         Ok(Some(Loaded { plugin, reset_kv }))
     }
 
@@ -376,7 +416,12 @@ impl Registry {
     /// it (so a different plugin installed later under the same name never reads it). Returns
     /// whether it existed.
     pub fn remove(&self, name: &str, state: KvOnRemove) -> bool {
-        let existed = self.slots.lock().remove(name).is_some();
+        let existed = {
+            let mut slots = self.slots.lock();
+            let existed = slots.remove(name).is_some();
+            self.roles_changed(&slots);
+            existed
+        };
         self.bus.unregister(name);
         if state == KvOnRemove::Delete {
             self.runtime.kv().remove(name);
