@@ -1,6 +1,7 @@
 //! Builds the Rust plugins in `plugins/rust` for wasm32-wasip2 and gathers each component with
 //! its manifest into `$OUT_DIR/plugins/<group>/<name>.{wasm,toml}`: `examples/` (embedded in the
-//! binary as `busbar serve`'s default plugins), `testing/` and `hostile/` (used by the tests).
+//! binary as `busbar serve`'s default plugins), `policy/` (example policy plugins an operator
+//! deploys: not loaded by default), `testing/` and `hostile/` (used by the tests).
 //!
 //! The plugins are a Cargo workspace of their own, built by a nested `cargo build` into
 //! `target/plugins` (a target directory of their own, so that it never waits on this build's
@@ -64,7 +65,7 @@ fn main() {
 
     let built = target_dir.join("wasm32-wasip2/release");
     let _ = std::fs::remove_dir_all(&out);
-    for group in ["examples", "testing", "hostile"] {
+    for group in ["examples", "policy", "testing", "hostile"] {
         let group_out = out.join(group);
         std::fs::create_dir_all(&group_out).expect("creating the plugin output directory");
         let mut crates: Vec<PathBuf> = std::fs::read_dir(plugins.join(group))

@@ -6,6 +6,7 @@ mod conformance;
 mod cli;
 mod hostile;
 mod limits;
+mod policy;
 mod relay;
 mod reload;
 mod runtime;

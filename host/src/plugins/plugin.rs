@@ -171,8 +171,12 @@ impl Plugin {
             Some(_) => plugin.manifest.subscriptions.clone().unwrap_or(declared),
             None => Vec::new(),
         };
-        plugin.subscriptions = Subscription::parse_all(&patterns)
-            .map_err(|e| LoadError::Subscriptions(text::sanitize(&e.to_string(), 1024)))?;
+        // A component that decides policy may hear no events; a plain listener must hear some.
+        let decides = plugin.exports.authenticate.is_some() || plugin.exports.authorize.is_some();
+        if !(decides && patterns.is_empty()) {
+            plugin.subscriptions = Subscription::parse_all(&patterns)
+                .map_err(|e| LoadError::Subscriptions(text::sanitize(&e.to_string(), 1024)))?;
+        }
         plugin.idle.get_mut().push(warm);
         Ok(plugin)
     }

@@ -149,6 +149,18 @@ impl Client {
         }
     }
 
+    /// The next text frame, or `None` when the server closes the connection instead.
+    pub async fn next_or_close(&mut self) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.socket.next()).await.expect("a frame within 10 s")?;
+            match message.ok()? {
+                Message::Text(text) => return serde_json::from_str(&text).ok(),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
     /// Every frame up to (not including) the `daemon:barrier` broadcast.
     pub async fn until_barrier(&mut self) -> Vec<Value> {
         let mut frames = Vec::new();

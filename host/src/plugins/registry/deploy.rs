@@ -91,7 +91,7 @@ impl Registry {
                     Some(before) => self.keep_stored(before.record(name)),
                     None => self.forget_quietly(name),
                 }
-                refused(error.into())
+                refused(error)
             }
         }
     }

@@ -330,7 +330,7 @@ impl Registry {
             }
             Err(error) => {
                 self.record_failure(name, &error.to_string());
-                Err(error.into())
+                Err(error)
             }
         }
     }
@@ -364,7 +364,7 @@ impl Registry {
             }
             Err(error) => {
                 refused(&error);
-                Err(error.into())
+                Err(error)
             }
         }
     }

@@ -1,9 +1,17 @@
-//! The seed's forwarder as a plugin: every event goes to its workspace room, personal events
-//! (`inbox:*`, `invitation:*`) only to the recipient named in the payload, workspace-less
-//! `daemon:*` events to everyone, and internal keys are stripped before anything leaves.
+//! The seed's forwarder as a plugin, routing as the original did: every event goes to its
+//! workspace room, personal events (the original's set: `inbox:new|read|archived|unarchived|
+//! batch-read|batch-archived`, `invitation:created|revoked`) only to the recipient named in the
+//! payload, workspace-less `daemon:*` events to everyone, and internal keys are stripped before
+//! anything leaves.
+//!
+//! One deliberate difference: `chat:*` events reach the workspace room only when config
+//! `chat-to-workspace` is `true`. The original sent chat messages, content included, to every
+//! connection of the workspace; by default here they go only to the chat's room (scope-router),
+//! whose members the authorizer checks.
 //!
 //! Shows: routing on the event type, reading the payload as JSON, byte-exact forwarding when
-//! nothing needs stripping, and a `skip` config list of patterns left to other plugins.
+//! nothing needs stripping, a boolean config key, and a `skip` config list of patterns left to
+//! other plugins.
 
 use busbar_plugin_sdk::{Action, Error, Event, Plugin, Target, config, export};
 use busbar_plugin_sdk::serde_json::Value;
@@ -16,7 +24,9 @@ impl Plugin for Forwarder {
     }
 
     fn handle(event: Event) -> Result<Vec<Action>, Error> {
-        if skipped(&event.event_type) {
+        // Credential events (a personal access token's hash, for a policy plugin) never reach clients.
+        let credentials = event.event_type.starts_with("personal_access_token:");
+        if credentials || skipped(&event.event_type) || (event.event_type.starts_with("chat:") && !chat_to_workspace()) {
             return Ok(vec![]);
         }
         if is_personal(&event.event_type) {
@@ -44,9 +54,25 @@ impl Plugin for Forwarder {
 
 export!(Forwarder);
 
-/// Events that concern one person and must never reach a whole workspace.
+/// Events that concern one person and must never reach a whole workspace: exactly the
+/// original's set (`inbox:unread` and `invitation:accepted|declined` go to the workspace).
 fn is_personal(event_type: &str) -> bool {
-    event_type.starts_with("inbox:") || event_type.starts_with("invitation:")
+    matches!(
+        event_type,
+        "inbox:new"
+            | "inbox:read"
+            | "inbox:archived"
+            | "inbox:unarchived"
+            | "inbox:batch-read"
+            | "inbox:batch-archived"
+            | "invitation:created"
+            | "invitation:revoked"
+    )
+}
+
+/// `chat-to-workspace = "true"` sends chat traffic to the whole workspace, as the original did.
+fn chat_to_workspace() -> bool {
+    config::get("chat-to-workspace").is_some_and(|v| v.trim() == "true")
 }
 
 /// `skip` is a comma-separated list of exact types or `prefix:*` patterns.
@@ -64,6 +90,7 @@ fn recipient(event: &Event) -> Result<String, Error> {
     let candidates = [
         &payload["item"]["recipient_id"],
         &payload["recipient_id"],
+        &payload["invitation"]["InviteeUserID"],
         &payload["invitation"]["invitee_user_id"],
         &payload["invitee_user_id"],
     ];
