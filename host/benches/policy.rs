@@ -16,7 +16,7 @@ use busbar::action::Scope;
 use busbar::broadcast::Recorder;
 use busbar::bus::Bus;
 use busbar::event::Event;
-use busbar::hub::{Authenticated, Authenticator, ClaimsAuthorizer, ConnectRequest, Identity, ScopeAuthorizer, TokenVerifier, auth};
+use busbar::hub::{Authenticated, Authenticator, ClaimsAuthorizer, ConnectRequest, Identity, ScopeAuthorizer, TokenOnly, TokenVerifier, auth};
 use busbar::plugins::{Manifest, PluginAccess, Registry, Runtime, RuntimeConfig};
 
 const SECRET: &str = "bench-secret";
@@ -41,7 +41,7 @@ fn original_policy(allow_cache_ms: u32) -> (Arc<Registry>, PluginAccess) {
     for event in feed {
         bus.publish(event.expect("a valid event"));
     }
-    let access = PluginAccess::new(registry.roles().clone(), Arc::new(ClaimsAuthorizer));
+    let access = PluginAccess::new(registry.roles().clone(), Arc::new(ClaimsAuthorizer), Arc::new(TokenOnly));
     (registry, access)
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, Access, AppState};
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::hub::{ClaimsAuthorizer, Hub, ScopeAuthorizer, TokenVerifier};
+use crate::hub::{Authenticator, ClaimsAuthorizer, Hub, ScopeAuthorizer, TokenOnly, TokenVerifier};
 use crate::plugins::{self, PluginAccess, Registry, RoleHolders, Runtime, RuntimeConfig};
 use crate::relay::Relay;
 
@@ -63,6 +63,18 @@ pub fn build_with_authorizer(
     shutdown: CancellationToken,
     authorizer: Arc<dyn ScopeAuthorizer>,
 ) -> Result<App, StartError> {
+    build_with_policy(config, shutdown, authorizer, Arc::new(TokenOnly))
+}
+
+/// `build`, with the application's own rules for subscriptions and for connections (an
+/// `Authenticator` that, for instance, checks a session in the application's database). A plugin
+/// holding the authorizer or authenticator role decides instead while it runs.
+pub fn build_with_policy(
+    config: &Config,
+    shutdown: CancellationToken,
+    authorizer: Arc<dyn ScopeAuthorizer>,
+    authenticator: Arc<dyn Authenticator>,
+) -> Result<App, StartError> {
     // Several nodes share one store in Redis; one node keeps its own in the data directory.
     let store: Arc<dyn crate::store::Store> = match (&config.relay, &config.data_dir) {
         (Some(relay), _) => Arc::new(crate::store::RedisStore::open(&relay.url)?),
@@ -82,9 +94,9 @@ pub fn build_with_authorizer(
     .map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let runtime = Arc::new(runtime);
     // Plugins holding the authenticator and authorizer roles decide for the hub; without them,
-    // busbar's token check and `authorizer` do.
+    // `authenticator` (busbar's token check by default) and `authorizer` do.
     let roles = Arc::new(RoleHolders::default());
-    let access = Arc::new(PluginAccess::new(roles.clone(), authorizer));
+    let access = Arc::new(PluginAccess::new(roles.clone(), authorizer, authenticator));
     let verifier = TokenVerifier::with_rules(&config.jwt_secret, &config.token_rules);
     let hub = Arc::new(Hub::new(config.hub.clone(), verifier, access.clone()).with_authenticator(access));
     // Several nodes: the relay is the bus's Broadcaster and delivers into the hub.

@@ -382,3 +382,38 @@ async fn a_role_has_one_holder_and_is_released_when_its_plugin_goes() {
     assert_eq!(client.subscribe("task", "t-1").await["type"], "subscribe_ack");
     server.stop().await;
 }
+
+/// An embedding application's own authenticator: sessions it knows, by a header.
+struct Sessions;
+
+impl busbar::hub::Authenticator for Sessions {
+    fn authenticate<'a>(&'a self, request: &'a busbar::hub::ConnectRequest) -> Option<busbar::hub::AuthenticateFuture<'a>> {
+        let session = request.headers.iter().find(|(name, _)| name == "x-session").map(|(_, v)| v.clone());
+        Some(Box::pin(async move {
+            use busbar::hub::{Authenticated, Claims, Identity, Refusal, RefusalKind};
+            match session.as_deref() {
+                Some("s-alice") => {
+                    let claims = Claims { sub: "alice".into(), exp: busbar::event::now_ms() / 1000 + 60, workspaces: vec!["ws-1".into()], grants: Default::default() };
+                    Ok(Authenticated::Identified(Identity { user_id: "alice".into(), workspace_id: "ws-1".into(), claims: std::sync::Arc::new(claims) }))
+                }
+                Some(_) => Err(Refusal::new(RefusalKind::InvalidToken, "unknown session")),
+                None => Ok(Authenticated::NeedAuthFrame),
+            }
+        }))
+    }
+}
+
+#[tokio::test]
+async fn an_embedder_authenticates_with_its_own_rules_until_a_plugin_takes_the_role() {
+    let server = TestServer::start_with_policy(|_| {}, std::sync::Arc::new(busbar::hub::ClaimsAuthorizer), std::sync::Arc::new(Sessions)).await;
+    let mut alice = open(&server, "", &[("x-session", "s-alice")]).await.expect("the embedder's session");
+    assert_eq!(alice.next().await["type"], "auth_ack");
+    let (status, _) = open(&server, "", &[("x-session", "s-mallory")]).await.err().expect("refused");
+    assert_eq!(status, 401);
+    let manifest = manifest_with("testing", "gatekeeper", &[]);
+    assert_eq!(deploy(&server, "gatekeeper", "testing", "gatekeeper", &manifest).await.status(), 201);
+    let (status, _) = open(&server, "", &[("x-session", "s-alice")]).await.err().expect("the plugin decides now");
+    assert_eq!(status, 400, "the gatekeeper wants `user` and `workspace`");
+    let _gated = gatekeeper_client(server.addr, "u1").await;
+    server.stop().await;
+}

@@ -31,6 +31,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 println!("  contract:      {}", info.contract);
                 println!("  sha256:        {}", info.hash);
                 println!("  size:          {} bytes", info.size);
+                println!("  worlds:        {}", info.worlds.join(", "));
                 println!("  subscriptions: {}", info.subscriptions.join(", "));
                 println!("  imports:       {}", info.imports.join(", "));
                 println!("  start-up:      {} ms (a manifest's `limits.timeout-ms` bounds it; default 100)", info.startup_ms);

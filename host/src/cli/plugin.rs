@@ -165,6 +165,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&built.wasm)?;
     let info = runtime.check(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", built.wasm.display()))?;
     println!("built {} ({} bytes)", built.wasm.display(), info.size);
+    println!("  worlds:        {}", info.worlds.join(", "));
     println!("  subscriptions: {}", info.subscriptions.join(", "));
     println!("  start-up:      {} ms (bounded by the manifest's `limits.timeout-ms`)", info.startup_ms);
     Ok(ExitCode::SUCCESS)

@@ -8,9 +8,9 @@
 //! (`[policy] headers`, `cookies`, `query`), caches authorizer decisions for as long as the
 //! plugin asks (capped by `max-cache-ms`; dropped when the holder changes), and counts every
 //! decision on the plugin. Fail closed: a failed authenticator refuses the connection, a failed
-//! authorizer answers "could not decide" (`lookup_failed`). Without a holder busbar's own checks
-//! apply: the token for connections, `fallback` for subscriptions. It must not touch sockets or
-//! rooms.
+//! authorizer answers "could not decide" (`lookup_failed`). Without a holder the embedder's
+//! fallbacks decide (by default busbar's own token check, and the token's grants). It must not
+//! touch sockets or rooms.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -89,13 +89,16 @@ impl RoleHolders {
 pub struct PluginAccess {
     roles: Arc<RoleHolders>,
     fallback: Arc<dyn ScopeAuthorizer>,
+    fallback_authenticator: Arc<dyn Authenticator>,
     cache: DecisionCache,
 }
 
 impl PluginAccess {
-    /// `fallback` decides subscriptions while no plugin holds the authorizer role.
-    pub fn new(roles: Arc<RoleHolders>, fallback: Arc<dyn ScopeAuthorizer>) -> PluginAccess {
-        PluginAccess { roles, fallback, cache: DecisionCache::default() }
+    /// `authorizer` decides subscriptions while no plugin holds the authorizer role, and
+    /// `authenticator` connections while none holds the authenticator role (`TokenOnly`: busbar's
+    /// own token check).
+    pub fn new(roles: Arc<RoleHolders>, authorizer: Arc<dyn ScopeAuthorizer>, authenticator: Arc<dyn Authenticator>) -> PluginAccess {
+        PluginAccess { roles, fallback: authorizer, fallback_authenticator: authenticator, cache: DecisionCache::default() }
     }
 
     /// Decisions cached now.
@@ -106,7 +109,7 @@ impl PluginAccess {
 
 impl Authenticator for PluginAccess {
     fn authenticate<'a>(&'a self, request: &'a ConnectRequest) -> Option<AuthenticateFuture<'a>> {
-        let plugin = self.roles.holder(Role::Authenticator)?;
+        let Some(plugin) = self.roles.holder(Role::Authenticator) else { return self.fallback_authenticator.authenticate(request) };
         let seen = Seen::of(request, &plugin.manifest().policy);
         Some(Box::pin(async move {
             let started = Instant::now();

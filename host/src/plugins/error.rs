@@ -28,8 +28,8 @@ pub enum LoadError {
     ContractVersion { found: String },
     #[error("does not export `{0}`: it must implement the `listener` world of {CONTRACT} (or serve a policy role)")]
     MissingExport(&'static str),
-    #[error("does not match the worlds of {CONTRACT}: {0}")]
-    WrongExports(String),
+    #[error("does not match the `{world}` world of {CONTRACT}: {message}")]
+    WrongExports { world: &'static str, message: String },
     #[error("its manifest's `[policy] roles` lists `{role}`, which needs the export `{export}` (world `{role}` of {CONTRACT})")]
     RoleExport { role: Role, export: &'static str },
     #[error("role `{role}` is held by plugin `{holder}`: remove it from that plugin first (at most one plugin holds a role)")]

@@ -41,10 +41,10 @@ pub(crate) mod policy_bindings {
         world: "policy",
         ownership: Borrowing { duplicate_if_necessary: true },
         with: {
-            "busbar:plugin/types": super::bindings::busbar::plugin::types,
-            "busbar:plugin/log": super::bindings::busbar::plugin::log,
-            "busbar:plugin/config": super::bindings::busbar::plugin::config,
-            "busbar:plugin/kv": super::bindings::busbar::plugin::kv,
+            "busbar:plugin/types": crate::plugins::host::bindings::busbar::plugin::types,
+            "busbar:plugin/log": crate::plugins::host::bindings::busbar::plugin::log,
+            "busbar:plugin/config": crate::plugins::host::bindings::busbar::plugin::config,
+            "busbar:plugin/kv": crate::plugins::host::bindings::busbar::plugin::kv,
         },
     });
 }

@@ -86,6 +86,9 @@ pub struct ComponentInfo {
     pub imports: Vec<String>,
     /// How long instantiating it and asking its subscriptions took.
     pub startup_ms: u64,
+    /// What it can be: `listener`, `authenticator`, `authorizer` (a manifest's `[policy] roles`
+    /// gives it the policy roles).
+    pub worlds: Vec<&'static str>,
 }
 
 /// How long a checked component may take to start.
@@ -216,6 +219,10 @@ impl Runtime {
     /// reported, so an author sees it beside the manifest's `timeout-ms`.
     pub fn check(&self, bytes: &[u8]) -> Result<ComponentInfo, LoadError> {
         let (pre, exports, hash, _) = self.link(bytes)?;
+        let worlds = [("listener", exports.listener.is_some()), ("authenticator", exports.authenticate.is_some()), ("authorizer", exports.authorize.is_some())]
+            .into_iter()
+            .filter_map(|(world, has)| has.then_some(world))
+            .collect();
         let component = pre.component();
         let imports = component
             .component_type()
@@ -229,6 +236,7 @@ impl Runtime {
         let plugin = Plugin::new(self.engine.clone(), pre, exports, manifest, hash.clone(), ctx)?;
         Ok(ComponentInfo {
             startup_ms: started.elapsed().as_millis() as u64,
+            worlds,
             hash,
             size: bytes.len(),
             contract: CONTRACT,
@@ -261,7 +269,9 @@ impl Runtime {
         // A listener exports both `handle` and `subscriptions`; a policy plugin may export
         // neither. Which policy exports must be there depends on the manifest (see `Plugin::new`).
         let listener = match (has("handle"), has("subscriptions")) {
-            (true, true) => Some(bindings::ListenerIndices::new(&instance_pre).map_err(|e| LoadError::WrongExports(format!("{e:#}")))?),
+            (true, true) => Some(
+                bindings::ListenerIndices::new(&instance_pre).map_err(|e| LoadError::WrongExports { world: "listener", message: format!("{e:#}") })?,
+            ),
             (false, false) => None,
             (false, true) => return Err(LoadError::MissingExport("handle")),
             (true, false) => return Err(LoadError::MissingExport("subscriptions")),

@@ -32,6 +32,15 @@ impl TestServer {
         configure: impl FnOnce(&mut Config),
         authorizer: std::sync::Arc<dyn busbar::hub::ScopeAuthorizer>,
     ) -> TestServer {
+        TestServer::start_with_policy(configure, authorizer, std::sync::Arc::new(busbar::hub::TokenOnly)).await
+    }
+
+    /// A server whose subscriptions are decided by `authorizer` and connections by `authenticator`.
+    pub async fn start_with_policy(
+        configure: impl FnOnce(&mut Config),
+        authorizer: std::sync::Arc<dyn busbar::hub::ScopeAuthorizer>,
+        authenticator: std::sync::Arc<dyn busbar::hub::Authenticator>,
+    ) -> TestServer {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("busbar-test-cache")),
@@ -41,7 +50,7 @@ impl TestServer {
         config.instance_slots = 64;
         configure(&mut config);
         let shutdown = CancellationToken::new();
-        let app = busbar::server::build_with_authorizer(&config, shutdown.clone(), authorizer).expect("building the server");
+        let app = busbar::server::build_with_policy(&config, shutdown.clone(), authorizer, authenticator).expect("building the server");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handle = tokio::spawn(busbar::server::run(listener, app));

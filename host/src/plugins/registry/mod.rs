@@ -173,17 +173,8 @@ impl Registry {
     /// A registry whose base versions are built in; deployments are kept in the runtime's store.
     pub fn new(runtime: Arc<Runtime>, bus: Arc<Bus>) -> Registry {
         let store = runtime.store().clone();
-        Registry {
-            runtime,
-            bus,
-            store,
-            slots: Mutex::new(BTreeMap::new()),
-            deploying: Mutex::new(()),
-            files: false,
-            node: None,
-            stats: ReloadStats::default(),
-            roles: Arc::default(),
-        }
+        let (slots, deploying) = (Mutex::new(BTreeMap::new()), Mutex::new(()));
+        Registry { runtime, bus, store, slots, deploying, files: false, node: None, stats: ReloadStats::default(), roles: Arc::default() }
     }
 
     /// A registry that keeps `roles` current (the hub's access adapters read the same holders).
