@@ -7,7 +7,8 @@
 //! - connect: busbar's JWT check (`TokenVerifier::identify`) beside the plugin verifying the
 //!   original application's JWT from a cookie and checking membership in its kv;
 //! - subscribe: busbar's grant check (`ClaimsAuthorizer`) beside the plugin deciding a task room
-//!   from its kv, uncached (`allow-cache-ms = 0`) and cached.
+//!   from its kv, uncached (`allow-cache-ms = 0`) and cached;
+//! - reference: a hop to a blocking thread and back, which every uncached plugin decision pays.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,6 +84,8 @@ fn main() {
         ("subscribe: busbar grants", Box::new(|| assert!(rt.block_on(grants.authorize(&who, &task)).expect("decided")))),
         ("subscribe: plugin, uncached", Box::new(|| assert!(rt.block_on(uncached.authorize(&who, &task)).expect("decided")))),
         ("subscribe: plugin, cached", Box::new(|| assert!(rt.block_on(cached.authorize(&who, &task)).expect("decided")))),
+        // What every uncached plugin decision pays before the guest runs: the hop to a blocking thread.
+        ("reference: blocking-thread hop", Box::new(|| rt.block_on(async { tokio::task::spawn_blocking(|| ()).await }).expect("joined"))),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..=rounds {
