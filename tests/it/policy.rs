@@ -417,3 +417,21 @@ async fn an_embedder_authenticates_with_its_own_rules_until_a_plugin_takes_the_r
     let _gated = gatekeeper_client(server.addr, "u1").await;
     server.stop().await;
 }
+
+#[test]
+fn listeners_keep_the_listener_shape_and_policy_plugins_serve_every_world() {
+    let runtime = &*crate::support::RUNTIME;
+    // Built with the SDK that also exports policy worlds: a listener imports nothing of them.
+    for (group, name) in [("examples", "workspace-forwarder"), ("testing", "echo")] {
+        let info = runtime.check(&std::fs::read(built(group, name)).unwrap()).unwrap();
+        assert_eq!(info.worlds, ["listener"], "{name}");
+        assert!(info.imports.iter().all(|i| !i.contains("policy-types")), "{name}: {:?}", info.imports);
+    }
+    let info = runtime.check(&std::fs::read(built("policy", "original-policy")).unwrap()).unwrap();
+    assert_eq!(info.worlds, ["listener", "authenticator", "authorizer"]);
+    // A manifest that gives a plain listener a role is refused, naming the export it lacks.
+    let mut manifest = busbar::plugins::Manifest::named("pretender");
+    manifest.policy.roles.insert(busbar::plugins::Role::Authorizer);
+    let refused = runtime.load(&std::fs::read(built("testing", "echo")).unwrap(), manifest).unwrap_err().to_string();
+    assert!(refused.contains("needs the export `authorize`"), "{refused}");
+}
