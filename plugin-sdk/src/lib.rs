@@ -111,6 +111,22 @@ pub trait Plugin {
     fn handle(event: Event) -> Result<Vec<Action>, Error>;
 }
 
+/// The `listener` world's two functions, calling a [`Plugin`]: shared by [`export!`] and
+/// [`export_policy!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __listener_functions {
+    ($plugin:ty) => {
+        fn subscriptions() -> ::std::vec::Vec<::std::string::String> {
+            <$plugin as $crate::Plugin>::subscriptions()
+        }
+
+        fn handle(event: $crate::Event) -> ::std::result::Result<::std::vec::Vec<$crate::Action>, ::std::string::String> {
+            <$plugin as $crate::Plugin>::handle(event).map_err(|e| e.to_string())
+        }
+    };
+}
+
 /// Exports a [`Plugin`] implementation as the component's `listener` world.
 #[macro_export]
 macro_rules! export {
@@ -119,16 +135,7 @@ macro_rules! export {
             struct BusbarListener;
 
             impl $crate::bindings::Guest for BusbarListener {
-                fn subscriptions() -> ::std::vec::Vec<::std::string::String> {
-                    <$plugin as $crate::Plugin>::subscriptions()
-                }
-
-                fn handle(
-                    event: $crate::Event,
-                ) -> ::std::result::Result<::std::vec::Vec<$crate::Action>, ::std::string::String>
-                {
-                    <$plugin as $crate::Plugin>::handle(event).map_err(|e| e.to_string())
-                }
+                $crate::__listener_functions!($plugin);
             }
 
             $crate::bindings::__export_listener!(BusbarListener with_types_in $crate::bindings);
@@ -174,16 +181,7 @@ macro_rules! export_policy {
             struct BusbarPolicy;
 
             impl $crate::bindings::policy::Guest for BusbarPolicy {
-                fn subscriptions() -> ::std::vec::Vec<::std::string::String> {
-                    <$plugin as $crate::Plugin>::subscriptions()
-                }
-
-                fn handle(
-                    event: $crate::Event,
-                ) -> ::std::result::Result<::std::vec::Vec<$crate::Action>, ::std::string::String>
-                {
-                    <$plugin as $crate::Plugin>::handle(event).map_err(|e| e.to_string())
-                }
+                $crate::__listener_functions!($plugin);
 
                 fn authenticate(request: $crate::ConnectRequest) -> $crate::Authentication {
                     <$plugin as $crate::Authenticator>::authenticate(request)
