@@ -171,6 +171,7 @@ pub fn build_with_policy(
         connection_limits: config.connection_limits.clone(),
         connections: Arc::default(),
         relay: relay.clone(),
+        feed: Arc::default(),
         shutdown,
     };
     Ok(App { bus, hub, registry, state, watcher, relay, following: following.map(Arc::new) })

@@ -4,6 +4,7 @@
 mod bus;
 mod conformance;
 mod cli;
+mod dashboard;
 mod hostile;
 mod limits;
 mod policy;

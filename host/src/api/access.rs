@@ -5,7 +5,9 @@
 //! headers) and hide from everyone else with a 404. Those loopback callers must not be web
 //! pages: a request with an `Origin` or `Sec-Fetch-Site` header, or a `Host` that is not a
 //! loopback name (DNS rebinding), is refused with 403, so a page open in the developer's browser
-//! cannot publish, upload or read metrics through it. `POST /v1/events` also accepts the publish
+//! cannot publish, upload or read metrics through it. The one exception is the dashboard busbar
+//! itself serves: a same-origin request (`Sec-Fetch-Site: same-origin`, a matching `Origin`) to a
+//! loopback host. `POST /v1/events` also accepts the publish
 //! token. Tokens are compared in constant time.
 
 use std::net::SocketAddr;
@@ -71,7 +73,7 @@ impl Access {
             if !peer.ip().is_loopback() || forwarded {
                 return Err(ApiError::Hidden);
             }
-            if from_a_browser(headers) {
+            if from_a_browser(headers) && !from_this_origin(headers) {
                 return Err(ApiError::Forbidden(
                     "without an admin token these routes refuse browser requests; set BUSBAR_ADMIN_TOKEN".into(),
                 ));
@@ -96,6 +98,20 @@ impl Access {
 /// own name to 127.0.0.1 still sends its name as `Host`.
 fn from_a_browser(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ORIGIN) || headers.contains_key("sec-fetch-site") || !host_is_loopback(headers)
+}
+
+/// Whether a browser request comes from a page this server served (the dashboard), on a
+/// loopback host: the browser says `Sec-Fetch-Site: same-origin`, the `Host` is a loopback name
+/// (so not a page that rebound its own name to 127.0.0.1), and an `Origin`, if sent, is that host.
+fn from_this_origin(headers: &HeaderMap) -> bool {
+    let same_site = headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"same-origin");
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let origin_matches = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => true,
+        Some(Ok(origin)) => origin.split_once("://").is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host)),
+        Some(Err(_)) => false,
+    };
+    same_site && host_is_loopback(headers) && origin_matches
 }
 
 /// `localhost`, `127.0.0.1`, `[::1]` and the like, with any port. No `Host` (HTTP/1.0) counts
@@ -169,6 +185,31 @@ mod tests {
         let mut h = bearer("admin-token-0123456");
         h.insert(header::ORIGIN, "https://ops.example".parse().unwrap());
         assert!(access.admin(&h, peer("10.0.0.1")).is_ok());
+    }
+
+    #[test]
+    fn without_a_token_the_dashboard_served_here_gets_in_from_loopback_only() {
+        let access = Access::default();
+        let page = |host: &str, site: &str, origin: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, host.parse().unwrap());
+            h.insert("sec-fetch-site", site.parse().unwrap());
+            if let Some(origin) = origin {
+                h.insert(header::ORIGIN, origin.parse().unwrap());
+            }
+            h
+        };
+        assert!(access.admin(&page("127.0.0.1:8080", "same-origin", None), peer("127.0.0.1")).is_ok());
+        assert!(access.admin(&page("localhost:8080", "same-origin", Some("http://localhost:8080")), peer("127.0.0.1")).is_ok());
+        for refused in [
+            // A page that rebound its own name to 127.0.0.1 is same-origin with itself.
+            page("evil.example:8080", "same-origin", Some("http://evil.example:8080")),
+            page("127.0.0.1:8080", "same-origin", Some("http://evil.example")),
+            page("127.0.0.1:8080", "same-site", None),
+            page("127.0.0.1:8080", "cross-site", Some("https://evil.example")),
+        ] {
+            assert!(matches!(access.admin(&refused, peer("127.0.0.1")), Err(ApiError::Forbidden(_))), "{refused:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use super::access::Publisher;
+use super::stream::Headline;
 use super::error::ApiError;
 use crate::bus::ReportSummary;
 use crate::event::Event;
@@ -51,6 +52,7 @@ pub(super) async fn publish(
     })?;
     let events = parse(&body, state.max_json_depth)?;
     let bus = state.bus.clone();
+    let feed = state.feed.clone();
     let max_report = state.max_report_bytes;
     let results = tokio::task::spawn_blocking(move || {
         let mut report_left = max_report;
@@ -58,7 +60,12 @@ pub(super) async fn publish(
             .into_iter()
             .map(|event| {
                 let event_id = event.id.clone();
+                // The dashboard's stream sees the event only while one is open.
+                let headline = feed.watched().then(|| Headline::of(&event));
                 let report = bus.publish(event);
+                if let Some(headline) = headline {
+                    feed.published(headline, &report.events);
+                }
                 match serde_json::value::to_raw_value(&report.events) {
                     Ok(raw) if raw.get().len() <= report_left => {
                         report_left -= raw.get().len();

@@ -17,18 +17,24 @@ pub(super) async fn live() -> Json<serde_json::Value> {
 }
 
 pub(super) async fn realtime(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let mut body = serde_json::to_value(state.hub.snapshot()).map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["plugins"] = serde_json::to_value(state.registry.list()).map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["plugin_reloads"] = serde_json::to_value(state.registry.stats()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(realtime_body(&state))))
+}
+
+/// The hub's counters, the plugins, reloads and the relay's state: `/health/realtime`'s body
+/// (and the dashboard's `stats`).
+pub(super) fn realtime_body(state: &AppState) -> serde_json::Value {
+    let mut body = serde_json::to_value(state.hub.snapshot()).unwrap_or_default();
+    body["plugins"] = serde_json::to_value(state.registry.list()).unwrap_or_default();
+    body["plugin_reloads"] = serde_json::to_value(state.registry.stats()).unwrap_or_default();
     body["relay"] = match &state.relay {
         Some(relay) => {
-            let mut value = serde_json::to_value(relay.snapshot()).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut value = serde_json::to_value(relay.snapshot()).unwrap_or_default();
             value["enabled"] = json!(true);
             value
         }
         None => json!({"enabled": false}),
     };
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)))
+    body
 }
 
 pub(super) async fn metrics(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {

@@ -10,6 +10,8 @@ mod events;
 mod health;
 mod plugins;
 mod serve;
+mod stream;
+mod ui;
 mod ws;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use tower_http::trace::TraceLayer;
 pub use access::Access;
 pub use error::ApiError;
 pub use serve::{Admitted, ConnectionLimits, ConnectionMetrics, SocketFd, serve};
+pub use stream::Feed;
 
 use crate::bus::Bus;
 use crate::hub::Hub;
@@ -54,6 +57,8 @@ pub struct AppState {
     pub connections: Arc<ConnectionMetrics>,
     /// The Redis relay, when several nodes share fan-out.
     pub relay: Option<crate::relay::Relay>,
+    /// What `POST /v1/events` published, for the dashboard's live stream.
+    pub feed: Arc<Feed>,
     /// Cancelled when the server is to shut down (see `server::run` for the order).
     pub shutdown: CancellationToken,
 }
@@ -73,6 +78,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::live))
         .route("/health/realtime", get(health::realtime))
         .route("/metrics", get(health::metrics))
+        .route("/v1/admin/stream", get(stream::stream))
+        .route("/ui", get(ui::to_index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .route("/ws", get(ws::upgrade))
         .layer(RequestBodyTimeoutLayer::new(state.connection_limits.body_timeout))
         .layer(TraceLayer::new_for_http())
