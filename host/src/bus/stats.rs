@@ -25,6 +25,17 @@ pub struct ListenerStats {
     actions: AtomicU64,
     total_us: AtomicU64,
     latency: [AtomicU64; BUCKETS],
+    /// The last call that did not succeed: taken only on failures, so the happy path stays
+    /// lock-free.
+    last_failure: parking_lot::Mutex<Option<LastFailure>>,
+}
+
+/// A failed call's outcome, message (as the report gives it: cut and escaped) and time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastFailure {
+    pub outcome: &'static str,
+    pub message: String,
+    pub at_ms: u64,
 }
 
 /// A point-in-time copy of `ListenerStats`.
@@ -37,6 +48,8 @@ pub struct StatsSnapshot {
     pub follow_ups_not_dispatched: u64,
     pub actions: u64,
     pub latency: LatencySnapshot,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<LastFailure>,
 }
 
 /// Latency in microseconds; quantiles are bucket upper bounds (within a factor of two).
@@ -57,6 +70,10 @@ impl ListenerStats {
             self.actions.fetch_add(*actions as u64, Relaxed);
         }
         self.outcomes[outcome.kind_of() as usize].fetch_add(1, Relaxed);
+        if let Some(message) = outcome.message() {
+            let failure = LastFailure { outcome: outcome.kind_of().as_str(), message: message.to_string(), at_ms: crate::event::now_ms() };
+            *self.last_failure.lock() = Some(failure);
+        }
         let us = took.as_micros().min(u64::MAX as u128) as u64;
         self.total_us.fetch_add(us, Relaxed);
         self.latency[bucket(us)].fetch_add(1, Relaxed);
@@ -87,6 +104,7 @@ impl ListenerStats {
             outcomes: OutcomeKind::ALL.iter().map(|k| (k.as_str(), self.outcomes[*k as usize].load(Relaxed))).collect(),
             follow_ups_not_dispatched: self.follow_ups_not_dispatched.load(Relaxed),
             actions: self.actions.load(Relaxed),
+            last_failure: self.last_failure.lock().clone(),
             latency: LatencySnapshot {
                 mean_us: self.total_us.load(Relaxed).checked_div(calls).unwrap_or(0),
                 p50_us: if total == 0 { 0 } else { quantile(0.50) },
@@ -138,5 +156,7 @@ mod tests {
         assert_eq!(s.latency.p99_us, 4);
         assert_eq!(s.latency.max_bucket_us, 131072);
         assert_eq!(s.latency.mean_us, (99 * 3 + 100_000) / 100);
+        let failure = s.last_failure.expect("the timeout");
+        assert_eq!((failure.outcome, failure.message.as_str()), ("timeout", "t"));
     }
 }
