@@ -1,6 +1,7 @@
 //! busbar's end-to-end tests: one test binary, one module per subsystem. Everything goes through
 //! real parts: components compiled from `plugins/`, the real bus, the real `busbar` binary.
 
+mod browser;
 mod bus;
 mod conformance;
 mod cli;
