@@ -8,6 +8,7 @@ mod access;
 mod error;
 mod events;
 mod health;
+mod metrics;
 mod plugins;
 mod serve;
 mod stream;

@@ -56,6 +56,8 @@ pub struct StatsSnapshot {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LatencySnapshot {
     pub mean_us: u64,
+    /// Every call's time added up.
+    pub total_us: u64,
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_bucket_us: u64,
@@ -107,6 +109,7 @@ impl ListenerStats {
             last_failure: self.last_failure.lock().clone(),
             latency: LatencySnapshot {
                 mean_us: self.total_us.load(Relaxed).checked_div(calls).unwrap_or(0),
+                total_us: self.total_us.load(Relaxed),
                 p50_us: if total == 0 { 0 } else { quantile(0.50) },
                 p99_us: if total == 0 { 0 } else { quantile(0.99) },
                 max_bucket_us: counts.iter().rposition(|n| *n > 0).map_or(0, upper_bound),
