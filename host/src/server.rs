@@ -110,6 +110,8 @@ pub fn build_with_policy(
         Some(relay) => Arc::new(relay.clone()),
         None => hub.clone(),
     };
+    // The dashboard's stream shows the frames of the publishes it watches.
+    let broadcaster: Arc<dyn crate::broadcast::Broadcaster> = Arc::new(api::Tap::new(broadcaster));
     let bus = Arc::new(Bus::with_limits(broadcaster, config.publish_limits));
     let mut registry = Registry::new(runtime.clone(), bus.clone()).holding_roles(roles);
     if config.plugins_dir.is_some() {

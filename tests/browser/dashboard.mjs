@@ -62,6 +62,7 @@ await run(async (cleanup) => {
   await entry.waitFor({ timeout: 15000 });
   check((await entry.getAttribute('data-event-type')) === 'issue:created', 'the event type');
   await entry.locator('[data-listener="workspace-forwarder"][data-outcome="ok"]').waitFor({ timeout: 5000 });
+  await entry.locator('.frame[data-room="workspace ws-live"]').waitFor({ timeout: 5000 });
   await page.screenshot({ path: join(env('SCREENSHOTS'), 'dashboard-1280.png'), fullPage: true });
 
   // Try it: publish from the page and see every listener's outcome.

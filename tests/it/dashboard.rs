@@ -44,6 +44,7 @@ async fn the_live_stream_sends_stats_and_every_published_event_with_its_outcomes
     assert_eq!(seen["event"]["type"], "issue:created");
     let listeners = &seen["report"][0]["listeners"];
     assert!(listeners.as_array().unwrap().iter().any(|l| l["listener"] == "workspace-forwarder" && l["outcome"] == "ok"), "{seen}");
+    assert_eq!(seen["frames"], json!([{"room": "workspace ws-1", "type": "issue:created", "event_id": id, "bytes": 7}]), "the frame it produced");
     drop(stream);
     server.stop().await;
 }

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use super::access::Publisher;
-use super::stream::Headline;
+use super::stream::{self, Headline};
 use super::error::ApiError;
 use crate::bus::ReportSummary;
 use crate::event::Event;
@@ -61,11 +61,14 @@ pub(super) async fn publish(
             .map(|event| {
                 let event_id = event.id.clone();
                 // The dashboard's stream sees the event only while one is open.
-                let headline = feed.watched().then(|| Headline::of(&event));
-                let report = bus.publish(event);
-                if let Some(headline) = headline {
-                    feed.published(headline, &report.events);
-                }
+                let report = match feed.watched().then(|| Headline::of(&event)) {
+                    Some(headline) => {
+                        let (report, frames) = stream::noting_frames(|| bus.publish(event));
+                        feed.published(headline, &report.events, &frames);
+                        report
+                    }
+                    None => bus.publish(event),
+                };
                 match serde_json::value::to_raw_value(&report.events) {
                     Ok(raw) if raw.get().len() <= report_left => {
                         report_left -= raw.get().len();

@@ -1,11 +1,14 @@
 //! `GET /v1/admin/stream`: the dashboard's live feed, as Server-Sent Events.
 //!
 //! This module owns `Feed` (what `POST /v1/events` published, each event with every listener's
-//! outcome, fanned out to the streams that are open; nothing is serialized while none is) and
-//! the stream itself: a `stats` message every second (the `/health/realtime` body and the plugin
-//! list), a `published` message per published event, and `lagged` when a reader fell behind
-//! and messages were dropped for it. It must not decide anything about plugins or the hub.
+//! outcome and the frames it produced, fanned out to the streams that are open; nothing is
+//! serialized while none is), `Tap` (the Broadcaster in front of the hub or the relay that notes
+//! the frames of a publish being watched, on the publishing thread) and the stream itself: a
+//! `stats` message every second (the `/health/realtime` body and the plugin list), a `published`
+//! message per published event, and `lagged` when a reader fell behind and messages were dropped
+//! for it. It must not decide anything about plugins or the hub.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +22,8 @@ use tokio::sync::{broadcast, mpsc};
 use super::AppState;
 use super::access::Admin;
 use super::error::ApiError;
+use crate::action::Scope;
+use crate::broadcast::{Broadcaster, Frame, Reach};
 use crate::bus::EventReport;
 use crate::event::Event;
 
@@ -44,10 +49,82 @@ impl Feed {
         self.sender.receiver_count() > 0
     }
 
-    /// Tells the open streams that an event was published and what its listeners did.
-    pub(super) fn published(&self, event: Headline, report: &[EventReport]) {
-        let message = json!({"at_ms": crate::event::now_ms(), "event": event, "report": report});
+    /// Tells the open streams that an event was published, what its listeners did, and the
+    /// frames it produced.
+    pub(super) fn published(&self, event: Headline, report: &[EventReport], frames: &[FrameNote]) {
+        let message = json!({"at_ms": crate::event::now_ms(), "event": event, "report": report, "frames": frames});
         let _ = self.sender.send(Arc::from(message.to_string()));
+    }
+}
+
+/// Most frames noted for one published event (its follow-ups included).
+const MAX_NOTED_FRAMES: usize = 256;
+
+/// A frame a watched publish produced: where it went, its type, event and payload size.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(super) struct FrameNote {
+    room: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    event_id: String,
+    bytes: usize,
+}
+
+thread_local! {
+    /// The frames of the publish running on this thread, while one is being watched.
+    static NOTED: RefCell<Option<Vec<FrameNote>>> = const { RefCell::new(None) };
+}
+
+/// Runs `publish` on this thread and returns what it returned with the frames it produced.
+pub(super) fn noting_frames<R>(publish: impl FnOnce() -> R) -> (R, Vec<FrameNote>) {
+    NOTED.with(|noted| *noted.borrow_mut() = Some(Vec::new()));
+    let returned = publish();
+    let frames = NOTED.with(|noted| noted.borrow_mut().take()).unwrap_or_default();
+    (returned, frames)
+}
+
+fn note(room: impl FnOnce() -> String, frame: &Frame) {
+    NOTED.with(|noted| {
+        if let Some(frames) = noted.borrow_mut().as_mut()
+            && frames.len() < MAX_NOTED_FRAMES
+        {
+            let event_type = frame.event_type.clone();
+            frames.push(FrameNote { room: room(), event_type, event_id: frame.event_id.clone(), bytes: frame.payload.as_str().len() });
+        }
+    });
+}
+
+/// The Broadcaster the bus is given: notes the frames of a watched publish, then passes every
+/// frame on unchanged.
+pub struct Tap {
+    inner: Arc<dyn Broadcaster>,
+}
+
+impl Tap {
+    pub fn new(inner: Arc<dyn Broadcaster>) -> Tap {
+        Tap { inner }
+    }
+}
+
+impl Broadcaster for Tap {
+    fn broadcast_to_workspace(&self, workspace_id: &str, frame: Frame) {
+        note(|| format!("workspace {workspace_id}"), &frame);
+        self.inner.broadcast_to_workspace(workspace_id, frame);
+    }
+
+    fn send_to_user(&self, user_id: &str, reach: &Reach, frame: Frame) {
+        note(|| format!("user {user_id}"), &frame);
+        self.inner.send_to_user(user_id, reach, frame);
+    }
+
+    fn broadcast_to_scope(&self, scope: &Scope, frame: Frame) {
+        note(|| format!("{} {}", scope.kind, scope.id), &frame);
+        self.inner.broadcast_to_scope(scope, frame);
+    }
+
+    fn broadcast(&self, frame: Frame) {
+        note(|| "everyone".to_string(), &frame);
+        self.inner.broadcast(frame);
     }
 }
 

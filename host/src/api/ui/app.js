@@ -587,7 +587,15 @@
         el('time', { datetime: new Date(at).toISOString(), text: fmtTime(at) }), ' ',
         el('strong', { class: 'etype', text: ev.type || '(no type)' }), ' ',
         el('span', { class: 'muted', text: `${ev.workspace_id ? `workspace ${ev.workspace_id}` : 'no workspace'}${actor}` })),
-      ...(msg.report || []).map(reportBlock));
+      ...(msg.report || []).map(reportBlock),
+      framesBlock(msg.frames || []));
+  }
+
+  /** The frames the event and its follow-ups produced: where each went, its type and size. */
+  function framesBlock(frames) {
+    if (!frames.length) return el('p', { class: 'muted small', text: 'no frames sent' });
+    return el('ul', { class: 'frames', 'aria-label': 'frames sent' },
+      ...frames.map((f) => el('li', { class: 'frame', 'data-room': f.room || '', text: `→ ${f.room} · ${f.type} · ${num(f.bytes)} B` })));
   }
 
   /** Adds messages (oldest first) to the newest-first list, updating the DOM in place. */
