@@ -175,6 +175,7 @@ struct RawLimits {
     http_header_timeout_secs: Option<u64>,
     http_body_timeout_secs: Option<u64>,
     socket_send_buffer_kib: Option<u64>,
+    listen_backlog: Option<u64>,
 }
 
 impl Config {
@@ -316,6 +317,7 @@ impl Config {
             header_timeout: Duration::from_secs(ranged("limits.http-header-timeout-secs", l.http_header_timeout_secs, 1, 3600, c.header_timeout.as_secs())?),
             body_timeout: Duration::from_secs(ranged("limits.http-body-timeout-secs", l.http_body_timeout_secs, 1, 3600, c.body_timeout.as_secs())?),
             send_buffer: (ranged("limits.socket-send-buffer-kib", l.socket_send_buffer_kib, 4, 64 << 10, (c.send_buffer >> 10) as u64)? << 10) as usize,
+            listen_backlog: ranged("limits.listen-backlog", l.listen_backlog, 16, 65_535, u64::from(c.listen_backlog))? as u32,
         };
         let instance_slots = ranged("instance-slots", raw.instance_slots, 8, 100_000, 1000)? as u32;
         let r = raw.relay;

@@ -820,3 +820,23 @@ async fn a_connection_is_closed_when_its_token_expires() {
     assert!(started.elapsed() < Duration::from_secs(5));
     server.stop().await;
 }
+
+/// A reconnect storm (hundreds of clients at once after a restart) fits in the listen backlog:
+/// with nothing accepting, the kernel completes a connection only while the backlog has room,
+/// and a client whose SYN is dropped waits a second or more to send it again.
+#[tokio::test]
+async fn a_reconnect_storm_fits_in_the_listen_backlog() {
+    async fn completed(backlog: u32) -> usize {
+        let listener = busbar::api::bind("127.0.0.1:0".parse().unwrap(), backlog).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let attempts = (0..400).map(|_| tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)));
+        let connected = futures_util::future::join_all(attempts).await;
+        connected.iter().filter(|c| matches!(c, Ok(Ok(_)))).count()
+    }
+    let default = busbar::api::ConnectionLimits::default().listen_backlog;
+    assert!(default >= 1024, "{default}");
+    assert_eq!(completed(default).await, 400);
+    // std's and tokio's default: the rest of the storm waits.
+    let small = completed(128).await;
+    assert!(small < 400, "with a backlog of 128, {small} of 400 connected at once");
+}

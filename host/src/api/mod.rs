@@ -27,7 +27,7 @@ use tower_http::trace::TraceLayer;
 
 pub use access::Access;
 pub use error::ApiError;
-pub use serve::{Admitted, ConnectionLimits, ConnectionMetrics, SocketFd, serve};
+pub use serve::{Admitted, ConnectionLimits, ConnectionMetrics, SocketFd, bind, serve};
 pub use stream::{Feed, Tap};
 
 use crate::bus::Bus;

@@ -46,6 +46,9 @@ pub struct ConnectionLimits {
     pub body_timeout: Duration,
     /// Kernel send buffer of each accepted socket, in bytes (`limits.socket-send-buffer-kib`).
     pub send_buffer: usize,
+    /// Connections the kernel completes before busbar accepts them (`limits.listen-backlog`;
+    /// the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -56,6 +59,7 @@ impl Default for ConnectionLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             send_buffer: 64 << 10,
+            listen_backlog: 4096,
         }
     }
 }
@@ -135,6 +139,16 @@ pub struct SocketFd(pub i32);
 
 /// Serves `router` on `listener` within `limits` until `shutdown` is cancelled; then stops
 /// accepting, lets every open HTTP connection finish its request, and returns.
+/// Listens on `addr` with `backlog` (std's and tokio's default, 128, overflows when hundreds of
+/// clients reconnect at once after a restart: the rest wait a second for their SYN to be sent
+/// again).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 pub async fn serve(
     listener: TcpListener,
     router: Router,

@@ -84,8 +84,7 @@ pub fn serve(mut config: Config, prepare: impl FnOnce(&busbar::server::App) -> a
         let shutdown = CancellationToken::new();
         let app = busbar::server::build(&config, shutdown.clone())?;
         prepare(&app)?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = busbar::api::bind(config.listen, config.connection_limits.listen_backlog)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
         let plugins: Vec<String> = app.registry.list().into_iter().map(|p| format!("{} ({})", p.name, p.status)).collect();
