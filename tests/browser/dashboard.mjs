@@ -33,6 +33,7 @@ await run(async (cleanup) => {
   for (const name of ['workspace-forwarder', 'scope-router', 'mention-notifier']) {
     await page.locator(`tr[data-plugin="${name}"]`).waitFor({ timeout: 15000 });
   }
+  await until('the language of a Rust plugin', async () => (await cell(page, 'workspace-forwarder', 'language')).trim() === 'Rust');
   await until('the stream is live', async () => (await page.locator('#stream-state').innerText()).trim() === 'live');
 
   // An upload through the page, then a new version of it: the version shown changes.

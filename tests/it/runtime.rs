@@ -211,3 +211,9 @@ fn guest_output_reaches_the_log_under_the_plugins_name_within_a_cap() {
     });
     assert!(panicked.contains("WARN") && panicked.contains("echo asked to panic"), "{panicked}");
 }
+
+#[test]
+fn a_plugin_says_what_it_was_written_in_when_its_component_does() {
+    let plugin = support::load("examples", "workspace-forwarder", support::manifest("examples", "workspace-forwarder", "forwarder"));
+    assert_eq!(plugin.info().language.as_deref(), Some("Rust"));
+}

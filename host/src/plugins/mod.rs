@@ -22,6 +22,7 @@ mod memory;
 mod output;
 mod plugin;
 mod policy;
+mod producers;
 mod roles;
 mod registry;
 mod runtime;

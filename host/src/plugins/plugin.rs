@@ -76,6 +76,8 @@ pub struct Plugin {
     health: Health,
     instantiations: AtomicU64,
     from_cache: bool,
+    /// What the component says it was written in (its producers sections), if anything.
+    language: Option<String>,
     decisions: DecisionStats,
 }
 
@@ -103,6 +105,9 @@ pub struct PluginInfo {
     pub rate_quarantines: u64,
     /// Whether the compiled component came from the on-disk cache.
     pub from_cache: bool,
+    /// What the component says it was written in, when it says (informational).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
     pub kv_bytes: usize,
     pub kv_entries: usize,
     /// How often each limit tripped (only those that did).
@@ -145,6 +150,7 @@ impl Plugin {
             health: Health::default(),
             instantiations: AtomicU64::new(0),
             from_cache: false,
+            language: None,
             decisions: DecisionStats::default(),
             manifest,
         };
@@ -184,6 +190,10 @@ impl Plugin {
 
     pub(super) fn set_from_cache(&mut self, from_cache: bool) {
         self.from_cache = from_cache;
+    }
+
+    pub(super) fn set_language(&mut self, language: Option<String>) {
+        self.language = language;
     }
 
     pub fn name(&self) -> &str {
@@ -234,6 +244,7 @@ impl Plugin {
             quarantines: self.health.total_quarantines(),
             rate_quarantines: self.health.rate_quarantines(),
             from_cache: self.from_cache,
+            language: self.language.clone(),
             kv_bytes: self.ctx.kv.bytes(),
             kv_entries: self.ctx.kv.len(),
             limit_trips: self.ctx.trips.snapshot(),

@@ -203,6 +203,7 @@ impl Runtime {
         let ctx = Arc::new(PluginContext::new(&manifest, kv, self.budget.clone(), self.ticker.ticks.clone()));
         let mut plugin = Plugin::new(self.engine.clone(), pre, exports, manifest, hash, ctx)?;
         plugin.set_from_cache(cache_use == CacheUse::Hit);
+        plugin.set_language(super::producers::language(bytes));
         tracing::info!(
             plugin = plugin.name(),
             hash = &plugin.hash()[..12],
