@@ -210,6 +210,12 @@ fn guest_output_reaches_the_log_under_the_plugins_name_within_a_cap() {
         let _ = plugin.handle(&request(json!({"panic": true})));
     });
     assert!(panicked.contains("WARN") && panicked.contains("echo asked to panic"), "{panicked}");
+    // A line the call left unterminated reaches the log when the call ends, once.
+    let unterminated = support::logged(|| {
+        plugin.handle(&request(json!({"print_unterminated": "no newline at the end"}))).unwrap();
+        plugin.handle(&request(json!({}))).unwrap();
+    });
+    assert_eq!(unterminated.matches("no newline at the end").count(), 1, "{unterminated}");
 }
 
 #[test]

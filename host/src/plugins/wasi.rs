@@ -13,7 +13,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -169,11 +169,14 @@ struct GuestOutput {
     stream: &'static str,
     budget: Arc<AtomicUsize>,
     partial: Arc<Mutex<Vec<u8>>>,
+    /// Whether `partial` holds bytes: read after every call, so a call that wrote nothing
+    /// (almost every call) flushes without taking the lock.
+    pending: Arc<AtomicBool>,
 }
 
 impl GuestOutput {
     fn new(grants: &Grants<'_>, stream: &'static str, budget: Arc<AtomicUsize>) -> GuestOutput {
-        GuestOutput { plugin: grants.plugin.clone(), trips: grants.trips.clone(), stream, budget, partial: Arc::default() }
+        GuestOutput { plugin: grants.plugin.clone(), trips: grants.trips.clone(), stream, budget, partial: Arc::default(), pending: Arc::default() }
     }
 
     fn accept(&self, mut bytes: &[u8]) {
@@ -187,9 +190,14 @@ impl GuestOutput {
         }
         let room = MAX_LINE.saturating_sub(partial.len());
         partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.pending.store(!partial.is_empty(), Ordering::Relaxed);
     }
 
     fn flush_partial(&self) {
+        // Writes and this flush happen on the thread running the call.
+        if !self.pending.swap(false, Ordering::Relaxed) {
+            return;
+        }
         let mut partial = self.partial.lock();
         if !partial.is_empty() {
             self.emit(&partial);

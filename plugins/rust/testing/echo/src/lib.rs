@@ -25,6 +25,10 @@ impl Plugin for Echo {
                 println!("line {i}");
             }
         }
+        if let Some(text) = request["print_unterminated"].as_str() {
+            print!("{text}");
+            std::io::Write::flush(&mut std::io::stdout())?;
+        }
         if request["panic"] == Value::Bool(true) {
             panic!("echo asked to panic");
         }
