@@ -298,6 +298,11 @@ async fn an_authenticator_that_fails_refuses_the_connection_with_the_documented_
     client.send(json!({"type": "auth", "payload": {"token": "wrong"}})).await;
     assert_eq!(client.next().await["payload"]["code"], "invalid_token");
     assert_eq!(client.close_code().await, Some(4500));
+    // Failing on the frame closes with 4504.
+    let mut client = open(&server, "user=u1&workspace=ws-1&mode=frame", &[]).await.expect("the upgrade");
+    client.send(json!({"type": "auth", "payload": {"token": "trap"}})).await;
+    assert_eq!(client.next().await["payload"]["code"], "authenticator_failed");
+    assert_eq!(client.close_code().await, Some(4504));
     let mut client = open(&server, "user=u1&workspace=ws-1&mode=frame", &[]).await.expect("the upgrade");
     client.send(json!({"type": "auth", "payload": {"token": "letmein"}})).await;
     assert_eq!(client.next().await["type"], "auth_ack");

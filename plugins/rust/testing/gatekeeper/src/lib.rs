@@ -4,7 +4,7 @@
 //!
 //! `authenticate`, by the upgrade's query `mode`: `trap` panics, `spin` never returns, `refuse`
 //! refuses (forbidden), `frame` asks for the `auth` frame and then wants its `token` to be the
-//! config's `frame-token`; otherwise (and after a good frame) the connection is query `user` in
+//! config's `frame-token` (a frame token `trap` panics); otherwise (and after a good frame) the connection is query `user` in
 //! query `workspace` (both required) for `ttl-seconds`.
 //!
 //! `authorize`, by the room id's prefix: `trap` panics, `spin` never returns, `undecided` cannot
@@ -40,6 +40,7 @@ impl Authenticator for Gatekeeper {
             },
             Some("refuse") => Authentication::refused(RefusalKind::Forbidden, "refused by gatekeeper"),
             Some("frame") if request.auth_frame.is_none() => Authentication::NeedAuthFrame,
+            Some("frame") if frame_token(&request).as_deref() == Some("trap") => panic!("gatekeeper asked to trap on the auth frame"),
             Some("frame") if frame_token(&request).as_deref() != Some(&expected_frame_token()) => {
                 Authentication::refused(RefusalKind::InvalidToken, "bad frame token")
             }
