@@ -92,3 +92,19 @@ async fn without_an_admin_token_the_dashboard_reads_from_loopback_but_other_page
     assert_eq!(cross.status(), 403);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_report_too_large_for_a_response_reaches_the_stream_as_its_summary() {
+    let server = TestServer::start(|c| c.max_report_bytes = 16).await;
+    let mut stream = reqwest::get(server.url("/v1/admin/stream")).await.unwrap();
+    let mut buffer = String::new();
+    until_message(&mut stream, &mut buffer, |name, _| name == "stats").await;
+    let published = server.publish(json!({"type": "issue:created", "workspace_id": "ws-1"})).await.json::<Value>().await.unwrap();
+    let id = published["results"][0]["event_id"].as_str().unwrap().to_string();
+    let (_, seen) = until_message(&mut stream, &mut buffer, |name, v| name == "published" && v["event"]["id"] == id).await;
+    assert_eq!(seen["report"], json!([]), "{seen}");
+    assert_eq!(seen["summary"]["events"], 1, "{seen}");
+    assert_eq!(seen["frames"].as_array().map(Vec::len), Some(1), "{seen}");
+    drop(stream);
+    server.stop().await;
+}

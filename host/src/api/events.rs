@@ -64,7 +64,7 @@ pub(super) async fn publish(
                 let report = match feed.watched().then(|| Headline::of(&event)) {
                     Some(headline) => {
                         let (report, frames) = stream::noting_frames(|| bus.publish(event));
-                        feed.published(headline, &report.events, &frames);
+                        feed.published(headline, &report, &frames, max_report);
                         report
                     }
                     None => bus.publish(event),

@@ -24,7 +24,7 @@ use super::access::Admin;
 use super::error::ApiError;
 use crate::action::Scope;
 use crate::broadcast::{Broadcaster, Frame, Reach};
-use crate::bus::EventReport;
+use crate::bus::PublishReport;
 use crate::event::Event;
 
 /// Published events waiting for slow streams; past it, a stream is told how many it lost.
@@ -51,8 +51,14 @@ impl Feed {
 
     /// Tells the open streams that an event was published, what its listeners did, and the
     /// frames it produced.
-    pub(super) fn published(&self, event: Headline, report: &[EventReport], frames: &[FrameNote]) {
-        let message = json!({"at_ms": crate::event::now_ms(), "event": event, "report": report, "frames": frames});
+    /// A report over `max_report_bytes` (what a response to the publisher may hold) goes as its
+    /// summary, so the messages waiting for slow streams stay bounded whatever plugins return.
+    pub(super) fn published(&self, event: Headline, report: &PublishReport, frames: &[FrameNote], max_report_bytes: usize) {
+        let at_ms = crate::event::now_ms();
+        let message = match serde_json::value::to_raw_value(&report.events) {
+            Ok(events) if events.get().len() <= max_report_bytes => json!({"at_ms": at_ms, "event": event, "report": events, "frames": frames}),
+            _ => json!({"at_ms": at_ms, "event": event, "report": [], "summary": report.summary(), "frames": frames}),
+        };
         let _ = self.sender.send(Arc::from(message.to_string()));
     }
 }

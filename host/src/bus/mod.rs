@@ -32,7 +32,7 @@ pub use outcome::{
     EventReport, EventStatus, ListenerError, ListenerReport, NotDispatched, Outcome, OutcomeKind, PublishReport,
     ReportSummary,
 };
-pub use stats::{LatencySnapshot, ListenerStats, StatsSnapshot};
+pub use stats::{Latency, LatencySnapshot, ListenerStats, StatsSnapshot};
 pub use subscription::Subscription;
 
 use crate::action::{Action, FollowUp};

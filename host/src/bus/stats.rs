@@ -1,6 +1,7 @@
 //! Per-listener counters and a latency histogram, updated on every call without locks.
 //!
-//! This module owns `ListenerStats` and its serializable `StatsSnapshot`. It must stay cheap
+//! This module owns `ListenerStats`, its serializable `StatsSnapshot`, and `Latency`, the
+//! power-of-two histogram of call times (policy decisions use it too). It must stay cheap
 //! (a few relaxed atomic adds per call) because it sits on the event path.
 
 use std::collections::BTreeMap;
@@ -23,11 +24,45 @@ pub struct ListenerStats {
     /// Follow-ups this listener returned that were not dispatched (a publish limit).
     follow_ups_not_dispatched: AtomicU64,
     actions: AtomicU64,
-    total_us: AtomicU64,
-    latency: [AtomicU64; BUCKETS],
+    latency: Latency,
     /// The last call that did not succeed: taken only on failures, so the happy path stays
     /// lock-free.
     last_failure: parking_lot::Mutex<Option<LastFailure>>,
+}
+
+/// Call times in power-of-two microsecond buckets, added up without locks: the one histogram
+/// of listener calls and policy decisions alike.
+#[derive(Debug, Default)]
+pub struct Latency {
+    buckets: [AtomicU64; BUCKETS],
+    total_us: AtomicU64,
+}
+
+impl Latency {
+    pub fn record(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.total_us.fetch_add(us, Relaxed);
+        self.buckets[bucket(us)].fetch_add(1, Relaxed);
+    }
+
+    /// Every recorded time added up.
+    pub fn total_us(&self) -> u64 {
+        self.total_us.load(Relaxed)
+    }
+
+    /// Calls per bucket, bucket `i` holding those under `2^i` µs.
+    fn counts(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
+    /// `(upper bound in µs, calls)` for every non-empty bucket.
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        non_empty(&self.counts())
+    }
+}
+
+fn non_empty(counts: &[u64]) -> Vec<(u64, u64)> {
+    counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| (upper_bound(i), *n)).collect()
 }
 
 /// A failed call's outcome, message (as the report gives it: cut and escaped) and time.
@@ -76,9 +111,7 @@ impl ListenerStats {
             let failure = LastFailure { outcome: outcome.kind_of().as_str(), message: message.to_string(), at_ms: crate::event::now_ms() };
             *self.last_failure.lock() = Some(failure);
         }
-        let us = took.as_micros().min(u64::MAX as u128) as u64;
-        self.total_us.fetch_add(us, Relaxed);
-        self.latency[bucket(us)].fetch_add(1, Relaxed);
+        self.latency.record(took);
     }
 
     /// A follow-up this listener returned was not dispatched.
@@ -88,7 +121,7 @@ impl ListenerStats {
 
     pub fn snapshot(&self) -> StatsSnapshot {
         let calls = self.calls.load(Relaxed);
-        let counts: Vec<u64> = self.latency.iter().map(|b| b.load(Relaxed)).collect();
+        let counts = self.latency.counts();
         let total: u64 = counts.iter().sum();
         let quantile = |q: f64| -> u64 {
             let rank = (q * total as f64).ceil().max(1.0) as u64;
@@ -108,17 +141,12 @@ impl ListenerStats {
             actions: self.actions.load(Relaxed),
             last_failure: self.last_failure.lock().clone(),
             latency: LatencySnapshot {
-                mean_us: self.total_us.load(Relaxed).checked_div(calls).unwrap_or(0),
-                total_us: self.total_us.load(Relaxed),
+                mean_us: self.latency.total_us().checked_div(calls).unwrap_or(0),
+                total_us: self.latency.total_us(),
                 p50_us: if total == 0 { 0 } else { quantile(0.50) },
                 p99_us: if total == 0 { 0 } else { quantile(0.99) },
                 max_bucket_us: counts.iter().rposition(|n| *n > 0).map_or(0, upper_bound),
-                buckets: counts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(i, n)| (upper_bound(i), *n))
-                    .collect(),
+                buckets: non_empty(&counts),
             },
         }
     }

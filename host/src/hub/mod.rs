@@ -222,6 +222,19 @@ impl Hub {
         })
     }
 
+    /// Asks the authenticator who the connection that upgraded with `request` is, now that it
+    /// sent an `auth` frame with `payload` (its first, or a refresh). Only an identity lets it
+    /// on: asking for the frame again, or no authenticator deciding any more, refuses it.
+    pub async fn authenticate_frame(&self, request: &ConnectRequest, payload: &serde_json::Value) -> Result<Identity, Refusal> {
+        let with_frame = ConnectRequest { auth_frame: Some(payload.to_string()), ..request.clone() };
+        match self.authenticate(&with_frame).await {
+            Some(Ok(Authenticated::Identified(identity))) => Ok(identity),
+            Some(Ok(Authenticated::NeedAuthFrame)) => Err(Refusal::new(RefusalKind::Unavailable, "the authenticator asked for an auth frame again")),
+            Some(Err(refusal)) => Err(refusal),
+            None => Err(Refusal::new(RefusalKind::Unavailable, "no authenticator is running")),
+        }
+    }
+
     /// Connects this hub to other nodes. Set once, before connections arrive.
     pub fn set_backplane(&self, backplane: Arc<dyn Backplane>) {
         let _ = self.backplane.set(backplane);

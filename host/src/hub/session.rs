@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite;
 use super::outbox::Next;
 use super::protocol::{Control, Inbound};
 use super::sendq::{self, SendQueue};
-use super::connect::{Authenticated, ConnectRequest, Refusal, RefusalKind};
+use super::connect::ConnectRequest;
 use super::{AuthError, Close, Conn, Hub, Identity, Position, SubscribeError};
 use crate::action::{Scope, ScopeKind};
 
@@ -152,13 +152,9 @@ where
             Ok((identity, since, None))
         }
         First::Authenticator { request } => {
-            let with_frame = ConnectRequest { auth_frame: Some(payload.to_string()), ..request.clone() };
-            let refused = |r: Refusal| (r.kind.close(), r.kind.code(), r.message);
-            match hub.authenticate(&with_frame).await {
-                Some(Ok(Authenticated::Identified(identity))) => Ok((identity, since, Some(request))),
-                Some(Ok(Authenticated::NeedAuthFrame)) => Err(refused(Refusal::new(RefusalKind::Unavailable, "the authenticator asked for an auth frame again"))),
-                Some(Err(refusal)) => Err(refused(refusal)),
-                None => Err(refused(Refusal::new(RefusalKind::Unavailable, "no authenticator is running"))),
+            match hub.authenticate_frame(&request, &payload).await {
+                Ok(identity) => Ok((identity, since, Some(request))),
+                Err(refusal) => Err((refusal.kind.close(), refusal.kind.code(), refusal.message)),
             }
         }
     }
@@ -306,11 +302,9 @@ async fn refresh(hub: &Hub, conn: &Arc<Conn>, payload: &Value, request: Option<&
     };
     let identity = match request {
         Some(request) => {
-            let with_frame = ConnectRequest { auth_frame: Some(payload.to_string()), ..request.clone() };
-            match hub.authenticate(&with_frame).await {
-                Some(Ok(Authenticated::Identified(identity))) => identity,
-                Some(Ok(Authenticated::NeedAuthFrame)) | None => return refused(RefusalKind::Unavailable.code()),
-                Some(Err(refusal)) => return refused(refusal.kind.code()),
+            match hub.authenticate_frame(request, payload).await {
+                Ok(identity) => identity,
+                Err(refusal) => return refused(refusal.kind.code()),
             }
         }
         None => {

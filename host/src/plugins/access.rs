@@ -133,33 +133,33 @@ struct Seen {
 
 impl Seen {
     fn of(request: &ConnectRequest, policy: &PolicyManifest) -> Seen {
-        let named = |names: &[String], pairs: &mut dyn Iterator<Item = (&str, &str)>| -> Vec<(String, String)> {
+        fn named<'a>(names: &[String], pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, String)> {
             pairs.filter(|(name, _)| names.iter().any(|n| n == name)).map(|(k, v)| (k.to_string(), v.to_string())).collect()
-        };
-        let headers = request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        }
         let cookies = request
             .headers
             .iter()
             .filter(|(name, _)| name == "cookie")
             .flat_map(|(_, value)| value.split(';'))
             .filter_map(|pair| pair.trim().split_once('='));
-        let query = request.query.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         Seen {
-            headers: named(&policy.headers, &mut headers.into_iter()),
-            cookies: named(&policy.cookies, &mut cookies.into_iter()),
-            query: named(&policy.query, &mut query.into_iter()),
+            headers: named(&policy.headers, pairs(&request.headers)),
+            cookies: named(&policy.cookies, cookies),
+            query: named(&policy.query, pairs(&request.query)),
             auth_frame: request.auth_frame.clone(),
         }
     }
 
     /// Calls the plugin's `authenticate` with this request.
     fn ask(&self, plugin: &Plugin) -> Result<pwit::Authentication, ListenerError> {
-        fn pairs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
-            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-        }
-        let (headers, cookies, query) = (pairs(&self.headers), pairs(&self.cookies), pairs(&self.query));
+        let (headers, cookies, query): (Vec<_>, Vec<_>, Vec<_>) = (pairs(&self.headers).collect(), pairs(&self.cookies).collect(), pairs(&self.query).collect());
         plugin.authenticate(pwit::ConnectRequest { headers: &headers, cookies: &cookies, query: &query, auth_frame: self.auth_frame.as_deref() })
     }
+}
+
+/// Name-value pairs as borrowed strings.
+fn pairs(list: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    list.iter().map(|(k, v)| (k.as_str(), v.as_str()))
 }
 
 /// Longest refusal message passed on to a client.

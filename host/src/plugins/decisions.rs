@@ -1,7 +1,7 @@
 //! Counters and latency of one plugin version's policy decisions, updated without locks.
 //!
-//! This module owns `DecisionStats` (per role: decisions by outcome, and a latency histogram of
-//! the calls that reached the plugin) and its serializable snapshot, which `/v1/plugins` and
+//! This module owns `DecisionStats` (per role: decisions by outcome, and the bus's `Latency`
+//! histogram of the calls that reached the plugin) and its serializable snapshot, which `/v1/plugins` and
 //! `/metrics` show. It must stay a few relaxed atomic adds per decision.
 
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::roles::Role;
+use crate::bus::Latency;
 
 /// What became of one decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -45,14 +46,10 @@ named_variants!(DecisionOutcome {
     CachedDeny = "cached_deny",
 });
 
-/// Bucket `i` of the latency histogram counts calls that took under `2^i` µs.
-const BUCKETS: usize = 24;
-
 #[derive(Debug, Default)]
 struct RoleStats {
     outcomes: [AtomicU64; DecisionOutcome::ALL.len()],
-    latency: [AtomicU64; BUCKETS],
-    total_us: AtomicU64,
+    latency: Latency,
 }
 
 /// One plugin version's decisions, per role.
@@ -79,10 +76,7 @@ impl DecisionStats {
         let stats = &self.roles[role as usize];
         stats.outcomes[outcome as usize].fetch_add(1, Relaxed);
         if let Some(took) = took {
-            let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-            let bucket = (u64::BITS - us.leading_zeros()) as usize;
-            stats.latency[bucket.min(BUCKETS - 1)].fetch_add(1, Relaxed);
-            stats.total_us.fetch_add(us, Relaxed);
+            stats.latency.record(took);
         }
     }
 
@@ -99,10 +93,9 @@ impl DecisionStats {
             if outcomes.is_empty() {
                 continue;
             }
-            let latency_buckets: Vec<(u64, u64)> =
-                (0..BUCKETS).map(|i| (1u64 << i, stats.latency[i].load(Relaxed))).filter(|(_, n)| *n > 0).collect();
+            let latency_buckets = stats.latency.buckets();
             let calls = latency_buckets.iter().map(|(_, n)| n).sum();
-            out.insert(role, RoleDecisions { outcomes, calls, total_us: stats.total_us.load(Relaxed), latency_buckets });
+            out.insert(role, RoleDecisions { outcomes, calls, total_us: stats.latency.total_us(), latency_buckets });
         }
         out
     }
