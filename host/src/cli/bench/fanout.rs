@@ -161,6 +161,11 @@ pub(super) fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<
     } else {
         command.args(["serve", "--ephemeral", "--listen", "127.0.0.1:0"]);
     }
+    // Every client and the publisher come from 127.0.0.1: lift the per-address cap (1000) on
+    // both servers.
+    let limits = std::env::temp_dir().join(format!("busbar-bench-{}.toml", std::process::id()));
+    std::fs::write(&limits, "[limits]\nmax-connections-per-address = 10000000\n").context("writing the bench's config")?;
+    command.env("BUSBAR_CONFIG", &limits);
     if let Some(url) = redis {
         command.args(["--redis-url", url]);
     }
