@@ -25,7 +25,7 @@ fn main() {
     // are shared and the imports are bound once.
     let shared = ["types", "log", "config", "kv"].map(|name| {
         let path = format!("busbar_plugin_sdk::bindings::busbar::plugin::{name}");
-        (format!("busbar:plugin/{name}@0.1.0"), WithOption::Path(path))
+        (format!("busbar:plugin/{name}@0.2.0"), WithOption::Path(path))
     });
     let opts = Opts {
         with: shared.into(),

@@ -12,8 +12,8 @@
 //!     fn subscriptions() -> Vec<String> {
 //!         vec!["issue:*".into()]
 //!     }
-//!     fn handle(event: Event) -> Result<Vec<Action>, Error> {
-//!         Ok(vec![event.forward(Target::workspace(&event.workspace_id))])
+//!     fn handle(event: &Event) -> Result<Vec<Action>, Error> {
+//!         Ok(vec![event.forward(Target::workspace(event.workspace_id()))])
 //!     }
 //! }
 //!
@@ -41,9 +41,9 @@
 //!     fn subscriptions() -> Vec<String> {
 //!         vec!["chat:session_created".into()]
 //!     }
-//!     fn handle(event: Event) -> Result<Vec<Action>, Error> {
-//!         if let Some(chat) = &event.chat_session_id {
-//!             kv::set(&format!("owner:{chat}"), event.actor_id.as_bytes())?;
+//!     fn handle(event: &Event) -> Result<Vec<Action>, Error> {
+//!         if let Some(chat) = event.chat_session_id() {
+//!             kv::set(&format!("owner:{chat}"), event.actor_id().as_bytes())?;
 //!         }
 //!         Ok(vec![])
 //!     }
@@ -91,9 +91,10 @@ pub mod bindings {
     }
 }
 
-pub use bindings::busbar::plugin::types::{
-    Action, Event, FollowUp, Level, Message, Scope, ScopeKind, Target, UserTarget,
-};
+mod event;
+
+pub use bindings::busbar::plugin::types::{Action, FollowUp, Level, Message, Scope, ScopeKind, Target, UserTarget};
+pub use event::Event;
 pub use bindings::policy::busbar::plugin::policy_types::{
     Authentication, ConnectRequest, Decision, Identity, Refusal, RefusalKind, Room, Verdict,
 };
@@ -107,8 +108,9 @@ pub trait Plugin {
     }
 
     /// Handle one event and say what to do about it. An `Err` is logged and counted by the
-    /// host; none of the actions of a failed call are applied.
-    fn handle(event: Event) -> Result<Vec<Action>, Error>;
+    /// host; none of the actions of a failed call are applied. The event is lent for the call:
+    /// each of its fields crosses from the host when first read.
+    fn handle(event: &Event) -> Result<Vec<Action>, Error>;
 }
 
 /// The `listener` world's two functions, calling a [`Plugin`]: shared by [`export!`] and
@@ -121,8 +123,10 @@ macro_rules! __listener_functions {
             <$plugin as $crate::Plugin>::subscriptions()
         }
 
-        fn handle(event: $crate::Event) -> ::std::result::Result<::std::vec::Vec<$crate::Action>, ::std::string::String> {
-            <$plugin as $crate::Plugin>::handle(event).map_err(|e| e.to_string())
+        fn handle(
+            event: &$crate::bindings::busbar::plugin::types::Event,
+        ) -> ::std::result::Result<::std::vec::Vec<$crate::Action>, ::std::string::String> {
+            <$plugin as $crate::Plugin>::handle(&$crate::Event::lent(event)).map_err(|e| e.to_string())
         }
     };
 }
@@ -274,61 +278,6 @@ impl From<String> for Error {
 impl From<&str> for Error {
     fn from(message: &str) -> Error {
         Error(message.to_string())
-    }
-}
-
-impl Event {
-    /// Parses the payload into the author's own type.
-    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(&self.payload)
-            .map_err(|e| Error(format!("{} payload: {e}", self.event_type)))
-    }
-
-    /// A message carrying this event's type and payload, unchanged byte for byte, to `target`.
-    pub fn forward(&self, target: Target) -> Action {
-        Action::Send(Message {
-            target,
-            event_type: self.event_type.clone(),
-            payload: self.payload.clone(),
-        })
-    }
-
-    /// Like [`Event::forward`], but with the top-level `keys` removed from an object payload.
-    /// The payload is forwarded unchanged (byte for byte) when none of the keys is present.
-    pub fn forward_without(&self, target: Target, keys: &[&str]) -> Result<Action, Error> {
-        if keys.is_empty() {
-            return Ok(self.forward(target));
-        }
-        let mut payload = match self.payload_as::<serde_json::Value>()? {
-            serde_json::Value::Object(map) => map,
-            _ => return Ok(self.forward(target)),
-        };
-        let before = payload.len();
-        for key in keys {
-            payload.remove(*key);
-        }
-        if payload.len() == before {
-            return Ok(self.forward(target));
-        }
-        Action::send_json(target, self.event_type.clone(), &payload)
-    }
-
-    /// A follow-up event of type `event_type` in this event's workspace, by the same actor,
-    /// with the same task and chat hints.
-    pub fn follow_up<T: Serialize + ?Sized>(
-        &self,
-        event_type: impl Into<String>,
-        payload: &T,
-    ) -> Result<Action, Error> {
-        Ok(Action::Publish(FollowUp {
-            event_type: event_type.into(),
-            workspace_id: self.workspace_id.clone(),
-            actor_type: self.actor_type.clone(),
-            actor_id: self.actor_id.clone(),
-            payload: serde_json::to_string(payload)?,
-            task_id: self.task_id.clone(),
-            chat_session_id: self.chat_session_id.clone(),
-        }))
     }
 }
 

@@ -4,6 +4,7 @@
 mod browser;
 mod bus;
 mod conformance;
+mod contract;
 mod cli;
 mod dashboard;
 mod hostile;

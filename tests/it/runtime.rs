@@ -135,8 +135,8 @@ fn bad_components_are_refused_with_clear_errors() {
         ("truncated", good[..good.len() / 2].to_vec(), "not a valid component"),
         (
             "other contract",
-            component(r#"(component (import "busbar:plugin/log@0.2.0" (instance)))"#),
-            "built against contract busbar:plugin@0.2.0, but this host speaks busbar:plugin@0.1.0",
+            component(r#"(component (import "busbar:plugin/log@0.3.0" (instance)))"#),
+            "built against contract busbar:plugin@0.3.0, but this host speaks busbar:plugin@0.2.0 (and still loads busbar:plugin@0.1.0)",
         ),
         (
             "unknown import",
@@ -171,9 +171,9 @@ fn check_reports_subscriptions_and_imports() {
     let bytes = std::fs::read(support::built("examples", "scope-router")).unwrap();
     let info = support::RUNTIME.check(&bytes).unwrap();
     assert_eq!(info.subscriptions, ["task:*", "chat:*"]);
-    assert_eq!(info.contract, "busbar:plugin@0.1.0");
+    assert_eq!(info.contract, "busbar:plugin@0.2.0");
     assert_eq!(info.hash, busbar::plugins::content_hash(&bytes));
-    assert!(info.imports.iter().any(|i| i == "busbar:plugin/log@0.1.0"), "{:?}", info.imports);
+    assert!(info.imports.iter().any(|i| i == "busbar:plugin/log@0.2.0"), "{:?}", info.imports);
 }
 
 #[test]

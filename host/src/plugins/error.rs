@@ -5,7 +5,7 @@
 
 use super::compile::CompileError;
 use super::files::FileError;
-use super::host::CONTRACT;
+use super::host::{CONTRACT, CONTRACT_0_1};
 use super::manifest::ManifestError;
 use super::roles::Role;
 
@@ -24,7 +24,7 @@ pub enum LoadError {
     Invalid(String),
     #[error("{0}")]
     Compile(CompileError),
-    #[error("built against contract {found}, but this host speaks {CONTRACT}")]
+    #[error("built against contract {found}, but this host speaks {CONTRACT} (and still loads {CONTRACT_0_1})")]
     ContractVersion { found: String },
     #[error("does not export `{0}`: it must implement the `listener` world of {CONTRACT} (or serve a policy role)")]
     MissingExport(&'static str),

@@ -1,6 +1,7 @@
-//! The host side of the contract: the one `bindgen!`, the store context, and the imports.
+//! The host side of the contract: the `bindgen!`s, the store context, and the imports.
 //!
-//! This module owns the bindings generated from `wit/`, `PluginState` (the data of every
+//! This module owns the bindings generated from `wit/` (contract 0.2.0; `legacy` binds 0.1.0
+//! beside it, and `lent` the event resource), `PluginState` (the data of every
 //! `Store`: the WASI half from `wasi`, the memory limiter from `memory`, the plugin's config and
 //! kv), and the implementations of the `log`, `config` and `kv` imports. Imports never trap: a
 //! refusal (a kv limit) is the inner `Result` the guest sees. What a guest hands the host in one
@@ -13,16 +14,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use wasmtime::Result as WasmResult;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::Store;
+use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use super::clock::Ticks;
+use super::lent::{Lent, LentEvent};
 use super::kv::{KvLimits, KvStore};
 use super::manifest::Manifest;
 use super::memory::{MemoryBudget, MemoryLimiter};
 use super::text;
 use super::trips::{Limit, LimitTrips};
 use super::wasi::{self, Grants, MAX_LINE, WasiState};
+use crate::event::Event;
 
 /// The generated bindings. `Listener` here is the component's world, not `bus::Listener`.
 pub(crate) mod bindings {
@@ -30,6 +34,7 @@ pub(crate) mod bindings {
         path: "../wit",
         world: "listener",
         ownership: Borrowing { duplicate_if_necessary: true },
+        with: { "busbar:plugin/types.event": crate::plugins::lent::LentEvent },
     });
 }
 
@@ -51,8 +56,15 @@ pub(crate) mod policy_bindings {
 
 use bindings::busbar::plugin::{config, kv, log, types};
 
-/// The contract version this host speaks.
-pub const CONTRACT: &str = "busbar:plugin@0.1.0";
+/// The contract version plugins are built against today.
+pub const CONTRACT: &str = "busbar:plugin@0.2.0";
+
+/// The first contract version, which copied the whole event into the guest before each call:
+/// components built against it still load (`legacy`).
+pub(crate) const CONTRACT_0_1: &str = "busbar:plugin@0.1.0";
+
+/// Every contract version this host loads, newest first.
+pub const CONTRACTS: [&str; 2] = [CONTRACT, CONTRACT_0_1];
 
 /// Host bytes one lifted `action` takes besides its strings: what hostcall fuel charges per
 /// list element, so the fuel a call gets covers `max-actions` of them.
@@ -112,6 +124,8 @@ pub(crate) struct PluginState {
     ctx: Arc<PluginContext>,
     /// Log bytes left in the current call, shared with the stdout/stderr pipes.
     log_budget: Arc<AtomicUsize>,
+    /// The event a 0.2.0 `handle` call is lent.
+    pub lent: Lent,
 }
 
 impl PluginState {
@@ -133,6 +147,7 @@ impl PluginState {
             limiter: MemoryLimiter::new(ctx.memory_bytes, ctx.budget.clone()),
             ctx,
             log_budget,
+            lent: Lent::default(),
         })
     }
 
@@ -149,6 +164,65 @@ impl PluginState {
     }
 }
 
+/// Runs `call` with `event` lent to the store's guest (the `event` resource's methods read it),
+/// and takes it back when `call` returns or unwinds. `call` hands the guest `lent::borrowed()`.
+pub(super) fn lend<R>(store: &mut Store<PluginState>, event: &Event, call: impl FnOnce(&mut Store<PluginState>) -> R) -> R {
+    struct TakeBack<'s>(&'s mut Store<PluginState>);
+    impl Drop for TakeBack<'_> {
+        fn drop(&mut self) {
+            self.0.data_mut().lent.clear();
+        }
+    }
+    // SAFETY: `TakeBack` clears the slot before this function's borrow of `event` ends.
+    unsafe { store.data_mut().lent.set(event) };
+    let store = TakeBack(store);
+    call(&mut *store.0)
+}
+
+/// The `event` resource: each method copies one field of the lent event into the guest.
+impl types::HostEvent for PluginState {
+    fn id(&mut self, _: Resource<LentEvent>) -> String {
+        self.lent.read(|e| e.id.clone())
+    }
+
+    fn event_type(&mut self, _: Resource<LentEvent>) -> String {
+        self.lent.read(|e| e.event_type.clone())
+    }
+
+    fn workspace_id(&mut self, _: Resource<LentEvent>) -> String {
+        self.lent.read(|e| e.workspace_id.clone())
+    }
+
+    fn actor_type(&mut self, _: Resource<LentEvent>) -> String {
+        self.lent.read(|e| e.actor_type.clone())
+    }
+
+    fn actor_id(&mut self, _: Resource<LentEvent>) -> String {
+        self.lent.read(|e| e.actor_id.clone())
+    }
+
+    fn payload(&mut self, _: Resource<LentEvent>) -> String {
+        self.lent.read(|e| e.payload.as_str().to_owned())
+    }
+
+    fn task_id(&mut self, _: Resource<LentEvent>) -> Option<String> {
+        self.lent.read(|e| e.task_id.clone())
+    }
+
+    fn chat_session_id(&mut self, _: Resource<LentEvent>) -> Option<String> {
+        self.lent.read(|e| e.chat_session_id.clone())
+    }
+
+    fn published_at_ms(&mut self, _: Resource<LentEvent>) -> u64 {
+        self.lent.read(|e| e.published_at_ms)
+    }
+
+    /// Only borrows are handed out, and a borrow is never dropped through here.
+    fn drop(&mut self, _: Resource<LentEvent>) -> WasmResult<()> {
+        Ok(())
+    }
+}
+
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         self.wasi.view()
@@ -156,7 +230,7 @@ impl WasiView for PluginState {
 }
 
 /// Builds the linker every plugin is instantiated against: WASI p2 (blocking calls bounded by
-/// the deadline) plus the busbar imports.
+/// the deadline) plus the busbar imports of every contract version.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> WasmResult<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
     wasi::add_to_linker(&mut linker, |s: &mut PluginState| &mut s.wasi)?;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use wasmtime::component::{ComponentExportIndex, Instance, InstancePre};
+use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Engine, Store, Trap};
 
 use super::decisions::{DecisionStats, RoleDecisions};
@@ -35,30 +35,17 @@ use crate::event::{self, Event};
 use bindings::busbar::plugin::types as wit;
 
 mod decide;
+mod exports;
+
+pub(super) use exports::{Exports, ListenerIndices};
+use exports::ListenerExports;
 
 /// One instance, ready to be called.
 struct Warm {
     store: Store<PluginState>,
     instance: Instance,
     /// The `listener` exports, when the component has them.
-    listener: Option<bindings::Listener>,
-}
-
-/// Where a component's exports are, found once at link time: the `listener` world's (when it
-/// has both), and each policy export it has.
-pub(super) struct Exports {
-    pub listener: Option<bindings::ListenerIndices>,
-    pub authenticate: Option<ComponentExportIndex>,
-    pub authorize: Option<ComponentExportIndex>,
-}
-
-impl Exports {
-    fn of(&self, role: Role) -> Option<&ComponentExportIndex> {
-        match role {
-            Role::Authenticator => self.authenticate.as_ref(),
-            Role::Authorizer => self.authorize.as_ref(),
-        }
-    }
+    listener: Option<ListenerExports>,
 }
 
 /// A loaded, linked and probed plugin version.
@@ -160,7 +147,7 @@ impl Plugin {
             Some(listener) => {
                 warm.store.data_mut().begin_call();
                 warm.store.set_epoch_deadline(plugin.ctx.deadline_ticks);
-                let declared = listener.call_subscriptions(&mut warm.store);
+                let declared = listener.subscriptions(&mut warm.store);
                 warm.store.data_mut().end_call();
                 declared.map_err(|e| LoadError::Startup(plugin.classify(e, warm.store.data()).0.to_string()))?
             }
@@ -355,20 +342,9 @@ impl Plugin {
         if self.exports.listener.is_none() {
             return Ok(Vec::new());
         }
-        let arg = wit::Event {
-            id: &event.id,
-            event_type: &event.event_type,
-            workspace_id: &event.workspace_id,
-            actor_type: &event.actor_type,
-            actor_id: &event.actor_id,
-            payload: event.payload.as_str(),
-            task_id: event.task_id.as_deref(),
-            chat_session_id: event.chat_session_id.as_deref(),
-            published_at_ms: event.published_at_ms,
-        };
         let _output_room = self.admit()?;
         let returned = self.enter(|warm| match &warm.listener {
-            Some(listener) => listener.call_handle(&mut warm.store, arg),
+            Some(listener) => listener.handle(&mut warm.store, event),
             None => Ok(Ok(Vec::new())),
         })?;
         match returned {

@@ -27,12 +27,13 @@ use super::compile::{CompileError, CompileLimits, Compiler};
 use super::error::LoadError;
 use super::engine;
 use super::files::{self, FileError};
-use super::host::{self, CONTRACT, PluginContext, PluginState, bindings};
+use super::host::{self, CONTRACT, CONTRACTS, PluginContext, PluginState};
+use super::legacy;
 use super::kv::{KvStore, KvStores};
 use super::manifest::{Manifest, read_manifest};
 use super::memory::MemoryBudget;
 
-use super::plugin::{Exports, Plugin};
+use super::plugin::{Exports, ListenerIndices, Plugin};
 use crate::store::Store;
 
 
@@ -122,7 +123,8 @@ impl Runtime {
         } else {
             (Engine::new(&engine::config(None, config.perf_map)).map_err(RuntimeError::engine)?, false)
         };
-        let linker = host::linker(&engine).map_err(RuntimeError::engine)?;
+        let mut linker = host::linker(&engine).map_err(RuntimeError::engine)?;
+        legacy::add_to_linker(&mut linker).map_err(RuntimeError::engine)?;
         let cache = match config.cache_dir {
             Some(dir) => CompileCache::in_dir(&dir)
                 .map_err(|source| RuntimeError::Cache { dir: dir.display().to_string(), source })?,
@@ -230,6 +232,7 @@ impl Runtime {
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
             .collect();
+        let contract = exports.contract;
         let mut manifest = Manifest::named("check");
         manifest.limits.timeout = CHECK_DEADLINE;
         let ctx = Arc::new(PluginContext::new(&manifest, Arc::new(KvStore::detached()), self.budget.clone(), self.ticker.ticks.clone()));
@@ -240,7 +243,7 @@ impl Runtime {
             worlds,
             hash,
             size: bytes.len(),
-            contract: CONTRACT,
+            contract,
             subscriptions: plugin.subscriptions().iter().map(ToString::to_string).collect(),
             imports,
         })
@@ -254,12 +257,14 @@ impl Runtime {
             other => LoadError::Compile(other),
         })?;
         let ty = component.component_type();
+        let mut built_for_0_1 = false;
         for (name, _) in ty.imports(&self.engine) {
             if let Some(rest) = name.strip_prefix("busbar:plugin/") {
-                let version = rest.split_once('@').map_or("", |(_, v)| v);
-                if format!("busbar:plugin@{version}") != CONTRACT {
-                    return Err(LoadError::ContractVersion { found: format!("busbar:plugin@{version}") });
+                let found = format!("busbar:plugin@{}", rest.split_once('@').map_or("", |(_, v)| v));
+                if !CONTRACTS.contains(&found.as_str()) {
+                    return Err(LoadError::ContractVersion { found });
                 }
+                built_for_0_1 |= found == legacy::CONTRACT;
             }
         }
         let instance_pre = self
@@ -271,13 +276,15 @@ impl Runtime {
         // neither. Which policy exports must be there depends on the manifest (see `Plugin::new`).
         let listener = match (has("handle"), has("subscriptions")) {
             (true, true) => Some(
-                bindings::ListenerIndices::new(&instance_pre).map_err(|e| LoadError::WrongExports { world: "listener", message: format!("{e:#}") })?,
+                ListenerIndices::new(&instance_pre, built_for_0_1)
+                    .map_err(|e| LoadError::WrongExports { world: "listener", message: format!("{e:#}") })?,
             ),
             (false, false) => None,
             (false, true) => return Err(LoadError::MissingExport("handle")),
             (true, false) => return Err(LoadError::MissingExport("subscriptions")),
         };
         let exports = Exports {
+            contract: listener.as_ref().map_or(if built_for_0_1 { legacy::CONTRACT } else { CONTRACT }, ListenerIndices::contract),
             listener,
             authenticate: component.get_export_index(None, "authenticate"),
             authorize: component.get_export_index(None, "authorize"),

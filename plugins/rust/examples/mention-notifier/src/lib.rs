@@ -33,7 +33,7 @@ impl Plugin for MentionNotifier {
         vec!["comment:created".into()]
     }
 
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let created: CommentCreated = event.payload_as()?;
         let comment = &created.comment;
         let key = format!("comment:{}", comment.id);
@@ -42,7 +42,7 @@ impl Plugin for MentionNotifier {
         }
         let mut actions = Vec::new();
         for user in mentions(&comment.content) {
-            if user == event.actor_id {
+            if user == event.actor_id() {
                 continue;
             }
             let item = json!({

@@ -13,16 +13,16 @@ impl Plugin for ScopeRouter {
         vec!["task:*".into(), "chat:*".into()]
     }
 
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
-        let target = if event.event_type.starts_with("task:") {
-            event.task_id.as_deref().map(Target::task)
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
+        let target = if event.event_type().starts_with("task:") {
+            event.task_id().map(Target::task)
         } else {
-            event.chat_session_id.as_deref().map(Target::chat)
+            event.chat_session_id().map(Target::chat)
         };
         match target {
-            Some(target) => Ok(vec![event.forward_without(target, internal_keys(&event.event_type))?]),
+            Some(target) => Ok(vec![event.forward_without(target, internal_keys(event.event_type()))?]),
             None => {
-                log::debug(format!("{} {} has no scope id", event.event_type, event.id));
+                log::debug(format!("{} {} has no scope id", event.event_type(), event.id()));
                 Ok(vec![])
             }
         }

@@ -23,29 +23,29 @@ impl Plugin for Forwarder {
         vec!["*".into()]
     }
 
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         // Credential events (a personal access token's hash, for a policy plugin) never reach clients.
-        let credentials = event.event_type.starts_with("personal_access_token:");
-        if credentials || skipped(&event.event_type) || (event.event_type.starts_with("chat:") && !chat_to_workspace()) {
+        let credentials = event.event_type().starts_with("personal_access_token:");
+        if credentials || skipped(event.event_type()) || (event.event_type().starts_with("chat:") && !chat_to_workspace()) {
             return Ok(vec![]);
         }
-        if is_personal(&event.event_type) {
+        if is_personal(event.event_type()) {
             let recipient = recipient(&event)?;
             return Ok(vec![outbound(&event, Target::user(recipient))?]);
         }
-        if event.event_type == "member:added" {
+        if event.event_type() == "member:added" {
             // The new member's other connections hear about it too, except those already in
             // this workspace, which get it from the workspace room.
-            let mut actions = vec![outbound(&event, Target::workspace(&event.workspace_id))?];
+            let mut actions = vec![outbound(&event, Target::workspace(event.workspace_id()))?];
             if let Some(user) = member_user(&event)? {
-                actions.push(outbound(&event, Target::user_except(user, &event.workspace_id))?);
+                actions.push(outbound(&event, Target::user_except(user, event.workspace_id()))?);
             }
             return Ok(actions);
         }
-        if !event.workspace_id.is_empty() {
-            return Ok(vec![outbound(&event, Target::workspace(&event.workspace_id))?]);
+        if !event.workspace_id().is_empty() {
+            return Ok(vec![outbound(&event, Target::workspace(event.workspace_id()))?]);
         }
-        if event.event_type.starts_with("daemon:") {
+        if event.event_type().starts_with("daemon:") {
             return Ok(vec![outbound(&event, Target::Everyone)?]);
         }
         Ok(vec![])
@@ -98,7 +98,7 @@ fn recipient(event: &Event) -> Result<String, Error> {
         .into_iter()
         .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
         .map(str::to_string)
-        .ok_or_else(|| Error::new(format!("{}: no recipient in payload", event.event_type)))
+        .ok_or_else(|| Error::new(format!("{}: no recipient in payload", event.event_type())))
 }
 
 fn member_user(event: &Event) -> Result<Option<String>, Error> {
@@ -120,5 +120,5 @@ fn internal_keys(event_type: &str) -> &'static [&'static str] {
 
 /// The event as a message for `target`, with internal keys stripped.
 fn outbound(event: &Event, target: Target) -> Result<Action, Error> {
-    event.forward_without(target, internal_keys(&event.event_type))
+    event.forward_without(target, internal_keys(event.event_type()))
 }

@@ -18,14 +18,14 @@ impl Plugin for Amplifier {
         vec!["amp:*".into()]
     }
 
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let work = Duration::from_millis(setting("work-ms", 0));
         let started = Instant::now();
         while started.elapsed() < work {
             std::hint::spin_loop();
         }
         let filler = "x".repeat((setting("payload-kib", 0) << 10) as usize);
-        (0..setting("fanout", 4)).map(|n| event.follow_up(event.event_type.clone(), &serde_json::json!({"n": n, "filler": filler}))).collect()
+        (0..setting("fanout", 4)).map(|n| event.follow_up(event.event_type(), &serde_json::json!({"n": n, "filler": filler}))).collect()
     }
 }
 

@@ -10,7 +10,7 @@ use busbar_plugin_sdk::{Action, Error, Event, Plugin, Target, export};
 struct Ballast;
 
 impl Plugin for Ballast {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let payload: serde_json::Value = event.payload_as()?;
         let mib = payload["mib"].as_u64().unwrap_or(1) as usize;
         let hold = Duration::from_millis(payload["hold-ms"].as_u64().unwrap_or(0));

@@ -12,7 +12,7 @@ impl Plugin for Crowd {
         (0..count).map(|i| format!("crowd:{i}")).collect()
     }
 
-    fn handle(_event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(_event: &Event) -> Result<Vec<Action>, Error> {
         Ok(vec![])
     }
 }

@@ -7,7 +7,7 @@ use busbar_plugin_sdk::{Action, Error, Event, Plugin, export};
 struct Flaky;
 
 impl Plugin for Flaky {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let payload: serde_json::Value = event.payload_as()?;
         if payload["n"].as_u64().unwrap_or(0) % 5 != 0 {
             loop {

@@ -8,7 +8,7 @@ use serde_json::Value;
 struct Flood;
 
 impl Plugin for Flood {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let payload: Value = event.payload_as()?;
         match payload["flood"].as_str() {
             Some("bytes") => {

@@ -12,9 +12,9 @@ impl Plugin for FollowUpLoop {
         vec!["loop:*".into()]
     }
 
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let fanout: usize = config::get("fanout").and_then(|f| f.parse().ok()).unwrap_or(2);
-        (0..fanout).map(|n| event.follow_up(event.event_type.clone(), &serde_json::json!({"again": n}))).collect()
+        (0..fanout).map(|n| event.follow_up(event.event_type(), &serde_json::json!({"again": n}))).collect()
     }
 }
 

@@ -5,7 +5,7 @@ use busbar_plugin_sdk::{Action, Error, Event, Plugin, export};
 struct Hog;
 
 impl Plugin for Hog {
-    fn handle(_event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(_event: &Event) -> Result<Vec<Action>, Error> {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
             let chunk = vec![0xA5u8; 1 << 20];

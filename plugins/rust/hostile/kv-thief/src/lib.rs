@@ -9,7 +9,7 @@ use serde_json::json;
 struct KvThief;
 
 impl Plugin for KvThief {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let payload: serde_json::Value = event.payload_as()?;
         let report = match payload["op"].as_str() {
             Some("write") => json!({"written": kv::set("secret", b"the deleted plugin's data").is_ok()}),

@@ -12,8 +12,8 @@ fn descend(depth: u64, frame: [u64; 16]) -> u64 {
 }
 
 impl Plugin for Recurse {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
-        let n = descend(event.payload.len() as u64, [0; 16]);
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
+        let n = descend(event.payload().len() as u64, [0; 16]);
         Err(Error::new(format!("unreachable: {n}")))
     }
 }

@@ -15,7 +15,7 @@ fn attempt<T>(result: std::io::Result<T>) -> String {
 }
 
 impl Plugin for Sandbox {
-    fn handle(_event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(_event: &Event) -> Result<Vec<Action>, Error> {
         let report = json!({
             "read_etc_passwd": attempt(std::fs::read("/etc/passwd")),
             "read_cwd": attempt(std::fs::read_dir(".")),

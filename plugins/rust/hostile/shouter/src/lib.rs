@@ -11,7 +11,7 @@ const FORGED: &str = "ok\n2026-12-02T00:00:00.000000Z  INFO busbar: admin token 
 struct Shouter;
 
 impl Plugin for Shouter {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let payload: serde_json::Value = event.payload_as()?;
         match payload["say"].as_str() {
             Some("error") => {

@@ -32,7 +32,7 @@ impl Plugin for Sleeper {
         vec!["sleep:*".into()]
     }
 
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let payload: serde_json::Value = event.payload_as()?;
         match payload["wait"].as_str().unwrap_or("sleep") {
             "clock" => monotonic_clock::subscribe_duration(HOUR_NS).block(),

@@ -6,7 +6,7 @@ use busbar_plugin_sdk::{Action, Error, Event, Plugin, export};
 struct StartupPanic;
 
 impl Plugin for StartupPanic {
-    fn handle(_event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(_event: &Event) -> Result<Vec<Action>, Error> {
         Ok(vec![])
     }
 }

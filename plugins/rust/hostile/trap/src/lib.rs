@@ -7,10 +7,10 @@ use serde_json::Value;
 struct Trap;
 
 impl Plugin for Trap {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let payload: Value = event.payload_as()?;
         if payload["trap"] == Value::Bool(true) {
-            panic!("trap requested by event {}", event.id);
+            panic!("trap requested by event {}", event.id());
         }
         Ok(vec![Action::send(Target::Everyone, "trap:ok", "{}")])
     }

@@ -11,10 +11,10 @@ use serde_json::Value;
 struct Trespasser;
 
 impl Plugin for Trespasser {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let payload: Value = event.payload_as()?;
         let text = |key: &str| payload[key].as_str().unwrap_or_default().to_string();
-        let message = |target: Target| Action::send(target, "trespass:message", format!("{{\"from\":{:?}}}", event.workspace_id));
+        let message = |target: Target| Action::send(target, "trespass:message", format!("{{\"from\":{:?}}}", event.workspace_id()));
         let follow_up = |workspace: String, actor: (&str, &str)| {
             Action::Publish(FollowUp {
                 event_type: "trespass:follow".into(),
@@ -31,11 +31,11 @@ impl Plugin for Trespasser {
             "user" => vec![message(Target::user(text("user")))],
             "everyone" => vec![message(Target::Everyone)],
             "follow-workspace" => vec![follow_up(text("to"), ("", ""))],
-            "follow-actor" => vec![follow_up(event.workspace_id.clone(), ("member", "admin"))],
+            "follow-actor" => vec![follow_up(event.workspace_id().to_string(), ("member", "admin"))],
             "stay" => vec![
-                message(Target::workspace(&event.workspace_id)),
+                message(Target::workspace(event.workspace_id())),
                 message(Target::user(text("user"))),
-                follow_up(event.workspace_id.clone(), (&event.actor_type, &event.actor_id)),
+                follow_up(event.workspace_id().to_string(), (event.actor_type(), event.actor_id())),
             ],
             _ => vec![],
         })

@@ -77,7 +77,7 @@ impl Plugin for OriginalPolicy {
         ["workspace:*", "member:*", "task:*", "chat:*", "personal_access_token:*"].map(String::from).into()
     }
 
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let payload: Value = match event.payload_as() {
             Ok(payload) => payload,
             Err(e) => {
@@ -85,7 +85,7 @@ impl Plugin for OriginalPolicy {
                 return Ok(vec![]);
             }
         };
-        let (resource, verb) = event.event_type.split_once(':').unwrap_or_default();
+        let (resource, verb) = event.event_type().split_once(':').unwrap_or_default();
         let recorded = match resource {
             "workspace" => record_workspace(&event, verb, &payload),
             "member" => record_member(&event, verb, &payload),
@@ -96,7 +96,7 @@ impl Plugin for OriginalPolicy {
         };
         // A store that refuses (full) loses facts: say so loudly, but keep listening.
         if let Err(e) = recorded {
-            log::error(format!("{} {}: not recorded: {e}", event.event_type, event.id));
+            log::error(format!("{} {}: not recorded: {e}", event.event_type(), event.id()));
         }
         Ok(vec![])
     }
@@ -112,8 +112,8 @@ fn non_empty(s: &str) -> Option<&str> {
 }
 
 fn record_workspace(event: &Event, verb: &str, payload: &Value) -> Result<(), Error> {
-    let Some(id) = first_str(payload, &["/workspace/id", "/id"]).or(non_empty(&event.workspace_id)) else {
-        log::debug(format!("{}: no workspace id", event.event_type));
+    let Some(id) = first_str(payload, &["/workspace/id", "/id"]).or(non_empty(event.workspace_id())) else {
+        log::debug(format!("{}: no workspace id", event.event_type()));
         return Ok(());
     };
     let old_slug = kv::get(&workspace_slug_key(id)).and_then(|bytes| String::from_utf8(bytes).ok());
@@ -146,9 +146,9 @@ fn forget_slug(slug: &str, workspace: &str) {
 
 fn record_member(event: &Event, verb: &str, payload: &Value) -> Result<(), Error> {
     let user = first_str(payload, &["/member/user_id", "/user_id"]);
-    let workspace = non_empty(&event.workspace_id).or(first_str(payload, &["/member/workspace_id"]));
+    let workspace = non_empty(event.workspace_id()).or(first_str(payload, &["/member/workspace_id"]));
     let (Some(user), Some(workspace)) = (user, workspace) else {
-        log::debug(format!("{}: no user or workspace", event.event_type));
+        log::debug(format!("{}: no user or workspace", event.event_type()));
         return Ok(());
     };
     match verb {
@@ -164,16 +164,16 @@ fn record_member(event: &Event, verb: &str, payload: &Value) -> Result<(), Error
 /// A session's creator comes from `session_created|updated` when they name it; otherwise the
 /// first member to act in a session not seen before is its creator (only the creator writes).
 fn record_chat(event: &Event, verb: &str, payload: &Value) -> Result<(), Error> {
-    let id = event.chat_session_id.as_deref().and_then(non_empty).or(first_str(payload, &["/chat_session_id", "/chat_session/id"]));
+    let id = event.chat_session_id().and_then(non_empty).or(first_str(payload, &["/chat_session_id", "/chat_session/id"]));
     let Some(id) = id else {
-        log::debug(format!("{}: no chat session id", event.event_type));
+        log::debug(format!("{}: no chat session id", event.event_type()));
         return Ok(());
     };
     if verb == "session_deleted" {
         kv::delete(&chat_key(id));
         return Ok(());
     }
-    let Some(workspace) = non_empty(&event.workspace_id).or(first_str(payload, &["/chat_session/workspace_id"])) else { return Ok(()) };
+    let Some(workspace) = non_empty(event.workspace_id()).or(first_str(payload, &["/chat_session/workspace_id"])) else { return Ok(()) };
     let named = match verb {
         "session_created" | "session_updated" => first_str(payload, &["/chat_session/creator_id", "/creator_id"]),
         _ => None,
@@ -181,7 +181,7 @@ fn record_chat(event: &Event, verb: &str, payload: &Value) -> Result<(), Error> 
     let known: Option<ChatRecord> = kv::get_json(&chat_key(id)).unwrap_or(None);
     let creator = match named {
         Some(creator) => creator,
-        None if known.is_none() && event.actor_type == "member" && !event.actor_id.is_empty() => &event.actor_id,
+        None if known.is_none() && event.actor_type() == "member" && !event.actor_id().is_empty() => event.actor_id(),
         None => return Ok(()),
     };
     let chat = ChatRecord { workspace: workspace.to_string(), creator: creator.to_string() };
@@ -191,17 +191,17 @@ fn record_chat(event: &Event, verb: &str, payload: &Value) -> Result<(), Error> 
 /// Merges what this event says about its task into the record (written only when it changes:
 /// `task:message` and `task:progress` are frequent).
 fn record_task(event: &Event, payload: &Value) -> Result<(), Error> {
-    let id = event.task_id.as_deref().and_then(non_empty).or(first_str(payload, &["/task_id", "/task/id"]));
+    let id = event.task_id().and_then(non_empty).or(first_str(payload, &["/task_id", "/task/id"]));
     let Some(id) = id else {
-        log::debug(format!("{}: no task id", event.event_type));
+        log::debug(format!("{}: no task id", event.event_type()));
         return Ok(());
     };
     let known: Option<TaskRecord> = kv::get_json(&task_key(id)).unwrap_or(None);
     let mut task = known.clone().unwrap_or_default();
-    if let Some(workspace) = non_empty(&event.workspace_id) {
+    if let Some(workspace) = non_empty(event.workspace_id()) {
         task.workspace = workspace.to_string();
     }
-    let chat = first_str(payload, &["/chat_session_id", "/task/chat_session_id"]).or(event.chat_session_id.as_deref().and_then(non_empty));
+    let chat = first_str(payload, &["/chat_session_id", "/task/chat_session_id"]).or(event.chat_session_id().and_then(non_empty));
     if let Some(chat) = chat {
         task.chat = Some(chat.to_string());
     }

@@ -7,14 +7,14 @@ use busbar_plugin_sdk::{Action, Error, Event, Plugin, Target, export};
 struct BenchRouter;
 
 impl Plugin for BenchRouter {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
-        let routed = bench_logic::route(&event.workspace_id, &event.payload)?;
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
+        let routed = bench_logic::route(event.workspace_id(), event.payload())?;
         let target = match routed.route {
             Route::Workspace(id) => Target::workspace(id),
             Route::Task(id) => Target::task(id),
             Route::User(id) => Target::user(id),
         };
-        Ok(vec![Action::send(target, event.event_type, routed.payload)])
+        Ok(vec![Action::send(target, event.event_type(), routed.payload)])
     }
 }
 

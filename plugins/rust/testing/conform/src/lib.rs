@@ -15,16 +15,16 @@ impl Plugin for Conform {
         vec!["conf:*".into()]
     }
 
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let everyone = |event_type: &str, payload: String| Action::send(Target::Everyone, event_type, payload);
-        Ok(match event.event_type.as_str() {
+        Ok(match event.event_type() {
             "conf:echo" => vec![event.forward(Target::Everyone)],
             "conf:targets" => {
                 let targets = [
-                    Target::workspace(&event.workspace_id),
-                    Target::user_except(&event.actor_id, &event.workspace_id),
-                    Target::task(event.task_id.clone().unwrap_or_default()),
-                    Target::chat(event.chat_session_id.clone().unwrap_or_default()),
+                    Target::workspace(event.workspace_id()),
+                    Target::user_except(event.actor_id(), event.workspace_id()),
+                    Target::task(event.task_id().clone().unwrap_or_default()),
+                    Target::chat(event.chat_session_id().clone().unwrap_or_default()),
                     Target::Everyone,
                 ];
                 targets

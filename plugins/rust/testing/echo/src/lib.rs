@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 struct Echo;
 
 impl Plugin for Echo {
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let tag = config::get("tag").unwrap_or_default();
         let payload: Value = event.payload_as()?;
         let request = &payload["echo"];
@@ -34,18 +34,18 @@ impl Plugin for Echo {
         }
         let mut actions = vec![Action::send_json(
             Target::Everyone,
-            event.event_type.clone(),
+            event.event_type(),
             &json!({
                 "tag": tag,
-                "id": event.id,
-                "type": event.event_type,
-                "workspace_id": event.workspace_id,
-                "actor_type": event.actor_type,
-                "actor_id": event.actor_id,
-                "payload": event.payload,
-                "task_id": event.task_id,
-                "chat_session_id": event.chat_session_id,
-                "published_at_ms": event.published_at_ms,
+                "id": event.id(),
+                "type": event.event_type(),
+                "workspace_id": event.workspace_id(),
+                "actor_type": event.actor_type(),
+                "actor_id": event.actor_id(),
+                "payload": event.payload(),
+                "task_id": event.task_id(),
+                "chat_session_id": event.chat_session_id(),
+                "published_at_ms": event.published_at_ms(),
             }),
         )?];
         if let Some(follow) = request["follow_up"].as_str() {

@@ -26,7 +26,7 @@ impl Plugin for Gatekeeper {
         vec![]
     }
 
-    fn handle(_event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(_event: &Event) -> Result<Vec<Action>, Error> {
         Ok(vec![])
     }
 }

@@ -5,7 +5,7 @@ use busbar_plugin_sdk::{Action, Error, Event, Plugin, export};
 struct Noop;
 
 impl Plugin for Noop {
-    fn handle(_event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(_event: &Event) -> Result<Vec<Action>, Error> {
         Ok(Vec::new())
     }
 }
