@@ -16,6 +16,9 @@
 //!   change in between: this is the ratio to quote. Its last row is an unrelated 1 KiB event
 //!   through `bench-router` alone, then beside the hostile plugins of issue #12 (64-pattern
 //!   `crowd`, `amplifier`, `flaky`, and `sleeper` kept waiting in host calls by another thread).
+//! - `instructions <side>/<case>`: 1 000 publishes of one case (side `native`, `wasm` for the
+//!   0.2.0 components, `legacy` for the 0.1.0 one; case `noop`, `100B`, `1KiB`, `16KiB`) in
+//!   `measured_publishes`, for callgrind to count (scripts/instructions runs every case).
 //! - `kv`: one call of the `echo` test plugin without kv, and with a kv get and set (a counter)
 //!   on the embedded store on disk (SQLite, WAL), in memory (`--ephemeral`) and in Redis on
 //!   loopback (when `redis-server` is installed), in alternating rounds; prints p50 and p99.
@@ -192,39 +195,61 @@ fn runtime_costs(c: &mut Criterion) {
 /// each (which goes first alternates too); returns the per-call medians and the quartiles of
 /// the per-round ratio wasm / native, and the median per-round difference.
 fn paired(native: &Bus, wasm: &Bus, event: &Event, rounds: usize, per_round: u32) -> Paired {
+    let mut sides = alternated(&[native, wasm], event, rounds, per_round);
+    sides.swap_remove(1)
+}
+
+/// Measures every bus in turn, round after round (the first of a round rotates), and compares
+/// each with the first: its median per-call time, the quartiles of its per-round ratio to the
+/// first, and the median per-round difference. The first two rounds warm up.
+fn alternated(buses: &[&Bus], event: &Event, rounds: usize, per_round: u32) -> Vec<Paired> {
     let time = |bus: &Bus| {
         let started = Instant::now();
-        for _ in 0..per_round {
-            std::hint::black_box(bus.publish(event.clone()));
-        }
+        measured_publishes(bus, event, per_round);
         started.elapsed().as_secs_f64() * 1e6 / f64::from(per_round)
     };
-    let (mut natives, mut wasms, mut ratios, mut differences) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let n = buses.len();
+    let mut times = vec![Vec::new(); n];
     for round in 0..rounds + 2 {
-        let (n, w) = if round % 2 == 0 {
-            let n = time(native);
-            (n, time(wasm))
-        } else {
-            let w = time(wasm);
-            (time(native), w)
-        };
+        let mut this = vec![0.0; n];
+        for k in 0..n {
+            let i = (round + k) % n;
+            this[i] = time(buses[i]);
+        }
         if round >= 2 {
-            // The first two rounds warm both up.
-            natives.push(n);
-            wasms.push(w);
-            ratios.push(w / n);
-            differences.push(w - n);
+            for (side, t) in times.iter_mut().zip(this) {
+                side.push(t);
+            }
         }
     }
     let quantile = |values: &mut Vec<f64>, q: f64| {
         values.sort_by(f64::total_cmp);
         values[((values.len() - 1) as f64 * q).round() as usize]
     };
-    Paired {
-        native_us: quantile(&mut natives, 0.5),
-        wasm_us: quantile(&mut wasms, 0.5),
-        ratio: [quantile(&mut ratios, 0.25), quantile(&mut ratios, 0.5), quantile(&mut ratios, 0.75)],
-        difference_us: quantile(&mut differences, 0.5),
+    let first = times[0].clone();
+    let mut first_sorted = first.clone();
+    let first_median = quantile(&mut first_sorted, 0.5);
+    times
+        .into_iter()
+        .map(|mut side| {
+            let mut ratios: Vec<f64> = side.iter().zip(&first).map(|(t, f)| t / f).collect();
+            let mut differences: Vec<f64> = side.iter().zip(&first).map(|(t, f)| t - f).collect();
+            Paired {
+                native_us: first_median,
+                wasm_us: quantile(&mut side, 0.5),
+                ratio: [quantile(&mut ratios, 0.25), quantile(&mut ratios, 0.5), quantile(&mut ratios, 0.75)],
+                difference_us: quantile(&mut differences, 0.5),
+            }
+        })
+        .collect()
+}
+
+/// The publishes being measured: a function of its own, so that callgrind can count the
+/// instructions inside it alone (`--toggle-collect=*measured_publishes*`).
+#[inline(never)]
+fn measured_publishes(bus: &Bus, event: &Event, count: u32) {
+    for _ in 0..count {
+        std::hint::black_box(bus.publish(event.clone()));
     }
 }
 
@@ -235,34 +260,81 @@ struct Paired {
     difference_us: f64,
 }
 
-/// The `paired` table (see the top of this file). A smoke run under `cargo test`.
+/// The `paired` table (see the top of this file): native, the 0.2.0 component and the same
+/// logic built for contract 0.1.0, in alternation. A smoke run under `cargo test`.
 fn paired_ratios(rounds: usize, per_round: u32) {
     let runtime = runtime(Some("bench-cache"));
-    println!("paired: native and WASM alternately, {rounds} rounds of {per_round} publishes each");
-    println!("| payload | native | wasm | wasm / native (median) | p25 - p75 |");
-    println!("|---|---|---|---|---|");
-    let row = |label: &str, p: &Paired| {
+    println!("paired: native, WASM (contract 0.2.0) and WASM (0.1.0) alternately, {rounds} rounds of {per_round} publishes each");
+    println!("| payload | native | wasm 0.2.0 | 0.2.0 / native (median) | p25 - p75 | wasm 0.1.0 | 0.1.0 / native | p25 - p75 |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let row = |label: &str, now: &Paired, then: &Paired| {
         println!(
-            "| {label} | {:.2} µs | {:.2} µs | {:.2}x | {:.2}x - {:.2}x |",
-            p.native_us, p.wasm_us, p.ratio[1], p.ratio[0], p.ratio[2]
+            "| {label} | {:.2} µs | {:.2} µs | {:.2}x | {:.2}x - {:.2}x | {:.2} µs | {:.2}x | {:.2}x - {:.2}x |",
+            now.native_us, now.wasm_us, now.ratio[1], now.ratio[0], now.ratio[2], then.wasm_us, then.ratio[1], then.ratio[0], then.ratio[2]
         )
     };
     for (label, size) in [("100 B", 100), ("1 KiB", 1024), ("16 KiB", 16 << 10)] {
         let native = bus_with(vec![("native".into(), Arc::new(native_router))]);
-        let wasm = bus_with(vec![("wasm".into(), Arc::new(plugin(&runtime, "testing", "bench-router", "wasm")))]);
-        row(label, &paired(&native, &wasm, &event(size), rounds, per_round));
+        let now = bus_with(vec![("wasm".into(), Arc::new(plugin(&runtime, "testing", "bench-router", "wasm")))]);
+        let then = bus_with(vec![("legacy".into(), Arc::new(plugin(&runtime, "testing", "legacy-router", "legacy")))]);
+        let sides = alternated(&[&native, &now, &then], &event(size), rounds, per_round);
+        row(label, &sides[1], &sides[2]);
     }
     let noop = |_: &Event| -> Result<Vec<Action>, ListenerError> { Ok(Vec::new()) };
     let native = bus_with(vec![("native".into(), Arc::new(noop))]);
-    let wasm = bus_with(vec![("wasm".into(), Arc::new(plugin(&runtime, "testing", "noop", "wasm")))]);
-    let floor = paired(&native, &wasm, &event(100), rounds, per_round);
-    row("floor (no-op)", &floor);
-    println!("crossing into a component and back (median of wasm - native per round): {:.2} µs", floor.difference_us);
+    let now = bus_with(vec![("wasm".into(), Arc::new(plugin(&runtime, "testing", "noop", "wasm")))]);
+    let then = bus_with(vec![("legacy".into(), Arc::new(plugin(&runtime, "testing", "legacy-router", "legacy")))]);
+    let sides = alternated(&[&native, &now, &then], &floor_event(), rounds, per_round);
+    row("floor (no-op)", &sides[1], &sides[2]);
+    println!(
+        "crossing into a component and back (median of wasm - native per round): {:.2} µs with 0.2.0, {:.2} µs with 0.1.0",
+        sides[1].difference_us, sides[2].difference_us
+    );
     let neighbours = hostile_neighbours(&runtime, rounds, per_round);
     println!(
         "unrelated 1 KiB event, alone vs beside hostile plugins: {:.2} µs vs {:.2} µs, {:.2}x ({:.2}x - {:.2}x)",
         neighbours.native_us, neighbours.wasm_us, neighbours.ratio[1], neighbours.ratio[0], neighbours.ratio[2]
     );
+}
+
+/// The floor's event: 100 B, of the type `legacy-router` answers with nothing.
+fn floor_event() -> Event {
+    let mut event = event(100);
+    event.event_type = "legacy:noop".into();
+    event
+}
+
+/// One case of the instruction counts (`instructions <case>`), run under callgrind by
+/// scripts/instructions: `count` publishes through `measured_publishes` after a warm-up.
+fn instructions(case: &str, count: u32) {
+    let runtime = runtime(Some("bench-cache"));
+    let noop = |_: &Event| -> Result<Vec<Action>, ListenerError> { Ok(Vec::new()) };
+    let (listener, event): (Arc<dyn Listener>, Event) = match case.split_once('/') {
+        Some(("native", "noop")) => (Arc::new(noop), floor_event()),
+        Some(("wasm", "noop")) => (Arc::new(plugin(&runtime, "testing", "noop", "wasm")), floor_event()),
+        Some(("legacy", "noop")) => (Arc::new(plugin(&runtime, "testing", "legacy-router", "legacy")), floor_event()),
+        Some((side, size)) => {
+            let size = match size {
+                "100B" => 100,
+                "1KiB" => 1024,
+                "16KiB" => 16 << 10,
+                other => panic!("unknown size {other}"),
+            };
+            let listener: Arc<dyn Listener> = match side {
+                "native" => Arc::new(native_router),
+                "wasm" => Arc::new(plugin(&runtime, "testing", "bench-router", "wasm")),
+                "legacy" => Arc::new(plugin(&runtime, "testing", "legacy-router", "legacy")),
+                other => panic!("unknown side {other}"),
+            };
+            (listener, event(size))
+        }
+        None => panic!("a case is <native|wasm|legacy>/<noop|100B|1KiB|16KiB>, not {case}"),
+    };
+    let bus = bus_with(vec![("measured".into(), listener)]);
+    for _ in 0..100 {
+        std::hint::black_box(bus.publish(event.clone()));
+    }
+    measured_publishes(&bus, &event, count);
 }
 
 /// `bench-router` alone, against `bench-router` beside the hostile plugins (one of which
@@ -386,6 +458,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let measuring = args.iter().any(|a| a == "--bench");
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if let [mode, case, ..] = filters.as_slice()
+        && mode.as_str() == "instructions"
+    {
+        return instructions(case, 1000);
+    }
     if filters.is_empty() || filters.iter().any(|f| f.contains("paired")) {
         if measuring { paired_ratios(200, 2000) } else { paired_ratios(2, 10) }
     }

@@ -10,10 +10,10 @@ impl Plugin for {{type}} {
         vec!["issue:*".into()]
     }
 
-    fn handle(event: Event) -> Result<Vec<Action>, Error> {
+    fn handle(event: &Event) -> Result<Vec<Action>, Error> {
         let prefix = config::get("prefix").unwrap_or_default();
-        let event_type = format!("{prefix}{}", event.event_type);
-        Ok(vec![Action::send(Target::workspace(&event.workspace_id), event_type, event.payload.clone())])
+        let event_type = format!("{prefix}{}", event.event_type());
+        Ok(vec![Action::send(Target::workspace(event.workspace_id()), event_type, event.payload())])
     }
 }
 

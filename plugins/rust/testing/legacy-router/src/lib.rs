@@ -3,7 +3,8 @@
 //! load it to show that 0.1.0 components keep working (every field, kv, log, actions) and the
 //! dispatch benchmark runs it beside the 0.2.0 build of the same logic.
 //!
-//! An event of type `legacy:echo` gets the event's fields back instead of being routed, and one
+//! An event of type `legacy:noop` gets nothing back (the 0.1.0 floor: the whole event copied in
+//! for nothing); one of type `legacy:echo` gets the event's fields back instead of being routed, and one
 //! of type `legacy:kv` with payload `{"kv": "<key>"}` stores the payload under that key and
 //! gets what was there before.
 
@@ -27,6 +28,9 @@ impl bindings::Guest for LegacyRouter {
     }
 
     fn handle(event: Event) -> Result<Vec<Action>, String> {
+        if event.event_type == "legacy:noop" {
+            return Ok(Vec::new());
+        }
         if event.event_type == "legacy:echo" {
             let fields = serde_json::json!({
                 "id": event.id, "type": event.event_type, "workspace_id": event.workspace_id,
