@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use wasmtime::Result as WasmResult;
 use wasmtime::Store;
-use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use super::clock::Ticks;
-use super::lent::{Lent, LentEvent};
+use super::lent::Lent;
 use super::kv::{KvLimits, KvStore};
 use super::manifest::Manifest;
 use super::memory::{MemoryBudget, MemoryLimiter};
@@ -179,50 +179,6 @@ pub(super) fn lend<R>(store: &mut Store<PluginState>, event: &Event, call: impl 
     call(&mut *store.0)
 }
 
-/// The `event` resource: each method copies one field of the lent event into the guest.
-impl types::HostEvent for PluginState {
-    fn id(&mut self, _: Resource<LentEvent>) -> String {
-        self.lent.read(|e| e.id.clone())
-    }
-
-    fn event_type(&mut self, _: Resource<LentEvent>) -> String {
-        self.lent.read(|e| e.event_type.clone())
-    }
-
-    fn workspace_id(&mut self, _: Resource<LentEvent>) -> String {
-        self.lent.read(|e| e.workspace_id.clone())
-    }
-
-    fn actor_type(&mut self, _: Resource<LentEvent>) -> String {
-        self.lent.read(|e| e.actor_type.clone())
-    }
-
-    fn actor_id(&mut self, _: Resource<LentEvent>) -> String {
-        self.lent.read(|e| e.actor_id.clone())
-    }
-
-    fn payload(&mut self, _: Resource<LentEvent>) -> String {
-        self.lent.read(|e| e.payload.as_str().to_owned())
-    }
-
-    fn task_id(&mut self, _: Resource<LentEvent>) -> Option<String> {
-        self.lent.read(|e| e.task_id.clone())
-    }
-
-    fn chat_session_id(&mut self, _: Resource<LentEvent>) -> Option<String> {
-        self.lent.read(|e| e.chat_session_id.clone())
-    }
-
-    fn published_at_ms(&mut self, _: Resource<LentEvent>) -> u64 {
-        self.lent.read(|e| e.published_at_ms)
-    }
-
-    /// Only borrows are handed out, and a borrow is never dropped through here.
-    fn drop(&mut self, _: Resource<LentEvent>) -> WasmResult<()> {
-        Ok(())
-    }
-}
-
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         self.wasi.view()
@@ -234,12 +190,13 @@ impl WasiView for PluginState {
 pub(crate) fn linker(engine: &wasmtime::Engine) -> WasmResult<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
     wasi::add_to_linker(&mut linker, |s: &mut PluginState| &mut s.wasi)?;
-    bindings::Listener::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+    log::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+    config::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+    kv::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+    super::lent::add_to_linker(&mut linker, |s: &PluginState| &s.lent)?;
     policy_bindings::busbar::plugin::policy_types::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
-
-impl types::Host for PluginState {}
 
 impl policy_bindings::busbar::plugin::policy_types::Host for PluginState {}
 

@@ -1,15 +1,17 @@
-//! The event a contract-0.2.0 `handle` call is lent: the slot that holds it during the call.
+//! The event a contract-0.2.0 `handle` call is lent, and the `event` resource's methods.
 //!
 //! This module owns `Lent`, the slot in each store that points at the event being handled for
 //! exactly the length of one call (`host::lend` fills it and empties it when the call returns or
-//! unwinds), and `LentEvent`, the type the bindings give the `event` resource. The guest holds
-//! only a `borrow`, which the component model ends with the call, so nothing it keeps can reach
-//! an event after that. It must not copy anything itself: the resource's methods (in `host`)
-//! copy one field each, when the guest asks for it.
+//! unwinds), `LentEvent`, the type the bindings give the `event` resource, and the resource's
+//! methods, linked by hand rather than through the bindings so that each hands wasmtime the
+//! event's own text: the field is copied once, straight into the guest, and only when the guest
+//! asks for it. The guest holds only a `borrow`, which the component model ends with the call,
+//! so nothing it keeps can reach an event after that. It must not decide anything about calls.
 
 use std::ptr::NonNull;
 
-use wasmtime::component::Resource;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, LinkerInstance, Resource, ResourceType};
 
 use crate::event::Event;
 
@@ -44,10 +46,45 @@ impl Lent {
 
     /// `read` of the lent event, or the default while none is lent (a guest cannot hold an
     /// event outside `handle`, so no guest sees that).
-    pub(crate) fn read<T: Default>(&self, read: impl FnOnce(&Event) -> T) -> T {
-        // SAFETY: between `set` and `clear` the event is borrowed by `host::lend`'s caller.
+    fn read<'a, T: Default + 'a>(&self, read: impl FnOnce(&'a Event) -> T) -> T {
+        // SAFETY: between `set` and `clear` the event is borrowed by `host::lend`'s caller, for
+        // longer than any host call the guest makes during `handle`; the `'a` chosen by the
+        // methods below ends with the host call that asked (see `add_to_linker`).
         self.0.map(|event| read(unsafe { event.as_ref() })).unwrap_or_default()
     }
+}
+
+/// The interface that declares the resource, in the contract version that lends events.
+const TYPES: &str = "busbar:plugin/types@0.2.0";
+
+/// Links the `event` resource and its methods. Each method returns a field of the lent event
+/// as a reference, which wasmtime copies into the guest before the host call returns: the
+/// reference never outlives the call, so the `'static` its type claims is never relied on.
+pub(crate) fn add_to_linker<T: 'static>(linker: &mut Linker<T>, lent: fn(&T) -> &Lent) -> wasmtime::Result<()> {
+    let mut types = linker.instance(TYPES)?;
+    // Only borrows are handed out, and a borrow is never dropped by the guest.
+    types.resource("event", ResourceType::host::<LentEvent>(), |_, _| Ok(()))?;
+    let text = |types: &mut LinkerInstance<'_, T>, method: &str, field: fn(&'static Event) -> &'static str| {
+        types.func_wrap(&format!("[method]event.{method}"), move |store: StoreContextMut<'_, T>, (_,): (Resource<LentEvent>,)| {
+            Ok((lent(store.data()).read(field),))
+        })
+    };
+    text(&mut types, "id", |e| &e.id)?;
+    text(&mut types, "event-type", |e| &e.event_type)?;
+    text(&mut types, "workspace-id", |e| &e.workspace_id)?;
+    text(&mut types, "actor-type", |e| &e.actor_type)?;
+    text(&mut types, "actor-id", |e| &e.actor_id)?;
+    text(&mut types, "payload", |e| e.payload.as_str())?;
+    let hint = |types: &mut LinkerInstance<'_, T>, method: &str, field: fn(&'static Event) -> Option<&'static str>| {
+        types.func_wrap(&format!("[method]event.{method}"), move |store: StoreContextMut<'_, T>, (_,): (Resource<LentEvent>,)| {
+            Ok((lent(store.data()).read(field),))
+        })
+    };
+    hint(&mut types, "task-id", |e| e.task_id.as_deref())?;
+    hint(&mut types, "chat-session-id", |e| e.chat_session_id.as_deref())?;
+    types.func_wrap("[method]event.published-at-ms", move |store: StoreContextMut<'_, T>, (_,): (Resource<LentEvent>,)| {
+        Ok((lent(store.data()).read(|event| event.published_at_ms),))
+    })
 }
 
 /// The handle a 0.2.0 `handle` gets: a borrow, which the guest cannot keep past the call.
