@@ -46,10 +46,13 @@ impl Lent {
 
     /// `read` of the lent event, or the default while none is lent (a guest cannot hold an
     /// event outside `handle`, so no guest sees that).
-    fn read<'a, T: Default + 'a>(&self, read: impl FnOnce(&'a Event) -> T) -> T {
+    ///
+    /// # Safety
+    /// What `read` returns may borrow the event for any `'a` the caller picks: the caller must
+    /// drop it before the host call it serves returns (the event stays lent until `handle` does).
+    unsafe fn read<'a, T: Default + 'a>(&self, read: impl FnOnce(&'a Event) -> T) -> T {
         // SAFETY: between `set` and `clear` the event is borrowed by `host::lend`'s caller, for
-        // longer than any host call the guest makes during `handle`; the `'a` chosen by the
-        // methods below ends with the host call that asked (see `add_to_linker`).
+        // longer than any host call the guest makes during `handle`.
         self.0.map(|event| read(unsafe { event.as_ref() })).unwrap_or_default()
     }
 }
@@ -66,7 +69,8 @@ pub(crate) fn add_to_linker<T: 'static>(linker: &mut Linker<T>, lent: fn(&T) -> 
     types.resource("event", ResourceType::host::<LentEvent>(), |_, _| Ok(()))?;
     let text = |types: &mut LinkerInstance<'_, T>, method: &str, field: fn(&'static Event) -> &'static str| {
         types.func_wrap(&format!("[method]event.{method}"), move |store: StoreContextMut<'_, T>, (_,): (Resource<LentEvent>,)| {
-            Ok((lent(store.data()).read(field),))
+            // SAFETY: wasmtime copies the returned text into the guest before this call returns.
+            Ok((unsafe { lent(store.data()).read(field) },))
         })
     };
     text(&mut types, "id", |e| &e.id)?;
@@ -77,13 +81,15 @@ pub(crate) fn add_to_linker<T: 'static>(linker: &mut Linker<T>, lent: fn(&T) -> 
     text(&mut types, "payload", |e| e.payload.as_str())?;
     let hint = |types: &mut LinkerInstance<'_, T>, method: &str, field: fn(&'static Event) -> Option<&'static str>| {
         types.func_wrap(&format!("[method]event.{method}"), move |store: StoreContextMut<'_, T>, (_,): (Resource<LentEvent>,)| {
-            Ok((lent(store.data()).read(field),))
+            // SAFETY: wasmtime copies the returned text into the guest before this call returns.
+            Ok((unsafe { lent(store.data()).read(field) },))
         })
     };
     hint(&mut types, "task-id", |e| e.task_id.as_deref())?;
     hint(&mut types, "chat-session-id", |e| e.chat_session_id.as_deref())?;
     types.func_wrap("[method]event.published-at-ms", move |store: StoreContextMut<'_, T>, (_,): (Resource<LentEvent>,)| {
-        Ok((lent(store.data()).read(|event| event.published_at_ms),))
+        // SAFETY: a `u64` borrows nothing.
+        Ok((unsafe { lent(store.data()).read(|event| event.published_at_ms) },))
     })
 }
 
