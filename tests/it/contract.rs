@@ -80,3 +80,31 @@ fn a_0_1_component_keeps_its_kv_and_its_limits() {
     let routed = Event::new("issue:updated", "w1").with_payload(&bench_logic::payload_of_size(100)).unwrap();
     assert!(matches!(capped.handle(&routed), Err(ListenerError::InvalidOutput(_))), "{:?}", capped.handle(&routed));
 }
+
+#[test]
+fn a_plugin_cannot_read_an_event_after_its_call() {
+    // `keeper` keeps the handle it was lent and reads through it in its next call.
+    let plugin = support::load("hostile", "keeper", support::manifest("hostile", "keeper", "keeper"));
+    let secret = Event::new("keep:first", "w1").with_payload(r#"{"secret": "first"}"#).unwrap();
+    assert!(plugin.handle(&secret).unwrap().is_empty());
+    let mut trapped = 0;
+    for attempt in 0..4 {
+        let reuse = Event::new("keep:reuse", "w1").with_payload(&json!({"current": attempt}).to_string()).unwrap();
+        match plugin.handle(&reuse) {
+            Err(ListenerError::Trap(message)) => {
+                assert!(!message.contains("first"), "{message}");
+                trapped += 1;
+            }
+            // Only ever the event being handled (a reused handle slot names the current one),
+            // or nothing (a fresh instance after a trap has kept no handle).
+            Ok(actions) => {
+                for (_, _, payload) in sent(&actions) {
+                    assert_eq!(payload, json!({"current": attempt}));
+                }
+            }
+            Err(other) => panic!("attempt {attempt}: {other:?}"),
+        }
+        assert!(plugin.handle(&secret).is_ok(), "the plugin keeps working");
+    }
+    println!("stale handle trapped {trapped} times of 4");
+}
