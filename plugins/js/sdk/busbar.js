@@ -3,9 +3,32 @@
 // A plugin module exports `subscriptions()` and `handle(event)`; `handle` returns a list of
 // actions (built with `send`, `forward` and `followUp`) or throws to fail the call. Event fields
 // are camelCase (`eventType`, `workspaceId`, `taskId`...); `payload` is JSON text.
-import { write } from 'busbar:plugin/log@0.1.0';
-import { get as configGet, keys as configKeys } from 'busbar:plugin/config@0.1.0';
-import { get as kvGet, set as kvSet, delete as kvDelete } from 'busbar:plugin/kv@0.1.0';
+//
+// The event is lent to `handle` for the call (contract 0.2.0): a resource whose fields busbar
+// copies into the plugin one by one, when asked. Importing this module turns each field into a
+// property read on first access and kept on the event for the rest of the call, so a field the
+// plugin never reads never crosses. The event ends with the call: keep its values, not the event.
+import { Event } from 'busbar:plugin/types@0.2.0';
+import { write } from 'busbar:plugin/log@0.2.0';
+import { get as configGet, keys as configKeys } from 'busbar:plugin/config@0.2.0';
+import { get as kvGet, set as kvSet, delete as kvDelete } from 'busbar:plugin/kv@0.2.0';
+
+// The bindings give the lent event a method per field (`event.eventType()`); this puts a getter
+// of the same name in its place, which calls the method once and keeps the value on the event.
+const FIELDS = [
+  'id', 'eventType', 'workspaceId', 'actorType', 'actorId', 'payload', 'taskId', 'chatSessionId', 'publishedAtMs',
+];
+for (const field of FIELDS) {
+  const read = Event.prototype[field];
+  Object.defineProperty(Event.prototype, field, {
+    configurable: true,
+    get() {
+      const value = read.call(this);
+      Object.defineProperty(this, field, { value, enumerable: true });
+      return value;
+    },
+  });
+}
 
 /** Log lines, under the plugin's name in busbar's log. */
 export const log = {
