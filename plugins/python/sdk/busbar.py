@@ -6,6 +6,11 @@ A plugin module, `app.py`, defines two functions, `subscriptions()` and `handle(
 the instance). Event fields are snake_case (`event_type`, `workspace_id`, `task_id`...);
 `payload` is JSON text. `busbar plugin build` adds the component's exports
 (`busbar_exports.py`), which call the two functions.
+
+busbar lends `handle` the event for the call (contract 0.2.0): a resource whose fields it
+copies into the plugin one by one, when asked. The exports give `handle` an `Event` that reads
+each field on first access and keeps it for the rest of the call, so a field the plugin never
+reads never crosses. The event ends with the call: keep its values, not the event.
 """
 
 import json
@@ -28,6 +33,52 @@ from wit_world.imports.types import (
     Target_Workspace,
     UserTarget,
 )
+
+
+class _Field:
+    """One field of the lent event: read through the resource's method on first access, then
+    kept in the instance's `__dict__`, which Python looks in first from then on."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, event, owner=None):
+        if event is None:
+            return self
+        lent = event._lent
+        if lent is None:
+            raise RuntimeError(f"event.{self.name} read after the call: keep values, not the event")
+        value = getattr(lent, self.name)()
+        event.__dict__[self.name] = value
+        return value
+
+
+class Event:
+    """The event being handled, each field read from busbar on first access and kept for the call
+    (`event_type`, `workspace_id`, `actor_type`, `actor_id`, `payload` as JSON text, `task_id`
+    and `chat_session_id` or None, `published_at_ms`, `id`). Given to `handle` by the exports;
+    valid during that call only."""
+
+    id = _Field()
+    event_type = _Field()
+    workspace_id = _Field()
+    actor_type = _Field()
+    actor_id = _Field()
+    payload = _Field()
+    task_id = _Field()
+    chat_session_id = _Field()
+    published_at_ms = _Field()
+
+    def __init__(self, lent):
+        self._lent = lent
+
+    def _end(self):
+        """The call is over: the lent event may not be used any more."""
+        self._lent = None
+
+    def __repr__(self):
+        read = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k != "_lent")
+        return f"Event({read})"
 
 
 def _json(payload):
