@@ -8,8 +8,8 @@ void busbar_subscriptions(busbar_strings_t *out) { busbar_strings_push(out, "iss
 
 bool busbar_handle(const busbar_event_t *event, busbar_actions_t *actions, busbar_str_t *error) {
   char *prefix = busbar_config_or("prefix", "");
-  char *type = busbar_prefixed(prefix, &event->event_type);
-  busbar_forward_as(actions, event, busbar_workspace(&event->workspace_id), type);
+  char *type = busbar_prefixed(prefix, busbar_event_type(event));
+  busbar_forward_as(actions, event, busbar_workspace(busbar_event_workspace_id(event)), type);
   free(prefix);
   free(type);
   return true;

@@ -14,15 +14,17 @@ static void everyone(busbar_actions_t *actions, const char *type, const char *pa
 }
 
 bool busbar_handle(const busbar_event_t *e, busbar_actions_t *actions, busbar_str_t *error) {
-  if (busbar_str_eq(&e->event_type, "conf:echo")) {
+  const busbar_str_t *type = busbar_event_type(e);
+  if (busbar_str_eq(type, "conf:echo")) {
     busbar_forward(actions, e, busbar_everyone());
-  } else if (busbar_str_eq(&e->event_type, "conf:targets")) {
+  } else if (busbar_str_eq(type, "conf:targets")) {
     busbar_str_t none = {(uint8_t *)"", 0};
+    const busbar_str_t *task = busbar_event_task_id(e), *chat = busbar_event_chat_session_id(e);
     busbar_target_t targets[5] = {
-        busbar_workspace(&e->workspace_id),
-        busbar_user(&e->actor_id, &e->workspace_id),
-        busbar_task(e->task_id.is_some ? &e->task_id.val : &none),
-        busbar_chat(e->chat_session_id.is_some ? &e->chat_session_id.val : &none),
+        busbar_workspace(busbar_event_workspace_id(e)),
+        busbar_user(busbar_event_actor_id(e), busbar_event_workspace_id(e)),
+        busbar_task(task ? task : &none),
+        busbar_chat(chat ? chat : &none),
         busbar_everyone(),
     };
     for (int n = 0; n < 5; n++) {
@@ -30,14 +32,14 @@ bool busbar_handle(const busbar_event_t *e, busbar_actions_t *actions, busbar_st
       int len = snprintf(payload, sizeof payload, "{\"n\":%d}", n);
       busbar_send(actions, targets[n], "conf:target", payload, (size_t)len);
     }
-  } else if (busbar_str_eq(&e->event_type, "conf:follow")) {
+  } else if (busbar_str_eq(type, "conf:follow")) {
     const char *payload = "{\"from\":\"follow\"}";
     busbar_follow_up(actions, e, "conf:echo", payload, strlen(payload));
-  } else if (busbar_str_eq(&e->event_type, "conf:error")) {
+  } else if (busbar_str_eq(type, "conf:error")) {
     return busbar_error(error, "requested error");
-  } else if (busbar_str_eq(&e->event_type, "conf:trap")) {
+  } else if (busbar_str_eq(type, "conf:trap")) {
     abort();
-  } else if (busbar_str_eq(&e->event_type, "conf:kv")) {
+  } else if (busbar_str_eq(type, "conf:kv")) {
     unsigned long count = 0;
     busbar_str_t stored;
     if (busbar_kv_get("counter", &stored)) {
@@ -54,7 +56,7 @@ bool busbar_handle(const busbar_event_t *e, busbar_actions_t *actions, busbar_st
     char payload[64];
     snprintf(payload, sizeof payload, "{\"count\":%lu,\"deleted\":%s}", count, deleted ? "true" : "false");
     everyone(actions, "conf:kv", payload);
-  } else if (busbar_str_eq(&e->event_type, "conf:config")) {
+  } else if (busbar_str_eq(type, "conf:config")) {
     busbar_str_t greeting = {(uint8_t *)"", 0};
     bool set = busbar_config_get("greeting", &greeting);
     busbar_str_t missing_value;
@@ -67,11 +69,12 @@ bool busbar_handle(const busbar_event_t *e, busbar_actions_t *actions, busbar_st
     if (set) free(greeting.ptr);
     busbar_send(actions, busbar_everyone(), "conf:config", out.ptr, out.len);
     free(out.ptr);
-  } else if (busbar_str_eq(&e->event_type, "conf:parse")) {
+  } else if (busbar_str_eq(type, "conf:parse")) {
     const char *value;
     size_t len;
     char *name = NULL;
-    if (busbar_json_member((const char *)e->payload.ptr, e->payload.len, "name", &value, &len)) {
+    const busbar_str_t *payload = busbar_event_payload(e);
+    if (busbar_json_member((const char *)payload->ptr, payload->len, "name", &value, &len)) {
       name = busbar_json_string(value, len);
     }
     busbar_buf_t out = {0};
@@ -82,7 +85,7 @@ bool busbar_handle(const busbar_event_t *e, busbar_actions_t *actions, busbar_st
     busbar_send(actions, busbar_everyone(), "conf:parse", out.ptr, out.len);
     free(out.ptr);
     free(name);
-  } else if (busbar_str_eq(&e->event_type, "conf:sandbox")) {
+  } else if (busbar_str_eq(type, "conf:sandbox")) {
     FILE *f = fopen("/etc/passwd", "r");
     const char *file = f ? "allowed" : "denied";
     if (f) fclose(f);
@@ -91,7 +94,7 @@ bool busbar_handle(const busbar_event_t *e, busbar_actions_t *actions, busbar_st
     char payload[96];
     snprintf(payload, sizeof payload, "{\"file\":\"%s\",\"env\":\"%s\",\"network\":\"denied\"}", file, env);
     everyone(actions, "conf:sandbox", payload);
-  } else if (busbar_str_eq(&e->event_type, "conf:log")) {
+  } else if (busbar_str_eq(type, "conf:log")) {
     busbar_log_info("conformance log line");
   }
   return true;

@@ -3,28 +3,57 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `busbar:plugin/log@0.1.0`
+// Imported Functions from `busbar:plugin/types@0.2.0`
 
-__attribute__((__import_module__("busbar:plugin/log@0.1.0"), __import_name__("write")))
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[method]event.id")))
+extern void __wasm_import_busbar_plugin_types_method_event_id(int32_t, uint8_t *);
+
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[method]event.event-type")))
+extern void __wasm_import_busbar_plugin_types_method_event_event_type(int32_t, uint8_t *);
+
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[method]event.workspace-id")))
+extern void __wasm_import_busbar_plugin_types_method_event_workspace_id(int32_t, uint8_t *);
+
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[method]event.actor-type")))
+extern void __wasm_import_busbar_plugin_types_method_event_actor_type(int32_t, uint8_t *);
+
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[method]event.actor-id")))
+extern void __wasm_import_busbar_plugin_types_method_event_actor_id(int32_t, uint8_t *);
+
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[method]event.payload")))
+extern void __wasm_import_busbar_plugin_types_method_event_payload(int32_t, uint8_t *);
+
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[method]event.task-id")))
+extern void __wasm_import_busbar_plugin_types_method_event_task_id(int32_t, uint8_t *);
+
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[method]event.chat-session-id")))
+extern void __wasm_import_busbar_plugin_types_method_event_chat_session_id(int32_t, uint8_t *);
+
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[method]event.published-at-ms")))
+extern int64_t __wasm_import_busbar_plugin_types_method_event_published_at_ms(int32_t);
+
+// Imported Functions from `busbar:plugin/log@0.2.0`
+
+__attribute__((__import_module__("busbar:plugin/log@0.2.0"), __import_name__("write")))
 extern void __wasm_import_busbar_plugin_log_write(int32_t, uint8_t *, size_t);
 
-// Imported Functions from `busbar:plugin/config@0.1.0`
+// Imported Functions from `busbar:plugin/config@0.2.0`
 
-__attribute__((__import_module__("busbar:plugin/config@0.1.0"), __import_name__("get")))
+__attribute__((__import_module__("busbar:plugin/config@0.2.0"), __import_name__("get")))
 extern void __wasm_import_busbar_plugin_config_get(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("busbar:plugin/config@0.1.0"), __import_name__("keys")))
+__attribute__((__import_module__("busbar:plugin/config@0.2.0"), __import_name__("keys")))
 extern void __wasm_import_busbar_plugin_config_keys(uint8_t *);
 
-// Imported Functions from `busbar:plugin/kv@0.1.0`
+// Imported Functions from `busbar:plugin/kv@0.2.0`
 
-__attribute__((__import_module__("busbar:plugin/kv@0.1.0"), __import_name__("get")))
+__attribute__((__import_module__("busbar:plugin/kv@0.2.0"), __import_name__("get")))
 extern void __wasm_import_busbar_plugin_kv_get(uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("busbar:plugin/kv@0.1.0"), __import_name__("set")))
+__attribute__((__import_module__("busbar:plugin/kv@0.2.0"), __import_name__("set")))
 extern void __wasm_import_busbar_plugin_kv_set(uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
 
-__attribute__((__import_module__("busbar:plugin/kv@0.1.0"), __import_name__("delete")))
+__attribute__((__import_module__("busbar:plugin/kv@0.2.0"), __import_name__("delete")))
 extern int32_t __wasm_import_busbar_plugin_kv_delete(uint8_t *, size_t);
 
 // Exported Functions from `listener`
@@ -170,25 +199,29 @@ static uint8_t RET_AREA[(3*sizeof(void*))];
 
 // Helper Functions
 
-void listener_option_string_free(listener_option_string_t *ptr) {
-  if (ptr->is_some) {
-    listener_string_free(&ptr->val);
-  }
+__attribute__((__import_module__("busbar:plugin/types@0.2.0"), __import_name__("[resource-drop]event")))
+extern void __wasm_import_busbar_plugin_types_event_drop(int32_t handle);
+
+void busbar_plugin_types_event_drop_own(busbar_plugin_types_own_event_t handle) {
+  __wasm_import_busbar_plugin_types_event_drop(handle.__handle);
 }
 
-void busbar_plugin_types_event_free(busbar_plugin_types_event_t *ptr) {
-  listener_string_free(&ptr->id);
-  listener_string_free(&ptr->event_type);
-  listener_string_free(&ptr->workspace_id);
-  listener_string_free(&ptr->actor_type);
-  listener_string_free(&ptr->actor_id);
-  listener_string_free(&ptr->payload);
-  listener_option_string_free(&ptr->task_id);
-  listener_option_string_free(&ptr->chat_session_id);
+void busbar_plugin_types_event_drop_borrow(busbar_plugin_types_borrow_event_t handle) {
+  __wasm_import_busbar_plugin_types_event_drop(handle.__handle);
+}
+
+busbar_plugin_types_borrow_event_t busbar_plugin_types_borrow_event(busbar_plugin_types_own_event_t arg) {
+  return (busbar_plugin_types_borrow_event_t) { arg.__handle };
 }
 
 void busbar_plugin_types_scope_free(busbar_plugin_types_scope_t *ptr) {
   listener_string_free(&ptr->id);
+}
+
+void listener_option_string_free(listener_option_string_t *ptr) {
+  if (ptr->is_some) {
+    listener_string_free(&ptr->val);
+  }
 }
 
 void busbar_plugin_types_user_target_free(busbar_plugin_types_user_target_t *ptr) {
@@ -276,10 +309,6 @@ void busbar_plugin_kv_result_void_string_free(busbar_plugin_kv_result_void_strin
   }
 }
 
-void listener_event_free(listener_event_t *ptr) {
-  busbar_plugin_types_event_free(ptr);
-}
-
 void listener_action_free(listener_action_t *ptr) {
   busbar_plugin_types_action_free(ptr);
 }
@@ -329,6 +358,101 @@ void listener_string_free(listener_string_t *ret) {
 }
 
 // Component Adapters
+
+void busbar_plugin_types_method_event_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_busbar_plugin_types_method_event_id((self).__handle, ptr);
+  *ret = (listener_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+void busbar_plugin_types_method_event_event_type(busbar_plugin_types_borrow_event_t self, listener_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_busbar_plugin_types_method_event_event_type((self).__handle, ptr);
+  *ret = (listener_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+void busbar_plugin_types_method_event_workspace_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_busbar_plugin_types_method_event_workspace_id((self).__handle, ptr);
+  *ret = (listener_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+void busbar_plugin_types_method_event_actor_type(busbar_plugin_types_borrow_event_t self, listener_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_busbar_plugin_types_method_event_actor_type((self).__handle, ptr);
+  *ret = (listener_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+void busbar_plugin_types_method_event_actor_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_busbar_plugin_types_method_event_actor_id((self).__handle, ptr);
+  *ret = (listener_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+void busbar_plugin_types_method_event_payload(busbar_plugin_types_borrow_event_t self, listener_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(2*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_busbar_plugin_types_method_event_payload((self).__handle, ptr);
+  *ret = (listener_string_t) { (uint8_t*)(*((uint8_t **) (ptr + 0))), (*((size_t*) (ptr + sizeof(void*)))) };
+}
+
+bool busbar_plugin_types_method_event_task_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_busbar_plugin_types_method_event_task_id((self).__handle, ptr);
+  listener_option_string_t option;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      option.is_some = false;
+      break;
+    }
+    case 1: {
+      option.is_some = true;
+      option.val = (listener_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+  }
+  *ret = option.val;
+  return option.is_some;
+}
+
+bool busbar_plugin_types_method_event_chat_session_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_busbar_plugin_types_method_event_chat_session_id((self).__handle, ptr);
+  listener_option_string_t option;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      option.is_some = false;
+      break;
+    }
+    case 1: {
+      option.is_some = true;
+      option.val = (listener_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+  }
+  *ret = option.val;
+  return option.is_some;
+}
+
+uint64_t busbar_plugin_types_method_event_published_at_ms(busbar_plugin_types_borrow_event_t self) {
+  int64_t ret = __wasm_import_busbar_plugin_types_method_event_published_at_ms((self).__handle);
+  return (uint64_t) (ret);
+}
 
 void busbar_plugin_log_write(busbar_plugin_log_level_t level, listener_string_t *message) {
   __wasm_import_busbar_plugin_log_write((int32_t) level, (uint8_t *) (*message).ptr, (*message).len);
@@ -425,58 +549,22 @@ uint8_t * __wasm_export_exports_listener_subscriptions(void) {
 }
 
 __attribute__((__export_name__("handle")))
-uint8_t * __wasm_export_exports_listener_handle(uint8_t * arg) {
-  listener_option_string_t option;
-  switch ((int32_t) *((uint8_t*) (arg + (12*sizeof(void*))))) {
-    case 0: {
-      option.is_some = false;
-      break;
-    }
-    case 1: {
-      option.is_some = true;
-      option.val = (listener_string_t) { (uint8_t*)(*((uint8_t **) (arg + (13*sizeof(void*))))), (*((size_t*) (arg + (14*sizeof(void*))))) };
-      break;
-    }
-  }
-  listener_option_string_t option0;
-  switch ((int32_t) *((uint8_t*) (arg + (15*sizeof(void*))))) {
-    case 0: {
-      option0.is_some = false;
-      break;
-    }
-    case 1: {
-      option0.is_some = true;
-      option0.val = (listener_string_t) { (uint8_t*)(*((uint8_t **) (arg + (16*sizeof(void*))))), (*((size_t*) (arg + (17*sizeof(void*))))) };
-      break;
-    }
-  }
-  listener_event_t arg1 = (busbar_plugin_types_event_t) {
-    (listener_string_t) (listener_string_t) { (uint8_t*)(*((uint8_t **) (arg + 0))), (*((size_t*) (arg + sizeof(void*)))) },
-    (listener_string_t) (listener_string_t) { (uint8_t*)(*((uint8_t **) (arg + (2*sizeof(void*))))), (*((size_t*) (arg + (3*sizeof(void*))))) },
-    (listener_string_t) (listener_string_t) { (uint8_t*)(*((uint8_t **) (arg + (4*sizeof(void*))))), (*((size_t*) (arg + (5*sizeof(void*))))) },
-    (listener_string_t) (listener_string_t) { (uint8_t*)(*((uint8_t **) (arg + (6*sizeof(void*))))), (*((size_t*) (arg + (7*sizeof(void*))))) },
-    (listener_string_t) (listener_string_t) { (uint8_t*)(*((uint8_t **) (arg + (8*sizeof(void*))))), (*((size_t*) (arg + (9*sizeof(void*))))) },
-    (listener_string_t) (listener_string_t) { (uint8_t*)(*((uint8_t **) (arg + (10*sizeof(void*))))), (*((size_t*) (arg + (11*sizeof(void*))))) },
-    (listener_option_string_t) option,
-    (listener_option_string_t) option0,
-    (uint64_t) (uint64_t) (*((int64_t*) (arg + (18*sizeof(void*))))),
-  };
+uint8_t * __wasm_export_exports_listener_handle(int32_t arg) {
   listener_result_list_action_string_t ret;
   listener_list_action_t ok;
   listener_string_t err;
-  ret.is_err = !exports_listener_handle(&arg1, &ok, &err);
+  ret.is_err = !exports_listener_handle((listener_borrow_event_t) { arg }, &ok, &err);
   if (ret.is_err) {
     ret.val.err = err;
   }
   if (!ret.is_err) {
     ret.val.ok = ok;
   }
-  free(arg);
   uint8_t *ptr = (uint8_t *) &RET_AREA;
   if ((ret).is_err) {
-    const listener_string_t *payload14 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
-    *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload14).len;
-    *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) (*payload14).ptr;
+    const listener_string_t *payload12 = &(ret).val.err;*((int8_t*)(ptr + 0)) = 1;
+    *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload12).len;
+    *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) (*payload12).ptr;
   } else {
     const listener_list_action_t *payload = &(ret).val.ok;*((int8_t*)(ptr + 0)) = 0;
     *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload).len;

@@ -14,33 +14,13 @@ typedef struct listener_string_t {
   size_t len;
 } listener_string_t;
 
-typedef struct {
-  bool is_some;
-  listener_string_t val;
-} listener_option_string_t;
+typedef struct busbar_plugin_types_own_event_t {
+  int32_t __handle;
+} busbar_plugin_types_own_event_t;
 
-// A domain event, as published on the bus.
-typedef struct busbar_plugin_types_event_t {
-  // Unique id of this event. Follow-up events get `<parent-id>.<n>`.
-  listener_string_t   id;
-  // The event type, `resource:verb` by convention (`issue:created`, `task:message`).
-  listener_string_t   event_type;
-  // The workspace the event belongs to; empty for events outside any workspace
-  // (for example `daemon:*` events).
-  listener_string_t   workspace_id;
-  // Who caused the event: `member`, `agent` or `system` by convention; may be empty.
-  listener_string_t   actor_type;
-  // Id of the actor; may be empty.
-  listener_string_t   actor_id;
-  // The payload, as JSON text. Always valid JSON; often an object.
-  listener_string_t   payload;
-  // The task this event concerns, if any (routing hint for the `task` scope).
-  listener_option_string_t   task_id;
-  // The chat session this event concerns, if any (routing hint for the `chat` scope).
-  listener_option_string_t   chat_session_id;
-  // When the event was published, in milliseconds since the Unix epoch.
-  uint64_t   published_at_ms;
-} busbar_plugin_types_event_t;
+typedef struct busbar_plugin_types_borrow_event_t {
+  int32_t __handle;
+} busbar_plugin_types_borrow_event_t;
 
 // The kinds of realtime scope a client can be subscribed to.
 typedef uint8_t busbar_plugin_types_scope_kind_t;
@@ -62,6 +42,11 @@ typedef struct busbar_plugin_types_scope_t {
   listener_string_t   id;
 } busbar_plugin_types_scope_t;
 
+typedef struct {
+  bool is_some;
+  listener_string_t val;
+} listener_option_string_t;
+
 // A user, optionally excluding that user's connections to one workspace.
 // 
 // The exclusion avoids a double delivery when the same message also goes to that workspace.
@@ -73,6 +58,10 @@ typedef struct busbar_plugin_types_user_target_t {
 } busbar_plugin_types_user_target_t;
 
 // Who receives a message.
+// 
+// A plugin reaches only the workspace of the event it handles unless its manifest grants
+// more (`capabilities.grants`); a message past that refuses the call's whole output
+// (`policy_denied`).
 typedef struct busbar_plugin_types_target_t {
   uint8_t tag;
   union {
@@ -82,13 +71,16 @@ typedef struct busbar_plugin_types_target_t {
   } val;
 } busbar_plugin_types_target_t;
 
-// Every connection of this workspace.
+// Every connection of this workspace. Another workspace than the event's needs the
+// `cross-workspace` grant.
 #define BUSBAR_PLUGIN_TYPES_TARGET_WORKSPACE 0
-// Every connection of this user, minus those to the excluded workspace.
+// This user's connections to the event's workspace (to all of the user's workspaces
+// with the `cross-workspace` grant), minus those to the excluded workspace.
 #define BUSBAR_PLUGIN_TYPES_TARGET_USER 1
-// Every connection subscribed to this scope.
+// Every connection subscribed to this scope. A task or chat is one of the event's
+// workspace.
 #define BUSBAR_PLUGIN_TYPES_TARGET_SCOPE 2
-// Every connection on every node.
+// Every connection on every node. Needs the `everyone` grant.
 #define BUSBAR_PLUGIN_TYPES_TARGET_EVERYONE 3
 
 // A message for realtime clients.
@@ -108,11 +100,13 @@ typedef struct busbar_plugin_types_message_t {
 typedef struct busbar_plugin_types_follow_up_t {
   // The new event's type, `resource:verb` by convention.
   listener_string_t   event_type;
-  // The workspace it belongs to; empty for none.
+  // The workspace it belongs to; empty for none. Another workspace than the handled
+  // event's needs the `cross-workspace` grant.
   listener_string_t   workspace_id;
-  // Who caused it, usually the handled event's actor: `member`, `agent`, `system`...
+  // Leave empty: the follow-up is published by the plugin (`plugin`, with its name as
+  // `actor-id`). Naming another actor needs the `impersonate` grant.
   listener_string_t   actor_type;
-  // The id of that actor.
+  // The id of that actor; leave empty.
   listener_string_t   actor_id;
   // JSON text. Invalid JSON makes the whole call fail.
   listener_string_t   payload;
@@ -174,9 +168,9 @@ typedef struct {
   } val;
 } busbar_plugin_kv_result_void_string_t;
 
-typedef busbar_plugin_types_event_t listener_event_t;
-
 typedef busbar_plugin_types_action_t listener_action_t;
+
+typedef busbar_plugin_types_borrow_event_t listener_borrow_event_t;
 
 typedef struct {
   listener_action_t *ptr;
@@ -191,17 +185,38 @@ typedef struct {
   } val;
 } listener_result_list_action_string_t;
 
-// Imported Functions from `busbar:plugin/log@0.1.0`
+// Imported Functions from `busbar:plugin/types@0.2.0`
+// Unique id of this event. Follow-up events get `<parent-id>.<n>`.
+extern void busbar_plugin_types_method_event_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret);
+// The event type, `resource:verb` by convention (`issue:created`, `task:message`).
+extern void busbar_plugin_types_method_event_event_type(busbar_plugin_types_borrow_event_t self, listener_string_t *ret);
+// The workspace the event belongs to; empty for events outside any workspace
+// (for example `daemon:*` events).
+extern void busbar_plugin_types_method_event_workspace_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret);
+// Who caused the event: `member`, `agent` or `system` by convention; may be empty.
+extern void busbar_plugin_types_method_event_actor_type(busbar_plugin_types_borrow_event_t self, listener_string_t *ret);
+// Id of the actor; may be empty.
+extern void busbar_plugin_types_method_event_actor_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret);
+// The payload, as JSON text. Always valid JSON; often an object.
+extern void busbar_plugin_types_method_event_payload(busbar_plugin_types_borrow_event_t self, listener_string_t *ret);
+// The task this event concerns, if any (routing hint for the `task` scope).
+extern bool busbar_plugin_types_method_event_task_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret);
+// The chat session this event concerns, if any (routing hint for the `chat` scope).
+extern bool busbar_plugin_types_method_event_chat_session_id(busbar_plugin_types_borrow_event_t self, listener_string_t *ret);
+// When the event was published, in milliseconds since the Unix epoch.
+extern uint64_t busbar_plugin_types_method_event_published_at_ms(busbar_plugin_types_borrow_event_t self);
+
+// Imported Functions from `busbar:plugin/log@0.2.0`
 // Write one log line. Long messages are truncated by the host.
 extern void busbar_plugin_log_write(busbar_plugin_log_level_t level, listener_string_t *message);
 
-// Imported Functions from `busbar:plugin/config@0.1.0`
+// Imported Functions from `busbar:plugin/config@0.2.0`
 // The value for `key`, or none when the manifest does not set it.
 extern bool busbar_plugin_config_get(listener_string_t *key, listener_string_t *ret);
 // Every configured key, sorted.
 extern void busbar_plugin_config_keys(listener_list_string_t *ret);
 
-// Imported Functions from `busbar:plugin/kv@0.1.0`
+// Imported Functions from `busbar:plugin/kv@0.2.0`
 // The value stored under `key`, if any.
 extern bool busbar_plugin_kv_get(listener_string_t *key, listener_list_u8_t *ret);
 // Store `value` under `key`, replacing any previous value.
@@ -211,15 +226,19 @@ extern bool busbar_plugin_kv_delete(listener_string_t *key);
 
 // Exported Functions from `listener`
 void exports_listener_subscriptions(listener_list_string_t *ret);
-bool exports_listener_handle(listener_event_t *event, listener_list_action_t *ret, listener_string_t *err);
+bool exports_listener_handle(listener_borrow_event_t event, listener_list_action_t *ret, listener_string_t *err);
 
 // Helper Functions
 
-void listener_option_string_free(listener_option_string_t *ptr);
+extern void busbar_plugin_types_event_drop_own(busbar_plugin_types_own_event_t handle);
 
-void busbar_plugin_types_event_free(busbar_plugin_types_event_t *ptr);
+extern void busbar_plugin_types_event_drop_borrow(busbar_plugin_types_borrow_event_t handle);
+
+extern busbar_plugin_types_borrow_event_t busbar_plugin_types_borrow_event(busbar_plugin_types_own_event_t handle);
 
 void busbar_plugin_types_scope_free(busbar_plugin_types_scope_t *ptr);
+
+void listener_option_string_free(listener_option_string_t *ptr);
 
 void busbar_plugin_types_user_target_free(busbar_plugin_types_user_target_t *ptr);
 
@@ -238,8 +257,6 @@ void listener_list_u8_free(listener_list_u8_t *ptr);
 void listener_option_list_u8_free(listener_option_list_u8_t *ptr);
 
 void busbar_plugin_kv_result_void_string_free(busbar_plugin_kv_result_void_string_t *ptr);
-
-void listener_event_free(listener_event_t *ptr);
 
 void listener_action_free(listener_action_t *ptr);
 

@@ -83,17 +83,17 @@ static void remember(const char *key) {
 }
 
 bool busbar_handle(const busbar_event_t *event, busbar_actions_t *actions, busbar_str_t *error) {
-  const char *payload = (const char *)event->payload.ptr;
+  const busbar_str_t *text = busbar_event_payload(event);
+  const char *payload = (const char *)text->ptr;
   const char *comment;
   size_t comment_len;
-  if (!busbar_json_member(payload, event->payload.len, "comment", &comment, &comment_len)) {
+  if (!busbar_json_member(payload, text->len, "comment", &comment, &comment_len)) {
     return busbar_error(error, "comment:created payload: no comment");
   }
   char *id = member(comment, comment_len, "id");
   char *content = member(comment, comment_len, "content");
   char *issue_id = member(comment, comment_len, "issue_id");
-  char *issue_title = member(payload, event->payload.len, "issue_title");
-  char *actor = busbar_cstr(&event->actor_id);
+  char *issue_title = member(payload, text->len, "issue_title");
   busbar_buf_t key = {0};
   busbar_buf_str(&key, "comment:");
   busbar_buf_str(&key, id);
@@ -121,7 +121,7 @@ bool busbar_handle(const busbar_event_t *event, busbar_actions_t *actions, busba
       else list_push(&found, handle);
     }
     for (size_t i = 0; i < found.len; i++) {
-      if (strcmp(found.items[i], actor) != 0) {
+      if (!busbar_str_eq(busbar_event_actor_id(event), found.items[i])) {
         busbar_buf_t item = {0};
         busbar_buf_str(&item, "{\"item\":{\"type\":\"mention\",\"recipient_id\":");
         busbar_buf_json_string(&item, found.items[i], strlen(found.items[i]));
@@ -145,6 +145,5 @@ bool busbar_handle(const busbar_event_t *event, busbar_actions_t *actions, busba
   free(content);
   free(issue_id);
   free(issue_title);
-  free(actor);
   return true;
 }

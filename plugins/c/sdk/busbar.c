@@ -61,10 +61,76 @@ void busbar_strings_push(busbar_strings_t *list, const char *text) {
 
 static busbar_str_t copy(const busbar_str_t *s) { return busbar_str_n((const char *)s->ptr, s->len); }
 
-static listener_option_string_t copy_option(const listener_option_string_t *o) {
-  listener_option_string_t r = {.is_some = o->is_some};
-  if (o->is_some) r.val = copy(&o->val);
+static listener_option_string_t copy_option(const busbar_str_t *s /* or NULL */) {
+  listener_option_string_t r = {.is_some = s != NULL};
+  if (s) r.val = copy(s);
   return r;
+}
+
+// ---- The event ------------------------------------------------------------------------------
+
+// The event lent to one call, and the fields read so far. It lives in exports_listener_handle's
+// frame (never const there), which frees what was read and ends the borrow when the plugin's
+// busbar_handle returns; the accessors take the plugin's const pointer and fill the cache.
+enum { ID, TYPE, WORKSPACE_ID, ACTOR_TYPE, ACTOR_ID, PAYLOAD, TEXTS, TASK_ID = TEXTS, CHAT_SESSION_ID, PUBLISHED_AT_MS };
+
+struct busbar_event {
+  busbar_plugin_types_borrow_event_t lent;
+  unsigned read;                 // bit n: field n is in the cache
+  busbar_str_t text[TEXTS];      // ID..PAYLOAD
+  busbar_option_str_t task_id, chat_session_id;
+  uint64_t published_at_ms;
+};
+
+// The event, writable, when `field` has yet to be read (it is then noted read); NULL otherwise.
+static struct busbar_event *cache(const busbar_event_t *event, int field) {
+  struct busbar_event *e = (struct busbar_event *)event;
+  if (e->read & (1u << field)) return NULL;
+  e->read |= 1u << field;
+  return e;
+}
+
+typedef void (*read_text_t)(busbar_plugin_types_borrow_event_t, listener_string_t *);
+
+static const busbar_str_t *text(const busbar_event_t *event, int field, read_text_t read) {
+  struct busbar_event *e = cache(event, field);
+  if (e) read(e->lent, &e->text[field]);
+  return &event->text[field];
+}
+
+const busbar_str_t *busbar_event_id(const busbar_event_t *event) { return text(event, ID, busbar_plugin_types_method_event_id); }
+const busbar_str_t *busbar_event_type(const busbar_event_t *event) { return text(event, TYPE, busbar_plugin_types_method_event_event_type); }
+const busbar_str_t *busbar_event_workspace_id(const busbar_event_t *event) {
+  return text(event, WORKSPACE_ID, busbar_plugin_types_method_event_workspace_id);
+}
+const busbar_str_t *busbar_event_actor_type(const busbar_event_t *event) { return text(event, ACTOR_TYPE, busbar_plugin_types_method_event_actor_type); }
+const busbar_str_t *busbar_event_actor_id(const busbar_event_t *event) { return text(event, ACTOR_ID, busbar_plugin_types_method_event_actor_id); }
+const busbar_str_t *busbar_event_payload(const busbar_event_t *event) { return text(event, PAYLOAD, busbar_plugin_types_method_event_payload); }
+
+const busbar_str_t *busbar_event_task_id(const busbar_event_t *event) {
+  struct busbar_event *e = cache(event, TASK_ID);
+  if (e) e->task_id.is_some = busbar_plugin_types_method_event_task_id(e->lent, &e->task_id.val);
+  return event->task_id.is_some ? &event->task_id.val : NULL;
+}
+
+const busbar_str_t *busbar_event_chat_session_id(const busbar_event_t *event) {
+  struct busbar_event *e = cache(event, CHAT_SESSION_ID);
+  if (e) e->chat_session_id.is_some = busbar_plugin_types_method_event_chat_session_id(e->lent, &e->chat_session_id.val);
+  return event->chat_session_id.is_some ? &event->chat_session_id.val : NULL;
+}
+
+uint64_t busbar_event_published_at_ms(const busbar_event_t *event) {
+  struct busbar_event *e = cache(event, PUBLISHED_AT_MS);
+  if (e) e->published_at_ms = busbar_plugin_types_method_event_published_at_ms(e->lent);
+  return event->published_at_ms;
+}
+
+// Frees what the call read (the strings busbar allocated in this module) and ends the borrow.
+static void event_release(struct busbar_event *e) {
+  for (int field = 0; field < TEXTS; field++) listener_string_free(&e->text[field]);
+  listener_option_string_free(&e->task_id);
+  listener_option_string_free(&e->chat_session_id);
+  busbar_plugin_types_event_drop_borrow(e->lent);
 }
 
 busbar_target_t busbar_workspace(const busbar_str_t *id) {
@@ -115,24 +181,25 @@ void busbar_forward(busbar_actions_t *actions, const busbar_event_t *event, busb
   listener_action_t *a = push(actions);
   a->tag = BUSBAR_PLUGIN_TYPES_ACTION_SEND;
   a->val.send.target = to;
-  a->val.send.event_type = copy(&event->event_type);
-  a->val.send.payload = copy(&event->payload);
+  a->val.send.event_type = copy(busbar_event_type(event));
+  a->val.send.payload = copy(busbar_event_payload(event));
 }
 
 void busbar_forward_as(busbar_actions_t *actions, const busbar_event_t *event, busbar_target_t to, const char *event_type) {
-  busbar_send(actions, to, event_type, (const char *)event->payload.ptr, event->payload.len);
+  const busbar_str_t *payload = busbar_event_payload(event);
+  busbar_send(actions, to, event_type, (const char *)payload->ptr, payload->len);
 }
 
 void busbar_follow_up(busbar_actions_t *actions, const busbar_event_t *event, const char *event_type, const char *payload, size_t payload_len) {
   listener_action_t *a = push(actions);
   a->tag = BUSBAR_PLUGIN_TYPES_ACTION_PUBLISH;
   a->val.publish.event_type = busbar_str(event_type);
-  a->val.publish.workspace_id = copy(&event->workspace_id);
-  a->val.publish.actor_type = copy(&event->actor_type);
-  a->val.publish.actor_id = copy(&event->actor_id);
+  a->val.publish.workspace_id = copy(busbar_event_workspace_id(event));
+  a->val.publish.actor_type = copy(busbar_event_actor_type(event));
+  a->val.publish.actor_id = copy(busbar_event_actor_id(event));
   a->val.publish.payload = busbar_str_n(payload, payload_len);
-  a->val.publish.task_id = copy_option(&event->task_id);
-  a->val.publish.chat_session_id = copy_option(&event->chat_session_id);
+  a->val.publish.task_id = copy_option(busbar_event_task_id(event));
+  a->val.publish.chat_session_id = copy_option(busbar_event_chat_session_id(event));
 }
 
 bool busbar_error(busbar_str_t *error, const char *message) {
@@ -380,16 +447,21 @@ static bool copy_member(void *ctx, const char *key, size_t key_len, const char *
 }
 
 void busbar_forward_without(busbar_actions_t *actions, const busbar_event_t *event, busbar_target_t to, const char *const *keys) {
+  if (!*keys) {
+    busbar_forward(actions, event, to);
+    return;
+  }
   struct without w = {keys, {0}, false};
   busbar_buf_add(&w.out, "{", 1);
-  bool object = each_member((const char *)event->payload.ptr, event->payload.len, copy_member, &w);
+  const busbar_str_t *payload = busbar_event_payload(event);
+  bool object = each_member((const char *)payload->ptr, payload->len, copy_member, &w);
   if (!object || !w.removed) {
     free(w.out.ptr);
     busbar_forward(actions, event, to);
     return;
   }
   busbar_buf_add(&w.out, "}", 1);
-  char *type = busbar_cstr(&event->event_type);
+  char *type = busbar_cstr(busbar_event_type(event));
   busbar_send(actions, to, type, w.out.ptr, w.out.len);
   free(type);
   free(w.out.ptr);
@@ -404,10 +476,11 @@ void exports_listener_subscriptions(listener_list_string_t *ret) {
   ret->len = list.len;
 }
 
-bool exports_listener_handle(listener_event_t *event, listener_list_action_t *ret, listener_string_t *err) {
+bool exports_listener_handle(listener_borrow_event_t lent, listener_list_action_t *ret, listener_string_t *err) {
+  struct busbar_event event = {.lent = lent};
   busbar_actions_t actions = {0};
-  bool ok = busbar_handle(event, &actions, err);
-  listener_event_free(event);
+  bool ok = busbar_handle(&event, &actions, err);
+  event_release(&event);  // a call that returns still holding the borrow traps
   if (!ok) {
     for (size_t i = 0; i < actions.len; i++) listener_action_free(&actions.ptr[i]);
     free(actions.ptr);

@@ -7,8 +7,13 @@
 //
 // `busbar_handle` adds actions with the helpers below and returns true, or sets `error` (with
 // busbar_error) and returns false. A crash (abort(), a bad pointer) traps: busbar contains it
-// and replaces the instance. Every string handed to busbar is copied by these helpers; the
-// event stays owned by busbar.c, which frees it after `busbar_handle` returns.
+// and replaces the instance. Every string handed to busbar is copied by these helpers.
+//
+// The event is lent by busbar for the call (contract 0.2.0): read it with busbar_event_type(),
+// busbar_event_payload()... Each field crosses into the plugin the first time it is read and is
+// kept for the rest of the call, so an unread field costs nothing and a field read twice costs
+// once. What they return is owned by the SDK and valid until `busbar_handle` returns: copy what
+// you keep. Neither the event nor its fields may be used after that.
 #ifndef BUSBAR_H
 #define BUSBAR_H
 
@@ -18,11 +23,9 @@
 
 #include "listener.h"
 
-// The generated types under readable names. An event's `task_id` and `chat_session_id` are
-// busbar_option_str_t: `is_some`, then `val`.
+// The generated types under readable names.
 typedef listener_string_t busbar_str_t;
 typedef listener_option_string_t busbar_option_str_t;
-typedef listener_event_t busbar_event_t;
 typedef busbar_plugin_types_target_t busbar_target_t;
 typedef busbar_plugin_types_level_t busbar_level_t;
 
@@ -41,6 +44,21 @@ typedef struct {
   listener_string_t *ptr;
   size_t len, cap;
 } busbar_strings_t;
+
+// The event being handled (opaque: read it with the functions below).
+typedef struct busbar_event busbar_event_t;
+
+// Its fields, read from busbar on first use and kept for the call. Strings are borrowed from
+// the SDK until `busbar_handle` returns.
+const busbar_str_t *busbar_event_id(const busbar_event_t *event);            // `<parent-id>.<n>` for follow-ups
+const busbar_str_t *busbar_event_type(const busbar_event_t *event);          // `resource:verb`
+const busbar_str_t *busbar_event_workspace_id(const busbar_event_t *event);  // empty outside any workspace
+const busbar_str_t *busbar_event_actor_type(const busbar_event_t *event);    // may be empty
+const busbar_str_t *busbar_event_actor_id(const busbar_event_t *event);      // may be empty
+const busbar_str_t *busbar_event_payload(const busbar_event_t *event);       // JSON text
+const busbar_str_t *busbar_event_task_id(const busbar_event_t *event);          // NULL when none
+const busbar_str_t *busbar_event_chat_session_id(const busbar_event_t *event);  // NULL when none
+uint64_t busbar_event_published_at_ms(const busbar_event_t *event);          // Unix epoch
 
 // What the plugin implements.
 void busbar_subscriptions(busbar_strings_t *out);
@@ -62,14 +80,16 @@ busbar_target_t busbar_task(const busbar_str_t *id);
 busbar_target_t busbar_chat(const busbar_str_t *id);
 busbar_target_t busbar_everyone(void);
 
-// Actions. `payload` is JSON text.
+// Actions. `payload` is JSON text. The helpers taking the event read only the fields they copy.
 void busbar_send(busbar_actions_t *actions, busbar_target_t to, const char *event_type, const char *payload, size_t payload_len);
+// The event's type and payload (byte for byte) to `to`.
 void busbar_forward(busbar_actions_t *actions, const busbar_event_t *event, busbar_target_t to);
 // The event's payload (byte for byte) to `to`, under another type.
 void busbar_forward_as(busbar_actions_t *actions, const busbar_event_t *event, busbar_target_t to, const char *event_type);
 // Like busbar_forward, without the top-level `keys` (NULL-terminated) of an object payload. The
 // other members are kept byte for byte.
 void busbar_forward_without(busbar_actions_t *actions, const busbar_event_t *event, busbar_target_t to, const char *const *keys);
+// A follow-up event in the event's workspace, by the same actor, with its task and chat.
 void busbar_follow_up(busbar_actions_t *actions, const busbar_event_t *event, const char *event_type, const char *payload, size_t payload_len);
 bool busbar_error(busbar_str_t *error, const char *message);  // sets error; returns false
 
