@@ -8,5 +8,5 @@ func Subscriptions() []string { return []string{"issue:*"} }
 
 func Handle(e busbar.Event) ([]busbar.Action, error) {
 	prefix, _ := busbar.Config("prefix")
-	return []busbar.Action{busbar.Send(busbar.Workspace(e.WorkspaceId), prefix+e.EventType, e.Payload)}, nil
+	return []busbar.Action{busbar.Send(busbar.Workspace(e.WorkspaceId()), prefix+e.EventType(), e.Payload())}, nil
 }

@@ -26,15 +26,17 @@ func attempt(err error) string {
 }
 
 func Handle(e busbar.Event) ([]busbar.Action, error) {
-	switch e.EventType {
+	switch e.EventType() {
 	case "conf:echo":
 		return []busbar.Action{busbar.Forward(e, busbar.Everyone())}, nil
 	case "conf:targets":
+		task, _ := e.TaskId()
+		chat, _ := e.ChatSessionId()
 		targets := []busbar.Target{
-			busbar.Workspace(e.WorkspaceId),
-			busbar.UserExcept(e.ActorId, e.WorkspaceId),
-			busbar.Task(e.TaskId.SomeOr("")),
-			busbar.Chat(e.ChatSessionId.SomeOr("")),
+			busbar.Workspace(e.WorkspaceId()),
+			busbar.UserExcept(e.ActorId(), e.WorkspaceId()),
+			busbar.Task(task),
+			busbar.Chat(chat),
 			busbar.Everyone(),
 		}
 		actions := make([]busbar.Action, 0, len(targets))

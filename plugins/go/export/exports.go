@@ -1,12 +1,14 @@
 // The component's exports. `busbar plugin build` puts this file, as it is, into package
 // export_wit_world (which the generated bindings call) and the plugin's own files into package
 // app. Handle goes through busbar.Run, which keeps Go's collector from running while busbar
-// passes arguments in; plugin authors never write this glue, so they cannot forget it.
+// passes arguments in, wraps the lent event in busbar.Event and ends the borrow when the call
+// returns; plugin authors never write this glue, so they cannot forget it.
 package export_wit_world
 
 import (
 	app "wit_component/app"
 	"wit_component/busbar"
+	types "wit_component/busbar_plugin_types"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
@@ -19,4 +21,4 @@ var (
 
 func Subscriptions() []string { return subscriptions() }
 
-func Handle(e busbar.Event) witTypes.Result[[]busbar.Action, string] { return busbar.Run(e, handle) }
+func Handle(e *types.Event) witTypes.Result[[]busbar.Action, string] { return busbar.Run(e, handle) }

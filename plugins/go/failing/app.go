@@ -7,5 +7,5 @@ import "wit_component/busbar"
 func Subscriptions() []string { return []string{"*"} }
 
 func Handle(e busbar.Event) ([]busbar.Action, error) {
-	panic("failing on purpose: " + e.EventType)
+	panic("failing on purpose: " + e.EventType())
 }

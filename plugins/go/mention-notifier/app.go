@@ -89,7 +89,7 @@ func remember(key string) error {
 func Handle(e busbar.Event) ([]busbar.Action, error) {
 	var created commentCreated
 	if err := busbar.PayloadOf(e, &created); err != nil {
-		return nil, busbar.Fail(e.EventType + " payload: " + err.Error())
+		return nil, busbar.Fail(e.EventType() + " payload: " + err.Error())
 	}
 	key := "comment:" + created.Comment.Id
 	if _, seen := busbar.KVGet(key); seen {
@@ -97,7 +97,7 @@ func Handle(e busbar.Event) ([]busbar.Action, error) {
 	}
 	var actions []busbar.Action
 	for _, user := range mentions(created.Comment.Content) {
-		if user == e.ActorId {
+		if user == e.ActorId() {
 			continue
 		}
 		payload := map[string]item{"item": {"mention", user, created.Comment.Id, created.Comment.IssueId, created.IssueTitle}}

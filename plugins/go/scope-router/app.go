@@ -14,19 +14,15 @@ var internal = map[string][]string{"task:failed": {"error"}}
 func Subscriptions() []string { return []string{"task:*", "chat:*"} }
 
 func Handle(e busbar.Event) ([]busbar.Action, error) {
-	task := strings.HasPrefix(e.EventType, "task:")
-	id := e.ChatSessionId
-	if task {
-		id = e.TaskId
+	id, scope := e.ChatSessionId, busbar.Chat
+	if strings.HasPrefix(e.EventType(), "task:") {
+		id, scope = e.TaskId, busbar.Task
 	}
-	if id.IsNone() {
-		busbar.LogDebug(e.EventType + " " + e.Id + " has no scope id")
+	room, ok := id()
+	if !ok {
+		busbar.LogDebug(e.EventType() + " " + e.Id() + " has no scope id")
 		return nil, nil
 	}
-	to := busbar.Chat(id.Some())
-	if task {
-		to = busbar.Task(id.Some())
-	}
-	action, err := busbar.ForwardWithout(e, to, internal[e.EventType]...)
+	action, err := busbar.ForwardWithout(e, scope(room), internal[e.EventType()]...)
 	return []busbar.Action{action}, err
 }
