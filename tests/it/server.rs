@@ -840,3 +840,65 @@ async fn a_reconnect_storm_fits_in_the_listen_backlog() {
     let small = completed(128).await;
     assert!(small < 400, "with a backlog of 128, {small} of 400 connected at once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_report_says_as_much_as_asked() {
+    let server = TestServer::start(|_| {}).await;
+    let http = reqwest::Client::new();
+    let event = json!({"type": "issue:created", "workspace_id": "ws-1", "payload": {"title": "t"}});
+    let publish = |report: &str| http.post(server.url(&format!("/v1/events{report}"))).json(&event).send();
+    for query in ["", "?report=full"] {
+        let full: Value = publish(query).await.unwrap().json().await.unwrap();
+        let result = &full["results"][0];
+        assert!(result["event_id"].is_string(), "{full}");
+        assert!(result["events"][0]["listeners"].as_array().is_some_and(|l| !l.is_empty()), "{query}: {full}");
+        assert!(result.get("summary").is_none(), "{full}");
+    }
+    let summary: Value = publish("?report=summary").await.unwrap().json().await.unwrap();
+    assert!(summary["results"][0].get("events").is_none(), "{summary}");
+    assert!(summary["results"][0]["summary"].is_object(), "{summary}");
+    let none: Value = publish("?report=none").await.unwrap().json().await.unwrap();
+    let keys: Vec<&String> = none["results"][0].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["event_id"], "{none}");
+    let bad = publish("?report=everything").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let error: Value = bad.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("`report` is `full`, `summary` or `none`"), "{error}");
+    // Three publishes went through (full twice, summary, none): the refused one did not.
+    assert_eq!(server.realtime().await["events_sent_by_type"]["issue:created"], 4);
+    server.stop().await;
+}
+
+/// Publishes stuck in a plugin until its deadline (one blocked in WASI's sleep, which blocks on
+/// the runtime) leave the server answering other requests and fanning out other events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_stuck_in_a_plugin_do_not_stall_the_server() {
+    let server = TestServer::start(|_| {}).await;
+    let http = reqwest::Client::new();
+    let manifest = "subscriptions = [\"sleep:*\"]\n[limits]\ntimeout-ms = 3000\n";
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(component("hostile", "sleeper")))
+        .text("manifest", manifest);
+    assert_eq!(http.put(server.url("/v1/plugins/sleeper")).multipart(form).send().await.unwrap().status(), 201);
+    let mut client = Client::connect(&server, "ws-1", &token("u", &["ws-1"], &[])).await;
+
+    let stuck: Vec<_> = (0..3)
+        .map(|_| {
+            let request = http.post(server.url("/v1/events")).json(&json!({"type": "sleep:now", "workspace_id": "ws-1", "payload": {"wait": "sleep"}}));
+            tokio::spawn(request.send())
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(http.get(server.url("/health")).send().await.unwrap().status(), 200);
+    server.publish_ok(json!({"type": "issue:created", "workspace_id": "ws-1", "payload": {"n": 1}})).await;
+    let frame = tokio::time::timeout(Duration::from_millis(2500), client.next()).await.expect("a frame while plugins sleep");
+    assert_eq!(frame["type"], "issue:created");
+    // Well under the sleeper's 3 s deadline: nothing above waited for it.
+    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    for request in stuck {
+        let report: Value = request.await.unwrap().unwrap().json().await.unwrap();
+        assert_eq!(report["results"][0]["events"][0]["listeners"][0]["outcome"], "timeout", "{report}");
+    }
+    server.stop().await;
+}

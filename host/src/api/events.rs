@@ -1,13 +1,15 @@
 //! `POST /v1/events`: publish one event or an array of them, and report what every listener did.
 //!
-//! The response is bounded whatever the plugins do: each event's report goes in whole while the
-//! response stays under `limits.max-report-kib`; past that, an event's report is replaced by its
-//! summary (events by status, listener calls by outcome).
+//! `?report=` says how much: `full` (the default: each event and its follow-ups with every
+//! listener's outcome), `summary` (counts only) or `none` (the event ids). The response is
+//! bounded whatever the plugins do: each event's full report goes in whole while the response
+//! stays under `limits.max-report-kib`; past that, an event's report is replaced by its summary
+//! (events by status, listener calls by outcome).
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -38,11 +40,33 @@ pub(super) struct PublishResult {
     pub summary: Option<ReportSummary>,
 }
 
+/// How much the response says about each event.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum ReportLevel {
+    /// Each event and its follow-ups, with every listener's outcome.
+    #[default]
+    Full,
+    /// Counts: events by status, listener calls by outcome.
+    Summary,
+    /// The event ids only.
+    None,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(super) struct PublishQuery {
+    #[serde(default)]
+    report: ReportLevel,
+}
+
 pub(super) async fn publish(
     _: Publisher,
     State(state): State<AppState>,
+    query: Result<Query<PublishQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishResponse>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("{e}: `report` is `full`, `summary` or `none`")))?;
     let body = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!("body larger than {} bytes", state.max_events_body))
@@ -54,7 +78,10 @@ pub(super) async fn publish(
     let bus = state.bus.clone();
     let feed = state.feed.clone();
     let max_report = state.max_report_bytes;
-    let results = tokio::task::spawn_blocking(move || {
+    // Plugins run on the blocking pool, never on a runtime worker: WASI's blocking calls inside
+    // them block on the runtime, which a worker thread may not do (and `block_in_place`, which
+    // allows it, measured dearer than this hop; BENCHMARKS.md "The HTTP publish path").
+    let publish = move || {
         let mut report_left = max_report;
         events
             .into_iter()
@@ -69,18 +96,21 @@ pub(super) async fn publish(
                     }
                     None => bus.publish(event),
                 };
-                match serde_json::value::to_raw_value(&report.events) {
-                    Ok(raw) if raw.get().len() <= report_left => {
-                        report_left -= raw.get().len();
-                        PublishResult { event_id, events: Some(raw), summary: None }
-                    }
-                    _ => PublishResult { event_id, events: None, summary: Some(report.summary()) },
+                match query.report {
+                    ReportLevel::None => PublishResult { event_id, events: None, summary: None },
+                    ReportLevel::Summary => PublishResult { event_id, events: None, summary: Some(report.summary()) },
+                    ReportLevel::Full => match serde_json::value::to_raw_value(&report.events) {
+                        Ok(raw) if raw.get().len() <= report_left => {
+                            report_left -= raw.get().len();
+                            PublishResult { event_id, events: Some(raw), summary: None }
+                        }
+                        _ => PublishResult { event_id, events: None, summary: Some(report.summary()) },
+                    },
                 }
             })
             .collect()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("publish task failed: {e}")))?;
+    };
+    let results = tokio::task::spawn_blocking(publish).await.map_err(|e| ApiError::Internal(format!("publish task failed: {e}")))?;
     Ok(Json(PublishResponse { results }))
 }
 

@@ -65,7 +65,8 @@ const TYPES: &str = "busbar:plugin/types@0.2.0";
 /// reference never outlives the call, so the `'static` its type claims is never relied on.
 pub(crate) fn add_to_linker<T: 'static>(linker: &mut Linker<T>, lent: fn(&T) -> &Lent) -> wasmtime::Result<()> {
     let mut types = linker.instance(TYPES)?;
-    // Only borrows are handed out, and a borrow is never dropped by the guest.
+    // Only borrows are handed out; ending a borrow (the guest drops it before `handle` returns)
+    // calls no destructor.
     types.resource("event", ResourceType::host::<LentEvent>(), |_, _| Ok(()))?;
     let text = |types: &mut LinkerInstance<'_, T>, method: &str, field: fn(&'static Event) -> &'static str| {
         types.func_wrap(&format!("[method]event.{method}"), move |store: StoreContextMut<'_, T>, (_,): (Resource<LentEvent>,)| {

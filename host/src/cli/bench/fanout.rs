@@ -123,7 +123,7 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<ExitCode> {
 pub(super) const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 
 pub(super) struct Server {
-    child: Child,
+    pub(super) child: Child,
     /// `host:port` of a busbar server; the `redis://` URL of a Redis server.
     pub(super) addr: String,
 }
@@ -153,8 +153,13 @@ pub(super) fn start_redis() -> anyhow::Result<Server> {
 }
 
 /// A `busbar serve` (`config`: `baseline`, `plugins` or `relay`), sharing `redis` if given.
+/// `BUSBAR_BENCH_SERVER` names another `busbar` executable to run as the server (an older
+/// build, for a before/after comparison with the same load generator).
 pub(super) fn start_server(config: &str, redis: Option<&str>) -> anyhow::Result<Server> {
-    let exe = std::env::current_exe()?;
+    let exe = match std::env::var_os("BUSBAR_BENCH_SERVER") {
+        Some(exe) => std::path::PathBuf::from(exe),
+        None => std::env::current_exe()?,
+    };
     let mut command = Command::new(exe);
     if config == "baseline" {
         command.args(["bench", "baseline-server", "--listen", "127.0.0.1:0"]);
@@ -421,7 +426,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("reading VmRSS")
 }
 
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).context("parsing /proc stat")?;

@@ -1,5 +1,6 @@
 //! `busbar bench`: busbar measured end to end (see BENCHMARKS.md), one module per benchmark:
-//! `fanout` (publish to N WebSocket clients, a native baseline beside the plugins), `reload`
+//! `fanout` (publish to N WebSocket clients, a native baseline beside the plugins), `publish`
+//! (the HTTP publish path beside an empty route), `reload`
 //! (hot swaps under load), `languages` (one plugin in every guest language), `cluster` (a
 //! deployment on one node running on the others), and `baseline` (the native server `fanout`
 //! compares against).
@@ -8,6 +9,7 @@ mod baseline;
 mod cluster;
 mod fanout;
 mod languages;
+mod publish;
 mod reload;
 
 use std::process::ExitCode;
@@ -18,6 +20,9 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// Fan-out through a real server: deliveries per second and latency to N clients.
     Fanout(fanout::FanoutArgs),
+    /// The HTTP publish path: events per second, single and batched, with and without the
+    /// per-listener report, beside an empty route in the same run.
+    Publish(publish::PublishArgs),
     /// Hot reload under load: time from a file landing to the new version serving, and failed,
     /// lost and doubled events.
     Reload(reload::ReloadArgs),
@@ -34,6 +39,7 @@ pub enum BenchCommand {
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Fanout(args) => fanout::run(args),
+        BenchCommand::Publish(args) => publish::run(args),
         BenchCommand::Reload(args) => reload::run(args),
         BenchCommand::Languages(args) => languages::run(args),
         BenchCommand::Cluster(args) => cluster::run(args),
