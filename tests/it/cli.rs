@@ -184,6 +184,15 @@ fn the_load_tools_run() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.starts_with("cluster: 2 nodes, 2 uploads on one; running on every other node after p50 "), "{stdout}");
+
+    let output = busbar().args(["bench", "publish", "--seconds", "1", "--rounds", "1", "--connections", "2", "--batch", "3"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for case in ["| empty route (GET /health) |", "| 1 event |", "| 1 event, no report |", "| batch |", "| batch, no report |"] {
+        let row = stdout.lines().find(|line| line.starts_with(case)).unwrap_or_else(|| panic!("{case}: {stdout}"));
+        let rate: f64 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert!(rate > 0.0, "every case was answered: {stdout}");
+    }
 }
 
 #[test]
