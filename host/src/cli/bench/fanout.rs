@@ -24,6 +24,7 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Args, Clone)]
@@ -66,6 +67,7 @@ struct Measurement {
     p999_ms: f64,
     max_ms: f64,
     evictions: u64,
+    closed_early: u64,
     idle_kib_per_connection: f64,
     server_cpu_seconds: f64,
     loadgen_cpu_seconds: f64,
@@ -91,11 +93,11 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<ExitCode> {
             results.push(measurement);
         }
     }
-    println!("| config | clients | events/s | deliveries/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms | evictions | idle KiB/conn | server CPU s | loadgen CPU s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| config | clients | events/s | deliveries/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms | evictions | closed early | idle KiB/conn | server CPU s | loadgen CPU s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for m in &results {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.0} | {:.0} | {}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {:.1} | {:.1} |",
             m.config,
             m.clients,
             m.events_per_second_target,
@@ -107,6 +109,7 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<ExitCode> {
             m.p999_ms,
             m.max_ms,
             m.evictions,
+            m.closed_early,
             m.idle_kib_per_connection,
             m.server_cpu_seconds,
             m.loadgen_cpu_seconds
@@ -203,52 +206,76 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
     let pid = server.child.id();
     let other_pid = publisher.as_ref().map(|p| p.child.id());
     let rss_before = rss_kib(pid)?;
-    let token = auth::mint(
-        DEV_JWT_SECRET.as_bytes(),
-        &Claims { sub: "bench".into(), exp: busbar::event::now_ms() / 1000 + 3600, workspaces: vec!["bench".into()], grants: Default::default() },
-    );
+    // One user per client, as in production: every connection is its own user (the hub caps
+    // connections per user, 100 by default, and refuses the rest with an error frame and 4429).
+    let exp = busbar::event::now_ms() / 1000 + 3600;
+    let token = |i: usize| {
+        let claims = Claims { sub: format!("bench-{i}"), exp, workspaces: vec!["bench".into()], grants: Default::default() };
+        auth::mint(DEV_JWT_SECRET.as_bytes(), &claims)
+    };
     let base = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
+    // When the last frame arrived, µs since `base`.
+    let last_delivery = Arc::new(AtomicU64::new(0));
+    // Clients whose connection ended before the server was stopped (evicted, or closed by it).
+    let closed_early = Arc::new(AtomicU64::new(0));
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The first client that could not connect, and why: the run stops on it.
+    let refused: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let connected = Arc::new(tokio::sync::Semaphore::new(0));
     let mut tasks = Vec::new();
     let limiter = Arc::new(tokio::sync::Semaphore::new(200));
-    for _ in 0..clients {
-        let (addr, token, delivered, histogram, connected, limiter) =
-            (server.addr.clone(), token.clone(), delivered.clone(), histogram.clone(), connected.clone(), limiter.clone());
+    for i in 0..clients {
+        let (addr, token, delivered, last_delivery, closed_early, stopping, refused, histogram, connected, limiter) = (
+            server.addr.clone(),
+            token(i),
+            delivered.clone(),
+            last_delivery.clone(),
+            closed_early.clone(),
+            stopping.clone(),
+            refused.clone(),
+            histogram.clone(),
+            connected.clone(),
+            limiter.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let permit = limiter.acquire_owned().await;
-            let mut request = format!("ws://{addr}/ws?workspace_id=bench").into_client_request()?;
-            request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
-            let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-            // The first frame is the auth_ack; nothing else is sent before publishing starts,
-            // so from here the raw stream can be read without losing bytes.
-            socket.next().await;
+            let stream = match connect(&addr, &token).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    refused.lock().get_or_insert(format!("{e:#}"));
+                    connected.add_permits(1);
+                    return;
+                }
+            };
             drop(permit);
             connected.add_permits(1);
-            let MaybeTlsStream::Plain(stream) = socket.into_inner() else { bail!("expected a plain TCP stream") };
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let mut count = 0u64;
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut frames = FrameReader::new(stream);
-            while let Some(text) = frames.next_text().await? {
+            while let Ok(Some(text)) = frames.next_text().await {
                 if let Some(sent) = sent_at(text) {
                     let now = base.elapsed().as_micros() as u64;
                     local.saturating_record(now.saturating_sub(sent).max(1));
-                    count += 1;
-                    if count.is_multiple_of(256) {
-                        delivered.fetch_add(256, Ordering::Relaxed);
-                        histogram.lock().add(&local)?;
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    last_delivery.fetch_max(now, Ordering::Relaxed);
+                    if local.len() >= 256 {
+                        let _ = histogram.lock().add(&local);
                         local.reset();
                     }
                 }
             }
-            delivered.fetch_add(count % 256, Ordering::Relaxed);
-            histogram.lock().add(&local)?;
-            anyhow::Ok(())
+            if !stopping.load(Ordering::Relaxed) {
+                closed_early.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = histogram.lock().add(&local);
         }));
     }
     let all = connected.acquire_many(clients as u32).await.context("clients connecting")?;
     all.forget();
+    if let Some(why) = refused.lock().take() {
+        bail!("a client could not connect: {why}");
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(pid)?;
     let idle_kib_per_connection = (rss_idle.saturating_sub(rss_before)) as f64 / clients as f64;
@@ -272,7 +299,7 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         }
     }
     let cpu_before = (servers_cpu()?, cpu_seconds(std::process::id())?);
-    let started = Instant::now();
+    let started = base.elapsed();
     // Events are sent in small batches on a fixed schedule, so that the publisher keeps up.
     let batch = (events_per_second / 200.0).ceil().max(1.0) as u64;
     let mut published = 0u64;
@@ -298,13 +325,23 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         tokio::time::sleep_until(next).await;
     }
     let expected = published * clients as u64;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while delivered.load(Ordering::Relaxed) < expected.saturating_sub(256 * clients as u64) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Wait for every delivery, or until none has arrived for two seconds (evicted clients).
+    let (mut seen, mut progress) = (0, Instant::now());
+    loop {
+        let now = delivered.load(Ordering::Relaxed);
+        if now >= expected || progress.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        if now != seen {
+            (seen, progress) = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let wall = started.elapsed().as_secs_f64();
+    // From the first publish to the last delivery.
+    let wall = (last_delivery.load(Ordering::Relaxed) as f64 / 1e6 - started.as_secs_f64()).max(1e-3);
     let cpu_after = (servers_cpu()?, cpu_seconds(std::process::id())?);
     let realtime = realtime(&http, &server.addr).await?;
+    stopping.store(true, Ordering::Relaxed);
     drop(server);
     drop(publisher);
     drop(redis);
@@ -327,11 +364,27 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         p999_ms: ms(0.999),
         max_ms: h.max() as f64 / 1000.0,
         evictions: realtime["slow_evictions_total"].as_u64().unwrap_or(0),
+        closed_early: closed_early.load(Ordering::Relaxed),
         idle_kib_per_connection,
         server_cpu_seconds: cpu_after.0 - cpu_before.0,
         loadgen_cpu_seconds: cpu_after.1 - cpu_before.1,
         wall_seconds: wall,
     })
+}
+
+/// A client connected to `workspace_id=bench` whose `auth_ack` has arrived (anything else, an
+/// error frame or a close, is an error), as a raw TCP stream: nothing else is sent before
+/// publishing starts, so from here the stream can be read without losing bytes.
+async fn connect(addr: &str, token: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    let mut request = format!("ws://{addr}/ws?workspace_id=bench").into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    match socket.next().await {
+        Some(Ok(Message::Text(text))) if text.as_str() == r#"{"type":"auth_ack"}"# => {}
+        other => bail!("expected the auth_ack, got {other:?}"),
+    }
+    let MaybeTlsStream::Plain(stream) = socket.into_inner() else { bail!("expected a plain TCP stream") };
+    Ok(stream)
 }
 
 /// A minimal reader of server-to-client WebSocket frames (unmasked), cheaper than a full client
