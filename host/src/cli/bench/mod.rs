@@ -1,14 +1,19 @@
 //! `busbar bench`: busbar measured end to end (see BENCHMARKS.md), one module per benchmark:
-//! `fanout` (publish to N WebSocket clients, a native baseline beside the plugins), `reload`
-//! (hot swaps under load), `languages` (one plugin in every guest language), `cluster` (a
-//! deployment on one node running on the others), and `baseline` (the native server `fanout`
-//! compares against).
+//! `fanout` (publish to N WebSocket clients: a native baseline and two peers beside the
+//! plugins, driven by `loadgen`), `reload` (hot swaps under load), `languages` (one plugin in
+//! every guest language), `cluster` (a deployment on one node running on the others); and what
+//! they run: `servers` (the child processes), `baseline` (the native busbar server `fanout`
+//! compares against) and `naive` (the naive axum broadcast server, `fanout`'s Rust peer; the
+//! Node.js peer's script is `peers/ws-server.mjs`).
 
 mod baseline;
 mod cluster;
 mod fanout;
 mod languages;
+mod loadgen;
+mod naive;
 mod reload;
+mod servers;
 
 use std::process::ExitCode;
 
@@ -16,7 +21,8 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Fan-out through a real server: deliveries per second and latency to N clients.
+    /// Fan-out through a real server: deliveries per second, latency, CPU per delivery and memory
+    /// per connection to N clients, beside a naive Rust server and a Node.js `ws` server.
     Fanout(fanout::FanoutArgs),
     /// Hot reload under load: time from a file landing to the new version serving, and failed,
     /// lost and doubled events.
@@ -29,6 +35,10 @@ pub enum BenchCommand {
     /// every event to its workspace room.
     #[command(name = "baseline-server", hide = true)]
     BaselineServer(baseline::BaselineArgs),
+    /// The naive Rust peer `fanout` runs: one axum broadcast channel for every connection, no
+    /// rooms, no auth.
+    #[command(name = "naive-server", hide = true)]
+    NaiveServer(naive::NaiveArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -38,5 +48,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Languages(args) => languages::run(args),
         BenchCommand::Cluster(args) => cluster::run(args),
         BenchCommand::BaselineServer(args) => baseline::run(args),
+        BenchCommand::NaiveServer(args) => naive::run(args),
     }
 }
