@@ -170,7 +170,8 @@ fn the_load_tools_run() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("| baseline | 5 |") && stdout.contains("| plugins | 5 |"), "{stdout}");
     assert!(stdout.contains("| relay | 5 |"), "{stdout}");
-    assert_eq!(stdout.matches("500/500").count(), 3, "every delivery arrived, relay included: {stdout}");
+    assert!(stdout.contains("| naive | 5 |") && stdout.contains("| node | 5 |"), "the peers ran: {stdout}");
+    assert_eq!(stdout.matches("500/500").count(), 5, "every delivery arrived, relay and peers included: {stdout}");
 
     let output = busbar().args(["bench", "reload", "--versions", "2"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -11,7 +11,8 @@
 //!   (plugins/go/requirements.txt); the same.
 //!
 //! Installs take a file lock, so that parallel builds (tests) install once. This module must not
-//! know any plugin: it finds and runs tools.
+//! know any plugin: it finds and runs tools. (`Toolchains::npm` also installs the npm packages
+//! `busbar bench fanout`'s Node.js peer runs on, into the same directory.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,15 +60,22 @@ impl Toolchains {
 
     /// The `componentize-js` command, installed if needed.
     pub(super) fn componentize_js(&self) -> Result<PathBuf, BuildError> {
-        let dir = self.dir("js")?;
-        let bin = dir.join("node_modules/.bin/componentize-js");
-        install_once(&dir, &bin, |dir| {
-            write(&dir.join("package.json"), JS_PACKAGE.as_bytes())?;
-            write(&dir.join("package-lock.json"), JS_LOCK.as_bytes())?;
-            tracing::info!(dir = %dir.display(), "installing the JavaScript toolchain (npm componentize-js)");
+        let dir = self.npm("js", JS_PACKAGE, JS_LOCK, "node_modules/.bin/componentize-js", "the JavaScript toolchain (npm componentize-js)")?;
+        Ok(dir.join("node_modules/.bin/componentize-js"))
+    }
+
+    /// `<root>/<name>`, with the npm packages of `package_json` installed (`npm ci`, from its
+    /// `lock`) unless `installed` (a path under it) exists already. Also used by `busbar bench
+    /// fanout` for its Node.js peer.
+    pub fn npm(&self, name: &str, package_json: &str, lock: &str, installed: &str, what: &str) -> Result<PathBuf, BuildError> {
+        let dir = self.dir(name)?;
+        install_once(&dir, &dir.join(installed), |dir| {
+            write(&dir.join("package.json"), package_json.as_bytes())?;
+            write(&dir.join("package-lock.json"), lock.as_bytes())?;
+            tracing::info!(dir = %dir.display(), "installing {what}");
             run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(dir), "npm ci")
         })?;
-        Ok(bin)
+        Ok(dir)
     }
 
     /// The `componentize-py` command, installed in a virtual environment if needed.

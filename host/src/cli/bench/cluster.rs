@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use super::fanout::{ADMIN_TOKEN, start_redis, start_server};
+use super::servers::{ADMIN_TOKEN, start_redis, start_server};
 
 #[derive(Args)]
 pub struct ClusterArgs {

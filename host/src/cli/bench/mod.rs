@@ -1,16 +1,21 @@
 //! `busbar bench`: busbar measured end to end (see BENCHMARKS.md), one module per benchmark:
-//! `fanout` (publish to N WebSocket clients, a native baseline beside the plugins), `publish`
-//! (the HTTP publish path beside an empty route), `reload`
-//! (hot swaps under load), `languages` (one plugin in every guest language), `cluster` (a
-//! deployment on one node running on the others), and `baseline` (the native server `fanout`
-//! compares against).
+//! `fanout` (publish to N WebSocket clients: a native baseline and two peers beside the
+//! plugins, driven by `loadgen`), `publish` (the HTTP publish path beside an empty route),
+//! `reload` (hot swaps under load), `languages` (one plugin in every guest language), `cluster`
+//! (a deployment on one node running on the others); and what
+//! they run: `servers` (the child processes), `baseline` (the native busbar server `fanout`
+//! compares against) and `naive` (the naive axum broadcast server, `fanout`'s Rust peer; the
+//! Node.js peer's script is `peers/ws-server.mjs`).
 
 mod baseline;
 mod cluster;
 mod fanout;
 mod languages;
+mod loadgen;
+mod naive;
 mod publish;
 mod reload;
+mod servers;
 
 use std::process::ExitCode;
 
@@ -18,7 +23,8 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Fan-out through a real server: deliveries per second and latency to N clients.
+    /// Fan-out through a real server: deliveries per second, latency, CPU per delivery and memory
+    /// per connection to N clients, beside a naive Rust server and a Node.js `ws` server.
     Fanout(fanout::FanoutArgs),
     /// The HTTP publish path: events per second, single and batched, with and without the
     /// per-listener report, beside an empty route in the same run.
@@ -34,6 +40,10 @@ pub enum BenchCommand {
     /// every event to its workspace room.
     #[command(name = "baseline-server", hide = true)]
     BaselineServer(baseline::BaselineArgs),
+    /// The naive Rust peer `fanout` runs: one axum broadcast channel for every connection, no
+    /// rooms, no auth.
+    #[command(name = "naive-server", hide = true)]
+    NaiveServer(naive::NaiveArgs),
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -44,5 +54,6 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Languages(args) => languages::run(args),
         BenchCommand::Cluster(args) => cluster::run(args),
         BenchCommand::BaselineServer(args) => baseline::run(args),
+        BenchCommand::NaiveServer(args) => naive::run(args),
     }
 }

@@ -16,10 +16,8 @@ use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::fanout::{cpu_seconds, start_server};
-
-/// The publish token `start_server` gives the server.
-const PUBLISH_TOKEN: &str = "bench-publish-token-012345";
+use super::loadgen::cpu_seconds;
+use super::servers::{PUBLISH_TOKEN, start_server};
 
 #[derive(Args, Clone)]
 pub struct PublishArgs {
@@ -49,7 +47,7 @@ struct Case {
 
 pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let server = start_server("plugins", None)?;
-    let pid = server.child.id();
+    let pid = server.pid();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let cases = cases(&server.addr, &args);
     println!(
