@@ -6,6 +6,7 @@ mod bus;
 mod conformance;
 mod cli;
 mod dashboard;
+mod hub;
 mod hostile;
 mod limits;
 mod policy;

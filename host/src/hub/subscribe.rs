@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Conn, Hub, Joined, Position, protocol};
+use super::{Conn, Hub, Joined, Position};
 use crate::action::{Scope, ScopeKind};
 
 /// Why a subscribe or unsubscribe was refused. `code()` is what the client sees.
@@ -70,12 +70,7 @@ impl Hub {
                 }
                 // Already in the room (its own workspace or user): a position to resume from
                 // can only be honoured when nothing was missed.
-                let mut joined = self.position(&scope);
-                if let Some(since) = &since {
-                    joined.recovered = Some(*since == joined.position);
-                }
-                let _ = conn.outbox.push(protocol::subscribe_ack(&scope, &joined));
-                Ok(joined)
+                Ok(self.ack_member(conn, &scope, since.as_ref()))
             }
             Err(e @ (SubscribeError::Forbidden | SubscribeError::LookupFailed)) => {
                 self.metrics.denial(scope.kind);
@@ -83,19 +78,6 @@ impl Hub {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// The room's current position (nothing recovered).
-    fn position(&self, scope: &Scope) -> Joined {
-        let room = self.shard(scope).read().get(scope).cloned();
-        let position = match room {
-            Some(room) => {
-                let room = room.lock();
-                Position { epoch: room.epoch.to_string(), offset: room.seq }
-            }
-            None => Position { epoch: self.local_epoch.to_string(), offset: 0 },
-        };
-        Joined { position, recovered: None }
     }
 
     async fn check_subscribe(&self, conn: &Arc<Conn>, scope: &Scope) -> Result<(), SubscribeError> {

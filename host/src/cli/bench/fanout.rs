@@ -65,6 +65,9 @@ struct Measurement {
     p99_ms: f64,
     p999_ms: f64,
     max_ms: f64,
+    /// How long a `POST /v1/events` took to answer (the publisher's wait), median and p99.
+    publish_p50_ms: f64,
+    publish_p99_ms: f64,
     evictions: u64,
     idle_kib_per_connection: f64,
     server_cpu_seconds: f64,
@@ -91,11 +94,11 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<ExitCode> {
             results.push(measurement);
         }
     }
-    println!("| config | clients | events/s | deliveries/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms | evictions | idle KiB/conn | server CPU s | loadgen CPU s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| config | clients | events/s | deliveries/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms | publish p50 ms | publish p99 ms | evictions | idle KiB/conn | server CPU s | loadgen CPU s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for m in &results {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.0} | {:.0} | {}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
             m.config,
             m.clients,
             m.events_per_second_target,
@@ -106,6 +109,8 @@ pub fn run(args: FanoutArgs) -> anyhow::Result<ExitCode> {
             m.p99_ms,
             m.p999_ms,
             m.max_ms,
+            m.publish_p50_ms,
+            m.publish_p99_ms,
             m.evictions,
             m.idle_kib_per_connection,
             m.server_cpu_seconds,
@@ -276,6 +281,7 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
     // Events are sent in small batches on a fixed schedule, so that the publisher keeps up.
     let batch = (events_per_second / 200.0).ceil().max(1.0) as u64;
     let mut published = 0u64;
+    let mut publish_times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut next = tokio::time::Instant::now();
     while published < total_events {
         let n = batch.min(total_events - published);
@@ -283,6 +289,7 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         let events: Vec<serde_json::Value> = (0..n)
             .map(|_| json!({"type": "bench:tick", "workspace_id": "bench", "payload": {"t": now_us, "pad": padding}}))
             .collect();
+        let posted = Instant::now();
         let response = http
             .post(&url)
             .bearer_auth("bench-publish-token-012345")
@@ -293,6 +300,7 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         if !response.status().is_success() {
             bail!("publish failed: {}", response.status());
         }
+        publish_times.saturating_record(posted.elapsed().as_micros() as u64);
         published += n;
         next += interval.mul_f64(n as f64);
         tokio::time::sleep_until(next).await;
@@ -326,6 +334,8 @@ async fn measure(config: &'static str, clients: usize, args: &FanoutArgs) -> any
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
         max_ms: h.max() as f64 / 1000.0,
+        publish_p50_ms: publish_times.value_at_quantile(0.5) as f64 / 1000.0,
+        publish_p99_ms: publish_times.value_at_quantile(0.99) as f64 / 1000.0,
         evictions: realtime["slow_evictions_total"].as_u64().unwrap_or(0),
         idle_kib_per_connection,
         server_cpu_seconds: cpu_after.0 - cpu_before.0,
