@@ -60,8 +60,13 @@ impl Member {
         Arc::new(Member { conn, from, left: AtomicBool::new(false) })
     }
 
-    pub(super) fn leave(&self) {
-        self.conn.outbox.revoke(&self.left);
+    /// Revokes the member; `true` the first time.
+    pub(super) fn leave(&self) -> bool {
+        self.conn.outbox.revoke(&self.left)
+    }
+
+    pub(super) fn has_left(&self) -> bool {
+        self.left.load(Relaxed)
     }
 }
 

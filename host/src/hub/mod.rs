@@ -36,7 +36,7 @@ mod subscribe;
 pub use subscribe::SubscribeError;
 use subscribe::TokenBucket;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -135,7 +135,8 @@ pub struct Conn {
     pub id: u64,
     pub identity: Identity,
     outbox: Outbox,
-    scopes: Mutex<BTreeSet<Scope>>,
+    /// The rooms it is in, with its place in each (a short list: `max_scopes` at most).
+    scopes: Mutex<Vec<(Scope, Arc<fanout::Member>)>>,
     bucket: Mutex<TokenBucket>,
     /// Cancelled when the connection is closed for any reason.
     pub gone: CancellationToken,
@@ -150,7 +151,7 @@ impl Conn {
     }
 
     pub fn scopes(&self) -> Vec<Scope> {
-        self.scopes.lock().iter().cloned().collect()
+        self.scopes.lock().iter().map(|(scope, _)| scope.clone()).collect()
     }
 
     pub fn queued(&self) -> usize {
@@ -313,7 +314,7 @@ impl Hub {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Relaxed),
             outbox: Outbox::new(self.config.max_queue_bytes, self.config.max_queue_age),
-            scopes: Mutex::new(BTreeSet::new()),
+            scopes: Mutex::new(Vec::new()),
             bucket: Mutex::new(TokenBucket::full(self.config.subscribe_burst)),
             gone: CancellationToken::new(),
             forgotten: AtomicBool::new(false),
@@ -361,8 +362,8 @@ impl Hub {
             return closed;
         }
         let scopes = std::mem::take(&mut *conn.scopes.lock());
-        for scope in scopes {
-            self.leave_room(conn, &scope);
+        for (scope, member) in scopes {
+            self.leave_room(&scope, &member);
         }
         if self.conns.write().remove(&conn.id).is_some() {
             self.metrics.disconnects.fetch_add(1, Relaxed);

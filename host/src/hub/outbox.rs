@@ -145,9 +145,10 @@ impl Outbox {
     /// Sets `left` under the queue's lock: a fan-out that pushes with it (`push_all`) either
     /// finished before this returns or pushes nothing, so nothing of the room it stands for
     /// follows what the connection is sent next (an `unsubscribe_ack`, a new `subscribe_ack`).
-    pub(crate) fn revoke(&self, left: &AtomicBool) {
+    /// Returns `true` if this call set it.
+    pub(crate) fn revoke(&self, left: &AtomicBool) -> bool {
         let _inner = self.inner.lock();
-        left.store(true, Relaxed);
+        !left.swap(true, Relaxed)
     }
 
     /// Closes the queue; the frames still queued are dropped unless the close `keeps_queued`.

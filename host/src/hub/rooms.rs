@@ -23,7 +23,17 @@ pub(super) struct Room {
     pub epoch: Arc<str>,
     pub seq: u64,
     pub members: Arc<Vec<Arc<Member>>>,
+    /// Members that left and are still listed: they are revoked at once and taken off the list
+    /// when they are half of it (one pass for many leaves, so a mass disconnect stays linear).
+    pub departed: usize,
     pub queue: Queue,
+}
+
+impl Room {
+    /// Whether no member is left.
+    pub(super) fn is_empty(&self) -> bool {
+        self.members.len() == self.departed
+    }
 }
 
 /// A resume's arithmetic: a connection that has seen up to `since` joins a room at `position`
@@ -74,7 +84,7 @@ impl Hub {
                     Some(p) => (Arc::from(p.epoch.as_str()), p.offset),
                     None => (self.local_epoch.clone(), 0),
                 };
-                RoomCell::new(Room { epoch, seq, members: Arc::new(Vec::new()), queue: Queue::default() })
+                RoomCell::new(Room { epoch, seq, members: Arc::new(Vec::new()), departed: 0, queue: Queue::default() })
             });
             let mut room = room.room.lock();
             let position = Position { epoch: room.epoch.to_string(), offset: room.seq };
@@ -92,12 +102,13 @@ impl Hub {
             }
             // Checked under the scopes lock: `disconnect` cancels before it takes the scopes, so
             // a connection being closed can never be left behind in a room.
-            if !conn.gone.is_cancelled() && scopes.insert(scope.clone()) {
-                let from = room.queue.ticket();
-                Arc::make_mut(&mut room.members).push(Member::new(conn.clone(), from));
+            if !conn.gone.is_cancelled() && !scopes.iter().any(|(s, _)| s == scope) {
+                let member = Member::new(conn.clone(), room.queue.ticket());
+                Arc::make_mut(&mut room.members).push(member.clone());
+                scopes.push((scope.clone(), member));
             }
             // A room opened for a connection that closed meanwhile would stay, empty, forever.
-            if opened && room.members.is_empty() {
+            if opened && room.is_empty() {
                 drop(room);
                 shard.remove(scope);
                 opened = false;
@@ -137,16 +148,21 @@ impl Hub {
         joined
     }
 
-    pub(super) fn leave_room(&self, conn: &Conn, scope: &Scope) {
+    /// Takes `member` out of `scope`'s room (revoked at once, off the list later), and closes
+    /// the room when it was the last.
+    pub(super) fn leave_room(&self, scope: &Scope, member: &Member) {
         let mut shard = self.shard(scope).write();
         if let Some(cell) = shard.get(scope) {
             let empty = {
                 let mut room = cell.room.lock();
-                if let Some(member) = room.members.iter().find(|m| m.conn.id == conn.id) {
-                    member.leave();
-                    Arc::make_mut(&mut room.members).retain(|m| m.conn.id != conn.id);
+                if member.leave() {
+                    room.departed += 1;
                 }
-                room.members.is_empty()
+                if room.departed * 2 > room.members.len() {
+                    Arc::make_mut(&mut room.members).retain(|m| !m.has_left());
+                    room.departed = 0;
+                }
+                room.is_empty()
             };
             if empty {
                 shard.remove(scope);

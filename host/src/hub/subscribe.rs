@@ -63,7 +63,7 @@ impl Hub {
         match result {
             Ok(()) => {
                 self.metrics.subscribe(scope.kind);
-                let member = conn.scopes.lock().contains(&scope);
+                let member = conn.scopes.lock().iter().any(|(s, _)| *s == scope);
                 if !member {
                     // The ack goes out under the room's lock, before any replayed frame.
                     return Ok(self.join_scope(conn, &scope, since.as_ref(), true).await);
@@ -95,7 +95,7 @@ impl Hub {
             }
             ScopeKind::Task | ScopeKind::Chat => {}
         }
-        if conn.scopes.lock().contains(scope) {
+        if conn.scopes.lock().iter().any(|(s, _)| s == scope) {
             return Ok(());
         }
         self.take_token(conn)?;
@@ -140,8 +140,14 @@ impl Hub {
             ScopeKind::User => scope.id == conn.identity.user_id,
             ScopeKind::Task | ScopeKind::Chat => false,
         };
-        if !own && conn.scopes.lock().remove(scope) {
-            self.leave_room(conn, scope);
+        if !own {
+            let left = {
+                let mut scopes = conn.scopes.lock();
+                scopes.iter().position(|(s, _)| s == scope).map(|at| scopes.remove(at))
+            };
+            if let Some((scope, member)) = left {
+                self.leave_room(&scope, &member);
+            }
         }
         self.metrics.unsubscribe(scope.kind);
         Ok(())

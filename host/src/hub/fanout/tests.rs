@@ -204,3 +204,35 @@ async fn shutdown_lets_the_drainers_push_what_rooms_accepted_before_closing() {
         assert_eq!(seqs(&taken(conn)), (1..=300).collect::<Vec<u64>>());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_leave_get_nothing_more_and_the_last_one_closes_the_room() {
+    let hub = hub();
+    let task = Scope::task("w", "t-2");
+    let conns: Vec<Arc<Conn>> = (0..100)
+        .map(|n| {
+            let conn = connect(&hub, &format!("u{n}"), "w");
+            hub.join_with_history(&conn, &task, None, None, Vec::new(), false);
+            conn
+        })
+        .collect();
+    for conn in &conns[..99] {
+        hub.unsubscribe(conn, &task).expect("left");
+    }
+    {
+        let cell = hub.shard(&task).read().get(&task).cloned().expect("the room stays for its last member");
+        let room = cell.room.lock();
+        assert!(room.members.len() < 100, "departed members are taken off the list in passes");
+        assert!(!room.is_empty());
+    }
+    hub.broadcast_to_scope(&task, frame(0, 0));
+    settled(&hub).await;
+    assert!(conns[..99].iter().all(|c| taken(c).is_empty()));
+    assert_eq!(seqs(&taken(&conns[99])), [1]);
+    hub.disconnect(&conns[99], Close::NORMAL);
+    assert!(!hub.has_room(&task));
+    for conn in &conns[..99] {
+        hub.disconnect(conn, Close::NORMAL);
+    }
+    assert_eq!(hub.snapshot().active_scope_rooms.values().sum::<u64>(), 0, "every room closed");
+}
