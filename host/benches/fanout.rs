@@ -27,9 +27,30 @@ use busbar::hub::session::{Auth, serve};
 use busbar::hub::{Claims, ClaimsAuthorizer, Hub, HubConfig, Identity, TokenVerifier};
 use futures_util::{Sink, Stream};
 
+/// How many event frames the sockets were written, and a wake-up when that reaches `target`.
+#[derive(Default)]
+struct Progress {
+    delivered: AtomicU64,
+    target: AtomicU64,
+    reached: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// Waits (without spinning: the measurement counts the process's CPU) until `target`
+    /// frames were written in all.
+    async fn reach(&self, target: u64) {
+        self.target.store(target, Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.delivered.load(Relaxed) < target {
+            let woken = tokio::time::timeout_at(deadline.into(), self.reached.notified()).await;
+            assert!(woken.is_ok() || self.delivered.load(Relaxed) >= target, "frames were lost: {} of {target}", self.delivered.load(Relaxed));
+        }
+    }
+}
+
 /// A socket that never sends anything and counts the event frames written to it.
 struct Counting {
-    delivered: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 }
 
 impl Stream for Counting {
@@ -47,8 +68,9 @@ impl Sink<Message> for Counting {
     fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), axum::Error> {
         if let Message::Text(text) = message
             && text.as_str().starts_with(r#"{"type":"bench:"#)
+            && self.progress.delivered.fetch_add(1, Relaxed) + 1 == self.progress.target.load(Relaxed)
         {
-            self.delivered.fetch_add(1, Relaxed);
+            self.progress.reached.notify_one();
         }
         Ok(())
     }
@@ -87,22 +109,14 @@ fn quantile(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
 }
 
-async fn wait_for(delivered: &AtomicU64, target: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while delivered.load(Relaxed) < target {
-        assert!(Instant::now() < deadline, "frames were lost: {} of {target}", delivered.load(Relaxed));
-        tokio::task::yield_now().await;
-    }
-}
-
 async fn measure(members: usize, rounds: usize) {
     let config = HubConfig { max_connections_per_user: usize::MAX, max_queue_bytes: 64 << 20, ..HubConfig::default() };
     let hub = Arc::new(Hub::new(config, TokenVerifier::new(b"bench-secret"), Arc::new(ClaimsAuthorizer)));
-    let delivered = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Progress::default());
     for n in 0..members {
         let claims = Claims { sub: format!("u{n}"), exp: u64::MAX / 2, workspaces: vec!["bench".into()], grants: Default::default() };
         let identity = Identity { user_id: format!("u{n}"), workspace_id: "bench".into(), claims: Arc::new(claims) };
-        let socket = Counting { delivered: delivered.clone() };
+        let socket = Counting { progress: progress.clone() };
         tokio::spawn(serve(hub.clone(), socket, Auth::Identified { identity, since: HashMap::new(), request: None }, None));
     }
     while hub.connection_count() < members || hub.snapshot().active_scope_rooms.values().sum::<u64>() < members as u64 + 1 {
@@ -123,7 +137,7 @@ async fn measure(members: usize, rounds: usize) {
         .await
         .expect("the publish");
         expected += members as u64;
-        wait_for(&delivered, expected).await;
+        progress.reach(expected).await;
         publish.push(returned);
         done.push(started.elapsed());
     }
@@ -147,7 +161,7 @@ async fn measure(members: usize, rounds: usize) {
     }
     let burst_returned = started.elapsed();
     expected += 100 * members as u64;
-    wait_for(&delivered, expected).await;
+    progress.reach(expected).await;
     let burst_done = started.elapsed();
     println!(
         "| {members} | {rounds} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",

@@ -158,45 +158,72 @@ fn deliver(batch: &[Pending], members: &[Arc<Member>], pushed: &mut Pushed) {
     }
 }
 
+/// Members a drainer pushes to before it lets other tasks run (when it is a task).
+const CHUNK: usize = 64;
+
 /// A room's drainer: takes what the room queued, with its members of that moment, pushes it,
-/// and again, until the queue is empty; then gives the room back to its publishers. Run by a
-/// blocking-pool thread; if the runtime drops it unrun (shutting down), dropping it drains.
+/// and again, until the queue is empty; then gives the room back to its publishers. It runs as a
+/// task on a multi-threaded runtime, letting the writers it wakes run every `CHUNK` members
+/// (their wake-ups then stay on its worker's queue), else on a blocking-pool thread, else on the
+/// publisher's own thread. Dropped before it is done (a runtime shutting down), it finishes on
+/// the spot, so no accepted frame is lost.
 struct Drainer {
     cell: Option<Arc<RoomCell>>,
     metrics: Arc<HubMetrics>,
+    /// The batch being pushed, the members it goes to, and the next of them.
+    batch: Vec<Pending>,
+    members: Arc<Vec<Arc<Member>>>,
+    next: usize,
+    pushed: Pushed,
     _tracked: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
 }
 
 impl Drainer {
+    fn new(cell: Arc<RoomCell>, metrics: Arc<HubMetrics>) -> Drainer {
+        Drainer { cell: Some(cell), metrics, batch: Vec::new(), members: Arc::default(), next: 0, pushed: Pushed::default(), _tracked: None }
+    }
+
     fn run(mut self) {
-        if let Some(cell) = self.cell.take() {
-            drain(&cell, &self.metrics);
+        while self.step(usize::MAX) {}
+    }
+
+    async fn run_async(mut self) {
+        while self.step(CHUNK) {
+            tokio::task::yield_now().await;
         }
     }
-}
 
-impl Drop for Drainer {
-    fn drop(&mut self) {
-        if let Some(cell) = self.cell.take() {
-            drain(&cell, &self.metrics);
-        }
-    }
-}
-
-fn drain(cell: &RoomCell, metrics: &HubMetrics) {
-    loop {
-        let (batch, members) = {
+    /// Pushes the batch to up to `members` more members, taking the next batch first when this
+    /// one is done. `false` once the queue is empty and the room given back.
+    fn step(&mut self, members: usize) -> bool {
+        let Some(cell) = self.cell.clone() else { return false };
+        if self.next >= self.members.len() {
+            self.finish_batch(&cell);
             let mut room = cell.room.lock();
             if room.queue.items.is_empty() {
                 room.queue.draining = false;
                 cell.drained.notify_all();
-                return;
+                self.cell = None;
+                return false;
             }
-            (std::mem::take(&mut room.queue.items), room.members.clone())
-        };
-        let mut pushed = Pushed::default();
-        deliver(&batch, &members, &mut pushed);
-        drop(members);
+            self.batch = std::mem::take(&mut room.queue.items);
+            self.members = room.members.clone();
+            self.next = 0;
+        }
+        let end = self.members.len().min(self.next.saturating_add(members));
+        deliver(&self.batch, &self.members[self.next..end], &mut self.pushed);
+        self.next = end;
+        true
+    }
+
+    /// Accounts for the batch just pushed, and closes the members it overflowed (their sessions
+    /// see them closed and take them out of their rooms).
+    fn finish_batch(&mut self, cell: &RoomCell) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.members = Arc::default();
         let last = batch.iter().rev().find_map(|p| match p {
             Pending::Frame { ticket, .. } => Some(*ticket),
             Pending::Direct { .. } => None,
@@ -209,14 +236,31 @@ fn drain(cell: &RoomCell, metrics: &HubMetrics) {
             }
             cell.drained.notify_all();
         }
-        pushed.count(metrics);
-        // The session of an evicted connection sees it closed and takes it out of its rooms.
+        let pushed = std::mem::take(&mut self.pushed);
+        pushed.count(&self.metrics);
         for conn in pushed.slow {
-            if conn.close(Close::SLOW, metrics) {
+            if conn.close(Close::SLOW, &self.metrics) {
                 tracing::info!(conn = conn.id, user = %conn.identity.user_id, "evicted slow connection");
-                metrics.evictions.fetch_add(1, Relaxed);
+                self.metrics.evictions.fetch_add(1, Relaxed);
             }
         }
+    }
+}
+
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        while self.step(usize::MAX) {}
+    }
+}
+
+/// Waits for `cell`'s drainer to signal. On a multi-threaded runtime's worker, the worker's
+/// other tasks (the drainer among them, maybe) move to another thread meanwhile.
+fn wait_for_drainer(cell: &RoomCell, room: &mut parking_lot::MutexGuard<'_, Room>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| cell.drained.wait(room));
+        }
+        _ => cell.drained.wait(room),
     }
 }
 
@@ -225,7 +269,8 @@ impl Hub {
     /// order; the others get a `skip` frame with the same position, so no connection sees a gap
     /// in `seq` (`reach` only ever narrows user rooms). Numbered here, unless `at` gives the
     /// frame's position (from the backplane, which then delivers frames in order). Returns once
-    /// the frame is queued for the room; a room whose queue holds `max_queue_bytes` or more
+    /// the frame is queued for the room; a room whose queue holds a quarter of `max_queue_bytes`
+    /// or more (so that one batch never fills a member's outbox on its own)
     /// holds its publishers until its drainer has taken some.
     pub fn fan_out(&self, scope: &Scope, reach: &Reach, frame: &Frame, at: Option<&Position>) {
         self.metrics.event(&frame.event_type);
@@ -233,8 +278,8 @@ impl Hub {
         let cell = self.shard(scope).read().get(scope).cloned();
         let Some(cell) = cell else { return };
         let mut room = cell.room.lock();
-        while room.queue.draining && room.queue.bytes >= self.config.max_queue_bytes {
-            cell.drained.wait(&mut room);
+        while room.queue.draining && room.queue.bytes >= self.config.max_queue_bytes / 4 {
+            wait_for_drainer(&cell, &mut room);
         }
         match at {
             Some(position) => {
@@ -289,8 +334,14 @@ impl Hub {
     }
 
     fn start_drainer(&self, cell: Arc<RoomCell>) {
-        let mut drainer = Drainer { cell: Some(cell), metrics: self.metrics.clone(), _tracked: None };
+        let mut drainer = Drainer::new(cell, self.metrics.clone());
         match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                drainer._tracked = Some(self.drains.token());
+                runtime.spawn(drainer.run_async());
+            }
+            // A single-threaded runtime: its one thread may be the one that waits for the
+            // drainer (`wait_for_drainer`), so the drainer gets a thread of its own.
             Ok(runtime) => {
                 drainer._tracked = Some(self.drains.token());
                 runtime.spawn_blocking(move || drainer.run());
@@ -314,7 +365,7 @@ impl Hub {
         for (cell, ticket) in busy {
             let mut room = cell.room.lock();
             while room.queue.draining && room.queue.delivered < ticket {
-                cell.drained.wait(&mut room);
+                wait_for_drainer(&cell, &mut room);
             }
         }
     }

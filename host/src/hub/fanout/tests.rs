@@ -236,3 +236,87 @@ async fn members_that_leave_get_nothing_more_and_the_last_one_closes_the_room() 
     }
     assert_eq!(hub.snapshot().active_scope_rooms.values().sum::<u64>(), 0, "every room closed");
 }
+
+/// A room whose queue is full holds its publisher until the drainer took some, and a frame to
+/// everyone waits for the rooms: neither may deadlock, whichever thread publishes (a runtime's
+/// own thread included, as the relay's tasks do).
+async fn publish_through_a_full_queue(hub: Arc<Hub>, conns: &[Arc<Conn>]) {
+    for i in 0..200 {
+        hub.broadcast_to_workspace("w", frame(0, i));
+        if i % 50 == 49 {
+            hub.broadcast(frame(1, i));
+        }
+    }
+    settled(&hub).await;
+    for conn in conns {
+        let frames = taken(conn);
+        assert_eq!(seqs(&frames).len(), 204, "200 room frames and 4 to everyone");
+        assert_eq!(frames[50]["scope"], "everyone", "after the 50 room frames published before it");
+    }
+}
+
+fn small_queues() -> Arc<Hub> {
+    let config = HubConfig { max_connections_per_user: usize::MAX, max_queue_bytes: 64 << 10, ..HubConfig::default() };
+    Arc::new(Hub::new(config, TokenVerifier::new(b"fanout-test"), Arc::new(ClaimsAuthorizer)))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_and_everyone_frames_do_not_deadlock_a_single_threaded_runtime() {
+    let hub = small_queues();
+    let conns: Vec<Arc<Conn>> = (0..100).map(|n| connect(&hub, &format!("u{n}"), "w")).collect();
+    publish_through_a_full_queue(hub, &conns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_and_everyone_frames_do_not_deadlock_the_workers() {
+    let hub = small_queues();
+    let conns: Vec<Arc<Conn>> = (0..100).map(|n| connect(&hub, &format!("u{n}"), "w")).collect();
+    // Both workers publish at once, as tasks.
+    let other = {
+        let hub = hub.clone();
+        tokio::spawn(async move { (0..200).for_each(|i| hub.broadcast_to_scope(&Scope::task("w", "none"), frame(2, i))) })
+    };
+    publish_through_a_full_queue(hub, &conns).await;
+    other.await.expect("the other publisher");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_faster_than_the_drainer_is_held_back_and_the_order_holds() {
+    // The room holds its publishers at a quarter of this: 16 KiB, about 90 frames.
+    let config = HubConfig { max_connections_per_user: usize::MAX, max_queue_bytes: 64 << 10, ..HubConfig::default() };
+    let hub = Arc::new(Hub::new(config, TokenVerifier::new(b"fanout-test"), Arc::new(ClaimsAuthorizer)));
+    let conns: Vec<Arc<Conn>> = (0..40).map(|n| connect(&hub, &format!("u{n}"), "w")).collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let reading = Arc::new(tokio::sync::Notify::new());
+    let reader = {
+        let (conns, done, reading) = (conns.clone(), done.clone(), reading.clone());
+        tokio::task::spawn_blocking(move || {
+            reading.notify_one();
+            // Raw frames, parsed at the end: this reader must be quick.
+            let mut raw = vec![Vec::new(); conns.len()];
+            while !done.load(Relaxed) || conns.iter().any(|c| c.queued() > 0) {
+                for (conn, raw) in conns.iter().zip(&mut raw) {
+                    while let Some(Next::Frames) = conn.outbox().next(raw).now_or_never() {
+                        conn.outbox().written();
+                    }
+                }
+            }
+            raw.iter().map(|frames| frames.iter().map(|f| serde_json::from_str::<Value>(f).expect("JSON")["seq"].as_u64().expect("a seq")).collect::<Vec<u64>>()).collect::<Vec<_>>()
+        })
+    };
+    reading.notified().await;
+    // Publishing from a worker, as the relay does.
+    let publisher = hub.clone();
+    tokio::spawn(async move { (0..3000).for_each(|i| publisher.broadcast_to_workspace("w", frame(0, i))) }).await.expect("published");
+    settled(&hub).await;
+    done.store(true, Relaxed);
+    // On a loaded machine the reader falls behind and members are evicted (the outboxes are
+    // small): every member saw the room's frames from the first, in order, with no gap, up to
+    // the end or to its eviction.
+    for (n, seen) in reader.await.expect("the reader").iter().enumerate() {
+        assert_eq!(*seen, (1..=seen.len() as u64).collect::<Vec<u64>>(), "connection {n}");
+        if seen.len() < 3000 {
+            assert_eq!(conns[n].outbox().closed(), Some(Close::SLOW), "connection {n}");
+        }
+    }
+}
