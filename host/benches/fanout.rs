@@ -9,7 +9,10 @@
 //! - cpu/delivery: the process's CPU time (user + system) over the single publishes, per frame
 //!   written;
 //! - burst: 4 publishers, 25 events each at once into the room: how long until all returned
-//!   and until everything was written.
+//!   and until everything was written;
+//! - idle KiB/session: the process's resident memory per connected session before publishing
+//!   (the hub's share of an idle connection: its `Conn`, rooms, session and writer tasks; not
+//!   the socket's buffers, which this in-memory socket does not have).
 //!
 //! `cargo bench --bench fanout` measures; `cargo test` runs it once, with small rooms.
 
@@ -105,6 +108,12 @@ fn cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
+/// The process's resident memory, KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 fn quantile(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
 }
@@ -113,6 +122,7 @@ async fn measure(members: usize, rounds: usize) {
     let config = HubConfig { max_connections_per_user: usize::MAX, max_queue_bytes: 64 << 20, ..HubConfig::default() };
     let hub = Arc::new(Hub::new(config, TokenVerifier::new(b"bench-secret"), Arc::new(ClaimsAuthorizer)));
     let progress = Arc::new(Progress::default());
+    let rss = rss_kib();
     for n in 0..members {
         let claims = Claims { sub: format!("u{n}"), exp: u64::MAX / 2, workspaces: vec!["bench".into()], grants: Default::default() };
         let identity = Identity { user_id: format!("u{n}"), workspace_id: "bench".into(), claims: Arc::new(claims) };
@@ -123,6 +133,7 @@ async fn measure(members: usize, rounds: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle_kib = (rss_kib().saturating_sub(rss)) as f64 / members as f64;
     let (mut publish, mut done) = (Vec::new(), Vec::new());
     let mut expected = 0;
     let cpu = cpu_seconds();
@@ -164,7 +175,7 @@ async fn measure(members: usize, rounds: usize) {
     progress.reach(expected).await;
     let burst_done = started.elapsed();
     println!(
-        "| {members} | {rounds} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
+        "| {members} | {rounds} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {idle_kib:.2} |",
         quantile(&publish, 0.5),
         quantile(&publish, 0.9),
         quantile(&publish, 1.0),
@@ -180,8 +191,8 @@ async fn measure(members: usize, rounds: usize) {
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
-    println!("| members | rounds | publish p50 ms | publish p90 ms | publish max ms | delivered p50 ms | delivered p90 ms | CPU µs/delivery | burst of 100: returned ms | burst: delivered ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| members | rounds | publish p50 ms | publish p90 ms | publish max ms | delivered p50 ms | delivered p90 ms | CPU µs/delivery | burst of 100: returned ms | burst: delivered ms | idle KiB/session |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let sizes: &[(usize, usize)] = if bench { &[(1_000, 200), (10_000, 40)] } else { &[(50, 5)] };
     for &(members, rounds) in sizes {
         runtime.block_on(measure(members, rounds));

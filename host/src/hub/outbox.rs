@@ -190,7 +190,8 @@ impl Outbox {
                 if draining && let Some(&(oldest, _)) = inner.frames.front() {
                     let batch: usize = inner.frames.iter().map(|(_, f)| f.len()).sum();
                     inner.in_flight = Some((oldest, batch));
-                    into.extend(inner.frames.drain(..).map(|(_, f)| f));
+                    // The queue's memory goes with the batch: an idle connection holds none.
+                    into.extend(std::mem::take(&mut inner.frames).into_iter().map(|(_, f)| f));
                     return Next::Frames;
                 }
                 if let Some(close) = inner.closed {
