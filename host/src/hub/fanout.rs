@@ -158,15 +158,13 @@ fn deliver(batch: &[Pending], members: &[Arc<Member>], pushed: &mut Pushed) {
     }
 }
 
-/// Members a drainer pushes to before it lets other tasks run (when it is a task).
-const CHUNK: usize = 64;
-
 /// A room's drainer: takes what the room queued, with its members of that moment, pushes it,
-/// and again, until the queue is empty; then gives the room back to its publishers. It runs as a
-/// task on a multi-threaded runtime, letting the writers it wakes run every `CHUNK` members
-/// (their wake-ups then stay on its worker's queue), else on a blocking-pool thread, else on the
-/// publisher's own thread. Dropped before it is done (a runtime shutting down), it finishes on
-/// the spot, so no accepted frame is lost.
+/// and again, until the queue is empty; then gives the room back to its publishers. It runs on a
+/// thread of tokio's blocking pool (beside the workers that run the writers it wakes: as a task
+/// on a worker, yielding every 64 or 1 024 members, it took twice the time and CPU to reach
+/// 10 000 members, see BENCHMARKS.md), or on the publisher's own thread without a runtime.
+/// Dropped before it is done (a runtime shutting down), it finishes on the spot, so no accepted
+/// frame is lost.
 struct Drainer {
     cell: Option<Arc<RoomCell>>,
     metrics: Arc<HubMetrics>,
@@ -184,18 +182,12 @@ impl Drainer {
     }
 
     fn run(mut self) {
-        while self.step(usize::MAX) {}
+        while self.step() {}
     }
 
-    async fn run_async(mut self) {
-        while self.step(CHUNK) {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// Pushes the batch to up to `members` more members, taking the next batch first when this
-    /// one is done. `false` once the queue is empty and the room given back.
-    fn step(&mut self, members: usize) -> bool {
+    /// Pushes the current batch to its members, taking the next batch first when this one is
+    /// done. `false` once the queue is empty and the room given back.
+    fn step(&mut self) -> bool {
         let Some(cell) = self.cell.clone() else { return false };
         if self.next >= self.members.len() {
             self.finish_batch(&cell);
@@ -210,9 +202,8 @@ impl Drainer {
             self.members = room.members.clone();
             self.next = 0;
         }
-        let end = self.members.len().min(self.next.saturating_add(members));
-        deliver(&self.batch, &self.members[self.next..end], &mut self.pushed);
-        self.next = end;
+        deliver(&self.batch, &self.members[self.next..], &mut self.pushed);
+        self.next = self.members.len();
         true
     }
 
@@ -249,12 +240,13 @@ impl Drainer {
 
 impl Drop for Drainer {
     fn drop(&mut self) {
-        while self.step(usize::MAX) {}
+        while self.step() {}
     }
 }
 
-/// Waits for `cell`'s drainer to signal. On a multi-threaded runtime's worker, the worker's
-/// other tasks (the drainer among them, maybe) move to another thread meanwhile.
+/// Waits for `cell`'s drainer (on a thread of its own) to signal. On a multi-threaded runtime's
+/// worker (the relay delivers from tasks), the worker's other tasks move to another thread
+/// meanwhile.
 fn wait_for_drainer(cell: &RoomCell, room: &mut parking_lot::MutexGuard<'_, Room>) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -336,12 +328,6 @@ impl Hub {
     fn start_drainer(&self, cell: Arc<RoomCell>) {
         let mut drainer = Drainer::new(cell, self.metrics.clone());
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                drainer._tracked = Some(self.drains.token());
-                runtime.spawn(drainer.run_async());
-            }
-            // A single-threaded runtime: its one thread may be the one that waits for the
-            // drainer (`wait_for_drainer`), so the drainer gets a thread of its own.
             Ok(runtime) => {
                 drainer._tracked = Some(self.drains.token());
                 runtime.spawn_blocking(move || drainer.run());
