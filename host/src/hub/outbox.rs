@@ -61,6 +61,9 @@ pub(crate) enum Next {
     Close(Close),
 }
 
+/// Frames of queue capacity an outbox keeps between batches.
+pub(crate) const KEPT: usize = 8;
+
 pub(crate) struct Outbox {
     inner: Mutex<Inner>,
     ready: Notify,
@@ -190,8 +193,12 @@ impl Outbox {
                 if draining && let Some(&(oldest, _)) = inner.frames.front() {
                     let batch: usize = inner.frames.iter().map(|(_, f)| f.len()).sum();
                     inner.in_flight = Some((oldest, batch));
-                    // The queue's memory goes with the batch: an idle connection holds none.
-                    into.extend(std::mem::take(&mut inner.frames).into_iter().map(|(_, f)| f));
+                    into.extend(inner.frames.drain(..).map(|(_, f)| f));
+                    // A burst's memory is not kept for an idle connection; a small queue's is
+                    // (freeing it each batch cost more CPU per delivery than its bytes are worth).
+                    if inner.frames.capacity() > KEPT {
+                        inner.frames = VecDeque::new();
+                    }
                     return Next::Frames;
                 }
                 if let Some(close) = inner.closed {

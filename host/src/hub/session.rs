@@ -398,8 +398,11 @@ where
             }
             Some(Some(Next::Frames)) => {
                 let bytes: u64 = frames.iter().map(|f| sendq::framed(f.len() as u64)).sum();
-                // Taken, not drained: the batch's memory is not kept while the connection idles.
-                let sent = send_all(&hub, &conn, &mut sink, std::mem::take(&mut frames).into_iter().map(Message::Text)).await;
+                let sent = send_all(&hub, &conn, &mut sink, frames.drain(..).map(Message::Text)).await;
+                // A burst's memory is not kept while the connection idles.
+                if frames.capacity() > super::outbox::KEPT {
+                    frames = Vec::new();
+                }
                 conn.outbox().written();
                 if let Some(kernel) = &mut kernel {
                     kernel.wrote_bytes(bytes);
