@@ -7,6 +7,7 @@ mod conformance;
 mod contract;
 mod cli;
 mod dashboard;
+mod hub;
 mod hostile;
 mod limits;
 mod policy;

@@ -719,3 +719,50 @@ async fn a_task_of_one_workspace_is_never_relayed_or_replayed_to_another() {
     let to_bob = collect(&mut bob, |f| f.len() == 1).await;
     assert_eq!((&to_bob[0]["payload"]["i"], &to_bob[0]["workspace_id"]), (&json!(6), &json!("B")), "{to_bob:#?}");
 }
+
+/// A room big enough for a drainer (40 clients on node B) fed from node A: every client gets
+/// every frame once, in order, and a client resuming on B while frames stream in (from a
+/// position another client just saw) recovers exactly what followed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_room_fed_from_another_node_stays_in_order_and_a_resume_mid_stream_recovers() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis).await;
+    let mut readers = Vec::new();
+    for n in 0..40 {
+        readers.push(Client::connect(&b, "ws-1", &token(&format!("r{n}"), &["ws-1"], &[])).await);
+    }
+    watching(&b, 41).await;
+    const LAST: u64 = 400;
+    let publisher = {
+        let url = a.url("/v1/events");
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for batch in 0..LAST / 10 {
+                let events: Vec<Value> = (1..=10).map(|i| json!({"type": "feed:item", "workspace_id": "ws-1", "payload": {"i": batch * 10 + i}})).collect();
+                assert_eq!(http.post(&url).json(&events).send().await.unwrap().status(), 200);
+            }
+        })
+    };
+    // Reader 0 sees the first 100; a client resumes from there while the rest stream in.
+    let early = collect(&mut readers[0], |f| items(f).len() >= 100).await;
+    let since = position(of_type(&early, "feed:item").last().unwrap());
+    let (mut late, ack) = resume(&b, "ws-1", &token("late", &["ws-1"], &[]), &since).await;
+    assert_eq!(ack["payload"]["recovered"], true, "{ack}");
+    let resumed = items_through(&mut late, LAST).await;
+    let after = offsets(&resumed, "workspace");
+    assert_eq!(after, (since.offset + 1..=since.offset + after.len() as u64).collect::<Vec<u64>>(), "each offset after `since` once");
+    assert_eq!(items(&resumed), (items(&early).last().unwrap() + 1..=LAST).collect::<Vec<u64>>());
+    publisher.await.unwrap();
+    let mut rest = items_through(&mut readers[0], LAST).await;
+    let mut all = early;
+    all.append(&mut rest);
+    assert_eq!(items(&all), (1..=LAST).collect::<Vec<u64>>());
+    for (n, reader) in readers.iter_mut().enumerate().skip(1) {
+        let frames = items_through(reader, LAST).await;
+        assert_eq!(items(&frames), (1..=LAST).collect::<Vec<u64>>(), "reader {n}");
+        let seen = offsets(&frames, "workspace");
+        assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "reader {n}: {seen:?}");
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -45,7 +45,7 @@ const BOUNDARIES: &[(&str, &[&str])] = &[
     ("redis::", &["relay/", "store/"]),
     // The hub's session speaks axum's WebSocket message type; everything else HTTP is `api`.
     // (And `busbar bench fanout`'s naive peer, an axum broadcast server by design.)
-    ("axum::", &["api/", "hub/mod.rs", "hub/outbox.rs", "hub/protocol.rs", "hub/rooms.rs", "hub/session.rs", "hub/session/", "cli/bench/naive.rs"]),
+    ("axum::", &["api/", "hub/fanout.rs", "hub/mod.rs", "hub/outbox.rs", "hub/protocol.rs", "hub/session.rs", "hub/session/", "cli/bench/naive.rs"]),
     ("hyper::", &["api/serve.rs"]),
     ("hyper_util::", &["api/serve.rs"]),
     ("jsonwebtoken::", &["hub/auth.rs"]),

@@ -64,8 +64,11 @@ pub(super) async fn upgrade(
     // (1009) reaches the client instead of a connection reset.
     let limit = state.hub.config().max_inbound_bytes * 2;
     let hub = state.hub.clone();
+    // The read buffer is allocated (and zeroed: resident) for the connection's whole life, and
+    // clients send little (an `auth` frame with its token is under 1 KiB; a bigger message
+    // grows it): 1 KiB, not tungstenite's 128 KiB or the 4 KiB this had (issue #18: idle memory).
     Ok(ws
-        .read_buffer_size(4 << 10)
+        .read_buffer_size(1 << 10)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {

@@ -12,15 +12,19 @@
 //! reconnecting client missed.
 //!
 //! This file holds the configuration, the `Hub` and its connections' lifecycle (register,
-//! own rooms, disconnect, shutdown); `rooms` holds fan-out and joining with history,
-//! `subscribe` the subscribe checks, `protocol` the frames, `session` one connection's loop.
+//! own rooms, disconnect, shutdown); `rooms` holds joining with history and leaving, `fanout`
+//! the rooms' queues and their drainers, `subscribe` the subscribe checks, `protocol` the
+//! frames, `session` one connection's loop.
 //!
-//! Invariants: fan-out never waits on a socket; frames of one scope are pushed in `seq` order
-//! (the room's lock covers numbering and pushing); the hub knows nothing of HTTP routing (that
-//! is `api`), of the bus (it only receives frames) or of Redis (that is `relay`).
+//! Invariants: fan-out never waits on a socket, and a publisher waits only for its frame to be
+//! numbered and queued for the room (the room's lock covers numbering and queueing; one drainer
+//! at a time pushes a room's queue, in order); frames of one scope reach each member in `seq`
+//! order; the hub knows nothing of HTTP routing (that is `api`), of the bus (it only receives
+//! frames) or of Redis (that is `relay`).
 
 pub mod auth;
 mod connect;
+mod fanout;
 mod metrics;
 mod outbox;
 pub mod protocol;
@@ -30,13 +34,12 @@ pub mod session;
 mod subscribe;
 
 pub use subscribe::SubscribeError;
-use rooms::Room;
 use subscribe::TokenBucket;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -132,10 +135,13 @@ pub struct Conn {
     pub id: u64,
     pub identity: Identity,
     outbox: Outbox,
-    scopes: Mutex<BTreeSet<Scope>>,
+    /// The rooms it is in, with its place in each (a short list: `max_scopes` at most).
+    scopes: Mutex<Vec<(Scope, Arc<fanout::Member>)>>,
     bucket: Mutex<TokenBucket>,
     /// Cancelled when the connection is closed for any reason.
     pub gone: CancellationToken,
+    /// Set by the first `Hub::disconnect`, which takes the connection out of the hub.
+    forgotten: AtomicBool,
 }
 
 impl Conn {
@@ -145,7 +151,7 @@ impl Conn {
     }
 
     pub fn scopes(&self) -> Vec<Scope> {
-        self.scopes.lock().iter().cloned().collect()
+        self.scopes.lock().iter().map(|(scope, _)| scope.clone()).collect()
     }
 
     pub fn queued(&self) -> usize {
@@ -155,12 +161,24 @@ impl Conn {
     pub(crate) fn outbox(&self) -> &Outbox {
         &self.outbox
     }
+
+    /// Closes the connection's outbox and cancels `gone` (its session then ends and calls
+    /// `Hub::disconnect`, which takes it out of its rooms). Only the first close does anything,
+    /// and says so by returning `true`.
+    fn close(&self, close: Close, metrics: &HubMetrics) -> bool {
+        let Some(dropped) = self.outbox.close(close) else { return false };
+        self.gone.cancel();
+        if dropped > 0 {
+            metrics.messages_dropped.fetch_add(dropped as u64, Relaxed);
+        }
+        true
+    }
 }
 
 const SHARDS: usize = 16;
 
 /// One shard of the room map: scope -> room.
-type Shard = RwLock<HashMap<Scope, Arc<Mutex<Room>>>>;
+type Shard = RwLock<HashMap<Scope, Arc<fanout::RoomCell>>>;
 
 /// The hub. Shared by the HTTP layer (connections) and the bus (frames, as a `Broadcaster`).
 pub struct Hub {
@@ -175,7 +193,7 @@ pub struct Hub {
     /// Epoch and offset of the `everyone` scope; its lock orders broadcasts to everyone.
     everyone: Mutex<(Arc<str>, u64)>,
     next_id: AtomicU64,
-    metrics: HubMetrics,
+    metrics: Arc<HubMetrics>,
     hasher: std::collections::hash_map::RandomState,
     /// The epoch of frames numbered here (single node): a fresh one each start.
     local_epoch: Arc<str>,
@@ -183,6 +201,8 @@ pub struct Hub {
     /// Every connection's session task, so that shutdown can wait for their close frames.
     /// Closed by `shutdown`: connections registered after that are closed at once.
     sessions: tokio_util::task::TaskTracker,
+    /// The rooms' drainers at work, so that shutdown can let them push what rooms accepted.
+    drains: tokio_util::task::TaskTracker,
 }
 
 impl Hub {
@@ -197,11 +217,12 @@ impl Hub {
             per_user: Mutex::new(HashMap::new()),
             everyone: Mutex::new((Arc::from(""), 0)),
             next_id: AtomicU64::new(1),
-            metrics: HubMetrics::default(),
+            metrics: Arc::default(),
             hasher: Default::default(),
             local_epoch: Arc::from(crate::event::new_id().rsplit('-').next().unwrap_or("local")),
             backplane: std::sync::OnceLock::new(),
             sessions: tokio_util::task::TaskTracker::new(),
+            drains: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -293,9 +314,10 @@ impl Hub {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Relaxed),
             outbox: Outbox::new(self.config.max_queue_bytes, self.config.max_queue_age),
-            scopes: Mutex::new(BTreeSet::new()),
+            scopes: Mutex::new(Vec::new()),
             bucket: Mutex::new(TokenBucket::full(self.config.subscribe_burst)),
             gone: CancellationToken::new(),
+            forgotten: AtomicBool::new(false),
             identity,
         });
         self.conns.write().insert(conn.id, conn.clone());
@@ -330,18 +352,18 @@ impl Hub {
     }
 
     /// Closes a connection and removes it from every room. Safe to call any number of times,
-    /// from any task: only the first call does anything, and says so by returning `true`. Frames
-    /// still queued are dropped, except at shutdown (1001), when the writer sends them before the
-    /// close.
+    /// from any task: only the first close counts, and says so by returning `true`; only the
+    /// first call removes (a connection a drainer closed is removed by its session's call).
+    /// Frames still queued are dropped, except at shutdown (1001), when the writer sends them
+    /// before the close.
     pub fn disconnect(&self, conn: &Arc<Conn>, close: Close) -> bool {
-        let Some(dropped) = conn.outbox.close(close) else { return false };
-        conn.gone.cancel();
-        if dropped > 0 {
-            self.metrics.messages_dropped.fetch_add(dropped as u64, Relaxed);
+        let closed = conn.close(close, &self.metrics);
+        if conn.forgotten.swap(true, Relaxed) {
+            return closed;
         }
         let scopes = std::mem::take(&mut *conn.scopes.lock());
-        for scope in scopes {
-            self.leave_room(conn, &scope);
+        for (scope, member) in scopes {
+            self.leave_room(&scope, &member);
         }
         if self.conns.write().remove(&conn.id).is_some() {
             self.metrics.disconnects.fetch_add(1, Relaxed);
@@ -354,7 +376,7 @@ impl Hub {
                 per_user.remove(&conn.identity.user_id);
             }
         }
-        true
+        closed
     }
 
     /// A connection's session, tracked so that shutdown can wait for it to end.
@@ -362,16 +384,22 @@ impl Hub {
         self.sessions.track_future(session)
     }
 
-    /// Closes every connection with 1001 (going away) after the frames already queued for it,
-    /// and any connection registered from now on; then waits (at most `limit`) for their
-    /// sessions to end, so that the close frames are sent before the process exits.
+    /// Closes every connection with 1001 (going away) after the frames already queued for it
+    /// (rooms' drainers first push what the rooms accepted), and any connection registered from
+    /// now on; then waits (at most `limit` in all) for their sessions to end, so that the close
+    /// frames are sent before the process exits.
     pub async fn shutdown(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         self.sessions.close();
+        self.drains.close();
+        if tokio::time::timeout_at(deadline, self.drains.wait()).await.is_err() {
+            tracing::warn!(drains = self.drains.len(), "rooms still pushing frames at shutdown");
+        }
         let conns: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
         for conn in conns {
             self.disconnect(&conn, Close::GOING_AWAY);
         }
-        if tokio::time::timeout(limit, self.sessions.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.sessions.wait()).await.is_err() {
             tracing::warn!(sessions = self.sessions.len(), "connections still closing at the end of shutdown");
         }
     }

@@ -9,6 +9,7 @@
 //! channel). A close drops what is queued, except a shutdown's, which lets it be written first.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
@@ -60,6 +61,9 @@ pub(crate) enum Next {
     Close(Close),
 }
 
+/// Frames of queue capacity an outbox keeps between batches.
+pub(crate) const KEPT: usize = 8;
+
 pub(crate) struct Outbox {
     inner: Mutex<Inner>,
     ready: Notify,
@@ -108,6 +112,48 @@ impl Outbox {
         Push::Queued
     }
 
+    /// Pushes several frames of one room, in order, under one lock and with one wake-up of the
+    /// writer, all stamped `now` (the start of the fan-out that pushes them). Nothing is pushed
+    /// once `left` is set: the connection left the room (see `revoke`). Returns what happened to
+    /// the last frame tried (frames after an overflow are not tried) and how many were queued.
+    /// `frames` is left empty.
+    pub(crate) fn push_all(&self, frames: &mut Vec<Utf8Bytes>, left: &AtomicBool, now: Instant) -> (Push, usize) {
+        let mut inner = self.inner.lock();
+        if inner.closed.is_some() || left.load(Relaxed) {
+            frames.clear();
+            return (Push::Closed, 0);
+        }
+        let oldest = inner.in_flight.map(|(since, _)| since).or_else(|| inner.frames.front().map(|(queued, _)| *queued));
+        if oldest.is_some_and(|queued| now.saturating_duration_since(queued) > self.max_age) {
+            frames.clear();
+            return (Push::Overflow, 0);
+        }
+        let (mut result, mut queued) = (Push::Queued, 0);
+        for frame in frames.drain(..) {
+            if inner.bytes + frame.len() > self.max_bytes {
+                result = Push::Overflow;
+                break;
+            }
+            inner.bytes += frame.len();
+            inner.frames.push_back((now, frame));
+            queued += 1;
+        }
+        drop(inner);
+        if queued > 0 {
+            self.ready.notify_one();
+        }
+        (result, queued)
+    }
+
+    /// Sets `left` under the queue's lock: a fan-out that pushes with it (`push_all`) either
+    /// finished before this returns or pushes nothing, so nothing of the room it stands for
+    /// follows what the connection is sent next (an `unsubscribe_ack`, a new `subscribe_ack`).
+    /// Returns `true` if this call set it.
+    pub(crate) fn revoke(&self, left: &AtomicBool) -> bool {
+        let _inner = self.inner.lock();
+        !left.swap(true, Relaxed)
+    }
+
     /// Closes the queue; the frames still queued are dropped unless the close `keeps_queued`.
     /// Returns `Some(frames dropped)` if this call closed it, `None` if it was already closed.
     pub(crate) fn close(&self, close: Close) -> Option<usize> {
@@ -148,6 +194,11 @@ impl Outbox {
                     let batch: usize = inner.frames.iter().map(|(_, f)| f.len()).sum();
                     inner.in_flight = Some((oldest, batch));
                     into.extend(inner.frames.drain(..).map(|(_, f)| f));
+                    // A burst's memory is not kept for an idle connection; a small queue's is
+                    // (freeing it each batch cost more CPU per delivery than its bytes are worth).
+                    if inner.frames.capacity() > KEPT {
+                        inner.frames = VecDeque::new();
+                    }
                     return Next::Frames;
                 }
                 if let Some(close) = inner.closed {
@@ -230,6 +281,22 @@ mod tests {
         // A write that does not finish makes the connection too old for more frames.
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(outbox.push(frame("1")), Push::Overflow);
+    }
+
+    #[tokio::test]
+    async fn push_all_queues_in_order_until_a_bound_and_not_after_revoke() {
+        let outbox = Outbox::new(10, Duration::from_secs(5));
+        let left = AtomicBool::new(false);
+        let mut frames = vec![frame("1234"), frame("5678"), frame("9ab"), frame("c")];
+        assert_eq!(outbox.push_all(&mut frames, &left, Instant::now()), (Push::Overflow, 2));
+        assert!(frames.is_empty());
+        let mut taken = Vec::new();
+        assert_eq!(outbox.next(&mut taken).await, Next::Frames);
+        assert_eq!(taken, [frame("1234"), frame("5678")]);
+        outbox.written();
+        outbox.revoke(&left);
+        assert_eq!(outbox.push_all(&mut vec![frame("d")], &left, Instant::now()), (Push::Closed, 0));
+        assert_eq!(outbox.len(), 0);
     }
 
     #[tokio::test]

@@ -1,27 +1,39 @@
-//! Rooms: who is in which scope's room, and fan-out into them.
+//! Rooms: who is in which scope's room, and where each member starts.
 //!
-//! This module owns the `Room` (its members, epoch and `seq`) and the `Hub`'s room operations:
-//! joining with history (resume), leaving, and fan-out, which encodes a frame once and pushes the
-//! shared bytes to each member's outbox under the room's lock, so a room's frames are numbered
-//! and queued in one order; a member a user frame's `Reach` leaves out gets a `skip` with the same
-//! position. Slow members are evicted after the room's lock is released. It must not parse
-//! client frames (the session does).
+//! This module owns the `Room` (its members, epoch, `seq` and queue) and the `Hub`'s room
+//! operations other than fan-out: joining with history (resume), acknowledging a subscribe to a
+//! room the connection is already in, and leaving. A member joins at the room's last accepted
+//! frame (its position, and its ticket in the room's queue): the frames accepted before it, even
+//! those a drainer has not pushed yet, are its past, replayed from history or not at all; those
+//! after are its own. Leaving revokes the member, so no frame of the room follows what the
+//! connection is sent after it. It must not parse client frames (the session does) nor push
+//! room frames (that is `fanout`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
-use axum::extract::ws::Utf8Bytes;
-use parking_lot::Mutex;
-
-use super::{Close, Conn, Hub, Joined, Position, Push, protocol};
+use super::fanout::{Member, Queue, RoomCell};
+use super::{Conn, Hub, Joined, Position, protocol};
 use crate::action::Scope;
-use crate::broadcast::{Broadcaster, Frame, Reach};
+use crate::broadcast::{Frame, Reach};
 
-/// One scope's room on this node: where its frames stand and who receives them.
+/// One scope's room on this node: where its frames stand, who receives them, and what it
+/// accepted and has not pushed yet. `members` is shared with a drainer at work (copied on
+/// write), so a join or leave never waits for a fan-out.
 pub(super) struct Room {
     pub epoch: Arc<str>,
     pub seq: u64,
-    pub members: Vec<Arc<Conn>>,
+    pub members: Arc<Vec<Arc<Member>>>,
+    /// Members that left and are still listed: they are revoked at once and taken off the list
+    /// when they are half of it (one pass for many leaves, so a mass disconnect stays linear).
+    pub departed: usize,
+    pub queue: Queue,
+}
+
+impl Room {
+    /// Whether no member is left.
+    pub(super) fn is_empty(&self) -> bool {
+        self.members.len() == self.departed
+    }
 }
 
 /// A resume's arithmetic: a connection that has seen up to `since` joins a room at `position`
@@ -72,9 +84,9 @@ impl Hub {
                     Some(p) => (Arc::from(p.epoch.as_str()), p.offset),
                     None => (self.local_epoch.clone(), 0),
                 };
-                Arc::new(Mutex::new(Room { epoch, seq, members: Vec::new() }))
+                RoomCell::new(Room { epoch, seq, members: Arc::new(Vec::new()), departed: 0, queue: Queue::default() })
             });
-            let mut room = room.lock();
+            let mut room = room.room.lock();
             let position = Position { epoch: room.epoch.to_string(), offset: room.seq };
             let (missed, recovered) = resume(since, &position, &history, |(p, _, _)| p);
             if announce {
@@ -90,11 +102,13 @@ impl Hub {
             }
             // Checked under the scopes lock: `disconnect` cancels before it takes the scopes, so
             // a connection being closed can never be left behind in a room.
-            if !conn.gone.is_cancelled() && scopes.insert(scope.clone()) {
-                room.members.push(conn.clone());
+            if !conn.gone.is_cancelled() && !scopes.iter().any(|(s, _)| s == scope) {
+                let member = Member::new(conn.clone(), room.queue.ticket());
+                Arc::make_mut(&mut room.members).push(member.clone());
+                scopes.push((scope.clone(), member));
             }
             // A room opened for a connection that closed meanwhile would stay, empty, forever.
-            if opened && room.members.is_empty() {
+            if opened && room.is_empty() {
                 drop(room);
                 shard.remove(scope);
                 opened = false;
@@ -116,13 +130,39 @@ impl Hub {
         self.shard(scope).read().contains_key(scope)
     }
 
-    pub(super) fn leave_room(&self, conn: &Conn, scope: &Scope) {
+    /// A subscribe to a room `conn` is already in: its `subscribe_ack`, after the room's frames
+    /// accepted so far (they are the connection's, and come before the position the ack gives).
+    /// A position to resume from is honoured only when nothing was missed.
+    pub(super) fn ack_member(&self, conn: &Conn, scope: &Scope, since: Option<&Position>) -> Joined {
+        let cell = self.shard(scope).read().get(scope).cloned();
+        let Some(cell) = cell else {
+            let position = Position { epoch: self.local_epoch.to_string(), offset: 0 };
+            let joined = Joined { recovered: since.map(|s| *s == position), position };
+            let _ = conn.outbox.push(protocol::subscribe_ack(scope, &joined));
+            return joined;
+        };
+        let mut room = cell.room.lock();
+        let position = Position { epoch: room.epoch.to_string(), offset: room.seq };
+        let joined = Joined { recovered: since.map(|s| *s == position), position };
+        Hub::send_in_order(&mut room, conn, protocol::subscribe_ack(scope, &joined));
+        joined
+    }
+
+    /// Takes `member` out of `scope`'s room (revoked at once, off the list later), and closes
+    /// the room when it was the last.
+    pub(super) fn leave_room(&self, scope: &Scope, member: &Member) {
         let mut shard = self.shard(scope).write();
-        if let Some(room) = shard.get(scope) {
+        if let Some(cell) = shard.get(scope) {
             let empty = {
-                let mut room = room.lock();
-                room.members.retain(|m| m.id != conn.id);
-                room.members.is_empty()
+                let mut room = cell.room.lock();
+                if member.leave() {
+                    room.departed += 1;
+                }
+                if room.departed * 2 > room.members.len() {
+                    Arc::make_mut(&mut room.members).retain(|m| !m.has_left());
+                    room.departed = 0;
+                }
+                room.is_empty()
             };
             if empty {
                 shard.remove(scope);
@@ -132,119 +172,6 @@ impl Hub {
                 }
             }
         }
-    }
-
-    /// Pushes one frame to every member of `scope` that `reach` includes, in that scope's order;
-    /// the others get a `skip` frame with the same position, so no connection sees a gap in
-    /// `seq` (`reach` only ever narrows user rooms). Numbered here, unless `at` gives the
-    /// frame's position (from the backplane, which then delivers frames in order).
-    pub fn fan_out(&self, scope: &Scope, reach: &Reach, frame: &Frame, at: Option<&Position>) {
-        self.metrics.event(&frame.event_type);
-        self.metrics.frames_broadcast.fetch_add(1, Relaxed);
-        let room = self.shard(scope).read().get(scope).cloned();
-        let Some(room) = room else { return };
-        let mut slow = Vec::new();
-        {
-            let mut room = room.lock();
-            match at {
-                Some(position) => {
-                    if *room.epoch != *position.epoch {
-                        room.epoch = Arc::from(position.epoch.as_str());
-                    }
-                    room.seq = position.offset;
-                }
-                None => {
-                    // Numbered here, in this hub's own epoch (after frames numbered elsewhere,
-                    // the offsets start again, and the epoch says so).
-                    if room.epoch != self.local_epoch {
-                        room.epoch = self.local_epoch.clone();
-                        room.seq = 0;
-                    }
-                    room.seq += 1;
-                }
-            }
-            let bytes = protocol::event(frame, scope, &room.epoch, room.seq);
-            let mut skip = None;
-            for member in &room.members {
-                if reach.includes(&member.identity.workspace_id) {
-                    self.push(member, &bytes, &mut slow);
-                } else {
-                    let skip = skip.get_or_insert_with(|| protocol::skip(scope, &room.epoch, room.seq));
-                    self.push(member, skip, &mut slow);
-                }
-            }
-        }
-        self.evict(slow);
-    }
-
-    /// Pushes a frame to every connection (the `everyone` scope). Numbered here unless `at`
-    /// gives its position.
-    pub fn fan_out_everyone(&self, frame: &Frame, at: Option<&Position>) {
-        self.metrics.event(&frame.event_type);
-        self.metrics.frames_broadcast.fetch_add(1, Relaxed);
-        let conns: Vec<Arc<Conn>> = self.conns.read().values().cloned().collect();
-        let mut slow = Vec::new();
-        {
-            let mut everyone = self.everyone.lock();
-            match at {
-                Some(position) => *everyone = (Arc::from(position.epoch.as_str()), position.offset),
-                None if everyone.0 != self.local_epoch => *everyone = (self.local_epoch.clone(), 1),
-                None => everyone.1 += 1,
-            }
-            let bytes = protocol::event(frame, &protocol::Everyone, &everyone.0, everyone.1);
-            for conn in &conns {
-                self.push(conn, &bytes, &mut slow);
-            }
-        }
-        self.evict(slow);
-    }
-
-    fn push(&self, conn: &Arc<Conn>, bytes: &Utf8Bytes, slow: &mut Vec<Arc<Conn>>) {
-        match conn.outbox.push(bytes.clone()) {
-            Push::Queued => {
-                self.metrics.messages_sent.fetch_add(1, Relaxed);
-            }
-            Push::Overflow => {
-                self.metrics.messages_dropped.fetch_add(1, Relaxed);
-                slow.push(conn.clone());
-            }
-            Push::Closed => {}
-        }
-    }
-
-    fn evict(&self, slow: Vec<Arc<Conn>>) {
-        for conn in slow {
-            self.evict_slow(&conn);
-        }
-    }
-
-    /// Closes a connection that is not keeping up (4008): its outbox overflowed, or a write to
-    /// it did not finish within the outbox's age bound.
-    pub(crate) fn evict_slow(&self, conn: &Arc<Conn>) {
-        if self.disconnect(conn, Close::SLOW) {
-            tracing::info!(conn = conn.id, user = %conn.identity.user_id, "evicted slow connection");
-            self.metrics.evictions.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-/// A hub on its own is a Broadcaster: it numbers frames itself. (With a relay, the relay is the
-/// Broadcaster and delivers into the hub.)
-impl Broadcaster for Hub {
-    fn broadcast_to_workspace(&self, workspace_id: &str, frame: Frame) {
-        self.fan_out(&Scope::workspace(workspace_id), &Reach::All, &frame, None);
-    }
-
-    fn send_to_user(&self, user_id: &str, reach: &Reach, frame: Frame) {
-        self.fan_out(&Scope::user(user_id), reach, &frame, None);
-    }
-
-    fn broadcast_to_scope(&self, scope: &Scope, frame: Frame) {
-        self.fan_out(scope, &Reach::All, &frame, None);
-    }
-
-    fn broadcast(&self, frame: Frame) {
-        self.fan_out_everyone(&frame, None);
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite;
@@ -44,26 +45,47 @@ pub async fn serve<S>(hub: Arc<Hub>, socket: S, auth: Auth, fd: Option<i32>)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + 'static,
 {
+    // What happens before the connection is registered is boxed and freed: the future held for
+    // the connection's life is this one's last state, not the union of every state it passed.
+    let Some((conn, sink, stream, request)) = Box::pin(open(&hub, socket, auth)).await else { return };
+    let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink, fd.and_then(SendQueue::new)));
+    connected(hub, conn, stream, request, writer).await;
+}
+
+/// The connection's halves, authenticated, registered and in its own rooms; `None` once it was
+/// refused (and told so).
+async fn open<S>(hub: &Arc<Hub>, socket: S, auth: Auth) -> Option<(Arc<Conn>, SplitSink<S, Message>, SplitStream<S>, Option<ConnectRequest>)>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Send + 'static,
+{
     let (mut sink, mut stream) = socket.split();
     let (identity, since, request) = match auth {
         Auth::Identified { identity, since, request } => (Some(identity), since, request),
-        Auth::Pending { workspace_id } => authenticated(&hub, &mut sink, &mut stream, First::Token { workspace_id }).await,
-        Auth::AwaitFrame { request } => authenticated(&hub, &mut sink, &mut stream, First::Authenticator { request }).await,
+        Auth::Pending { workspace_id } => authenticated(hub, &mut sink, &mut stream, First::Token { workspace_id }).await,
+        Auth::AwaitFrame { request } => authenticated(hub, &mut sink, &mut stream, First::Authenticator { request }).await,
     };
-    let Some(identity) = identity else { return };
+    let identity = identity?;
     let conn = match hub.register(identity) {
         Ok(conn) => conn,
         Err(close) => {
             let _ = sink.send(text(error_frame("too_many_connections", close.reason))).await;
             let _ = sink.send(close_message(close)).await;
             linger(&mut stream).await;
-            return;
+            return None;
         }
     };
     conn.send_control(Control::AuthAck.to_text());
     hub.join_own_rooms(&conn, &since).await;
     tracing::debug!(conn = conn.id, user = %conn.identity.user_id, workspace = %conn.identity.workspace_id, "connected");
-    let writer = tokio::spawn(write_loop(hub.clone(), conn.clone(), sink, fd.and_then(SendQueue::new)));
+    Some((conn, sink, stream, request))
+}
+
+/// A registered connection's life: reads until it closes, then waits for the writer and
+/// lingers.
+async fn connected<R>(hub: Arc<Hub>, conn: Arc<Conn>, mut stream: R, request: Option<ConnectRequest>, writer: tokio::task::JoinHandle<()>)
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     let close = read_loop(&hub, &conn, &mut stream, request.as_ref()).await;
     hub.disconnect(&conn, close);
     let _ = writer.await;
@@ -203,27 +225,34 @@ where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     // A connection lives no longer than its token: at `exp` it is closed with 4501, unless the
-    // client sent a fresh token in an `auth` frame before then.
-    let expires = tokio::time::sleep(until(conn.identity.claims.exp));
-    tokio::pin!(expires);
+    // client sent a fresh token in an `auth` frame before then. One that sends nothing for the
+    // read timeout is closed with 4012. One timer serves both (it is held for the connection's
+    // whole life: issue #18, idle memory), set to whichever comes first.
+    let mut expiry = tokio::time::Instant::now() + until(conn.identity.claims.exp);
+    let mut silent_until = tokio::time::Instant::now() + hub.config().read_timeout;
+    let deadline = tokio::time::sleep_until(expiry.min(silent_until));
+    tokio::pin!(deadline);
     loop {
         let next = tokio::select! {
             biased;
             _ = conn.gone.cancelled() => return conn.outbox().closed().unwrap_or(Close::NORMAL),
-            _ = &mut expires => return Close::TOKEN_EXPIRED,
-            next = tokio::time::timeout(hub.config().read_timeout, stream.next()) => next,
+            () = &mut deadline => {
+                return if tokio::time::Instant::now() >= expiry { Close::TOKEN_EXPIRED } else { Close::NO_PONG };
+            }
+            next = stream.next() => next,
         };
+        silent_until = tokio::time::Instant::now() + hub.config().read_timeout;
+        deadline.as_mut().reset(expiry.min(silent_until));
         let message = match next {
-            Err(_) => return Close::NO_PONG,
-            Ok(None) => return Close::NORMAL,
-            Ok(Some(Err(e))) => {
+            None => return Close::NORMAL,
+            Some(Err(e)) => {
                 if is_too_big(&e) {
                     hub.metrics().inbound_too_large.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Close::TOO_BIG;
                 }
                 return Close::NORMAL;
             }
-            Ok(Some(Ok(message))) => message,
+            Some(Ok(message)) => message,
         };
         if message_len(&message) > hub.config().max_inbound_bytes {
             hub.metrics().inbound_too_large.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -231,8 +260,9 @@ where
         }
         match message {
             Message::Text(body) => {
-                if let Some(exp) = handle(hub, conn, &body, request).await {
-                    expires.as_mut().reset(tokio::time::Instant::now() + until(exp));
+                if let Some(exp) = Box::pin(handle(hub, conn, &body, request)).await {
+                    expiry = tokio::time::Instant::now() + until(exp);
+                    deadline.as_mut().reset(expiry.min(silent_until));
                 }
             }
             Message::Close(_) => return Close::NORMAL,
@@ -348,12 +378,14 @@ where
     let mut frames = Vec::new();
     loop {
         let waiting = kernel.as_ref().is_some_and(|k| !k.is_empty());
+        // Boxed, and only made while frames wait in the kernel: an idle writer holds no timer.
+        let look_again: futures_util::future::OptionFuture<_> = waiting.then(|| Box::pin(tokio::time::sleep(max_age / 4))).into();
         let next = tokio::select! {
             biased;
             next = conn.outbox().next(&mut frames) => Some(Some(next)),
             _ = ping.tick() => Some(None),
             // While written frames wait in the kernel, look again now and then.
-            () = tokio::time::sleep(max_age / 4), if waiting => None,
+            Some(()) = look_again, if waiting => None,
         };
         let sent = match next {
             None => Ok(()),
@@ -367,6 +399,10 @@ where
             Some(Some(Next::Frames)) => {
                 let bytes: u64 = frames.iter().map(|f| sendq::framed(f.len() as u64)).sum();
                 let sent = send_all(&hub, &conn, &mut sink, frames.drain(..).map(Message::Text)).await;
+                // A burst's memory is not kept while the connection idles.
+                if frames.capacity() > super::outbox::KEPT {
+                    frames = Vec::new();
+                }
                 conn.outbox().written();
                 if let Some(kernel) = &mut kernel {
                     kernel.wrote_bytes(bytes);
@@ -403,7 +439,8 @@ async fn send_close<W>(conn: &Conn, sink: &mut W, close: Close)
 where
     W: Sink<Message, Error = axum::Error> + Unpin,
 {
-    let _ = tokio::time::timeout(conn.outbox().max_age(), sink.send(close_message(close))).await;
+    // Boxed: once per connection, and the writer's future would otherwise be this big for life.
+    let _ = Box::pin(tokio::time::timeout(conn.outbox().max_age(), sink.send(close_message(close)))).await;
 }
 
 /// Writes a batch with one flush. A write that takes longer than the outbox's age bound evicts
@@ -425,23 +462,28 @@ where
     if let std::task::Poll::Ready(written) = futures_util::poll!(&mut write) {
         return written.map_err(|_| ());
     }
-    let evicted = async {
-        conn.gone.cancelled().await;
-        if conn.outbox().drains() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        biased;
-        _ = evicted => Err(()),
-        result = tokio::time::timeout(conn.outbox().max_age(), &mut write) => match result {
-            Ok(written) => written.map_err(|_| ()),
-            Err(_) => {
-                hub.evict_slow(conn);
-                Err(())
+    // The slow path, boxed: the writer's future is held for the connection's life at the size
+    // of its largest state.
+    Box::pin(async {
+        let evicted = async {
+            conn.gone.cancelled().await;
+            if conn.outbox().drains() {
+                std::future::pending::<()>().await;
             }
-        },
-    }
+        };
+        tokio::select! {
+            biased;
+            _ = evicted => Err(()),
+            result = tokio::time::timeout(conn.outbox().max_age(), &mut write) => match result {
+                Ok(written) => written.map_err(|_| ()),
+                Err(_) => {
+                    hub.evict_slow(conn);
+                    Err(())
+                }
+            },
+        }
+    })
+    .await
 }
 
 fn is_too_big(error: &axum::Error) -> bool {

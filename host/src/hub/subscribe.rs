@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Conn, Hub, Joined, Position, protocol};
+use super::{Conn, Hub, Joined, Position};
 use crate::action::{Scope, ScopeKind};
 
 /// Why a subscribe or unsubscribe was refused. `code()` is what the client sees.
@@ -63,19 +63,14 @@ impl Hub {
         match result {
             Ok(()) => {
                 self.metrics.subscribe(scope.kind);
-                let member = conn.scopes.lock().contains(&scope);
+                let member = conn.scopes.lock().iter().any(|(s, _)| *s == scope);
                 if !member {
                     // The ack goes out under the room's lock, before any replayed frame.
                     return Ok(self.join_scope(conn, &scope, since.as_ref(), true).await);
                 }
                 // Already in the room (its own workspace or user): a position to resume from
                 // can only be honoured when nothing was missed.
-                let mut joined = self.position(&scope);
-                if let Some(since) = &since {
-                    joined.recovered = Some(*since == joined.position);
-                }
-                let _ = conn.outbox.push(protocol::subscribe_ack(&scope, &joined));
-                Ok(joined)
+                Ok(self.ack_member(conn, &scope, since.as_ref()))
             }
             Err(e @ (SubscribeError::Forbidden | SubscribeError::LookupFailed)) => {
                 self.metrics.denial(scope.kind);
@@ -83,19 +78,6 @@ impl Hub {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// The room's current position (nothing recovered).
-    fn position(&self, scope: &Scope) -> Joined {
-        let room = self.shard(scope).read().get(scope).cloned();
-        let position = match room {
-            Some(room) => {
-                let room = room.lock();
-                Position { epoch: room.epoch.to_string(), offset: room.seq }
-            }
-            None => Position { epoch: self.local_epoch.to_string(), offset: 0 },
-        };
-        Joined { position, recovered: None }
     }
 
     async fn check_subscribe(&self, conn: &Arc<Conn>, scope: &Scope) -> Result<(), SubscribeError> {
@@ -113,7 +95,7 @@ impl Hub {
             }
             ScopeKind::Task | ScopeKind::Chat => {}
         }
-        if conn.scopes.lock().contains(scope) {
+        if conn.scopes.lock().iter().any(|(s, _)| s == scope) {
             return Ok(());
         }
         self.take_token(conn)?;
@@ -158,8 +140,14 @@ impl Hub {
             ScopeKind::User => scope.id == conn.identity.user_id,
             ScopeKind::Task | ScopeKind::Chat => false,
         };
-        if !own && conn.scopes.lock().remove(scope) {
-            self.leave_room(conn, scope);
+        if !own {
+            let left = {
+                let mut scopes = conn.scopes.lock();
+                scopes.iter().position(|(s, _)| s == scope).map(|at| scopes.remove(at))
+            };
+            if let Some((scope, member)) = left {
+                self.leave_room(&scope, &member);
+            }
         }
         self.metrics.unsubscribe(scope.kind);
         Ok(())
