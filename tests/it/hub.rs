@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::server::stalled_client;
 use crate::support::server::{Client, TestServer, barrier, read_until_close, token};
 
 /// Clients in one room: past the size a publisher pushes to itself.
@@ -125,18 +126,6 @@ async fn clients_joining_a_big_room_while_it_drains_get_each_later_frame_once() 
         }
     }
     server.stop().await;
-}
-
-/// Opens a client whose socket receive buffer is tiny and never reads from it.
-async fn stalled_client(server: &TestServer, token: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    use futures_util::SinkExt;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let url = format!("ws://{}/ws?workspace_id=ws-1", server.addr);
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    ws.send(Message::text(json!({"type": "auth", "payload": {"token": token}}).to_string())).await.unwrap();
-    ws
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

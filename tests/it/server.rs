@@ -381,7 +381,7 @@ async fn oversized_frames_close_with_1009() {
 }
 
 /// Opens a client whose socket receive buffer is tiny and never reads from it.
-async fn stalled_client(server: &TestServer, token: &str) -> WebSocketStream<TcpStream> {
+pub(crate) async fn stalled_client(server: &TestServer, token: &str) -> WebSocketStream<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
